@@ -1,0 +1,88 @@
+"""Atomic, checksummed checkpoints; the newest valid one is found again after any crash.
+
+A checkpoint ``checkpoint-<step>.pt`` is written to a temporary file, fsynced and renamed; then
+its manifest ``checkpoint-<step>.json`` (size and SHA-256) is written the same way. A checkpoint
+without a manifest, or whose bytes do not match it (truncated, corrupt), is skipped in favour of
+the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+PREFIX = "checkpoint-"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes so that ``path`` holds either its old content or all of ``data``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Write ``state`` as the checkpoint of global step ``step``; keep the newest ``keep``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    path = folder / f"{PREFIX}{step:09d}.pt"
+    atomic_write(path, data)
+    manifest = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "step": step}
+    atomic_write(path.with_suffix(".json"), json.dumps(manifest).encode())
+    for old in candidates(folder)[keep:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+    return path
+
+
+def candidates(folder: Path) -> list[Path]:
+    """Checkpoint files in ``folder``, newest first (valid or not)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob(f"{PREFIX}*.pt"), reverse=True)
+
+
+def verify(path: Path) -> bytes | None:
+    """The checkpoint's bytes if its manifest vouches for them, else None."""
+    man = path.with_suffix(".json")
+    try:
+        manifest = json.loads(man.read_text())
+        data = path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if len(data) != manifest.get("bytes") or hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
+        return None
+    return data
+
+
+def load_latest(folder: Path, map_location="cpu") -> tuple[dict | None, Path | None]:
+    """(state, path) of the newest valid checkpoint in ``folder``, or (None, None)."""
+    for stale in Path(folder).glob(f".{PREFIX}*.tmp*"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
+    for path in candidates(folder):
+        data = verify(path)
+        if data is None:
+            log.warning("checkpoint %s is incomplete or corrupt; trying the previous one", path)
+            continue
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True), path
+    return None, None

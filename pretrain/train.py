@@ -1,0 +1,301 @@
+"""MoCo v2 / MoCHi pretraining loop: DDP, bf16 autocast, atomic checkpoints, exact resume.
+
+The loop knows nothing of SLURM or grids: a launcher calls ``train(cfg)``; every start resumes
+from the newest valid checkpoint in ``cfg.run.out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, config, data, dist
+from .errors import UserError
+from .moco import MoCo
+from .tracking import Tracker, default_uri
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+# Keys that may differ between a run and its resumption (they change how, not what, is computed).
+OPERATIONAL = {
+    "data.path", "data.num_workers", "run.out", "run.device", "run.compile", "run.ckpt_every_minutes",
+    "run.ckpt_every_steps", "run.keep_checkpoints", "run.log_every", "run.max_steps", "run.experiment",
+    "run.tracking_uri", "run.run_name",
+}
+
+
+def lr_at(cfg: config.Config, epoch: int) -> float:
+    """MoCo's schedule: linear scaling, cosine set once per epoch, no warm-up."""
+    lr = cfg.optim.base_lr * cfg.optim.batch_size / 256
+    if cfg.optim.schedule == "cosine":
+        lr *= 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.optim.epochs))
+    return lr
+
+
+def run_name(cfg: config.Config) -> str:
+    """A name a person can read in a queue: arch, data, batch, epochs, K and the MoCHi triple."""
+    if cfg.run.run_name:
+        return cfg.run.run_name
+    m = cfg.mochi
+    method = f"mochi-N{m.N}-s{m.s}-sp{m.s_prime}" if m.N and (m.s or m.s_prime) else "mocov2"
+    return f"{method}_{cfg.model.arch}_b{cfg.optim.batch_size}-{cfg.optim.epochs}e_K{cfg.moco.K}_{cfg.data.dataset}_seed{cfg.run.seed}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _check_same_run(saved: dict, cfg: config.Config, where: Path) -> None:
+    mine = cfg.flat()
+    theirs = config.from_dict(saved).flat()
+    diff = [k for k in mine if k not in OPERATIONAL and mine[k] != theirs[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(
+            f"{where} holds a run with a different config ({k}: {theirs[k]!r} there, {mine[k]!r} now); "
+            f"choose another run.out"
+        )
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(eval(state["python"], {"__builtins__": {}}))  # a tuple of ints we wrote ourselves
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Progress:
+    """A tqdm bar on a terminal, periodic plain log lines otherwise (batch logs)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, total: int, postfix: dict | None, eta_s: float) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+        elif postfix:
+            items = " ".join(f"{k}={v}" for k, v in postfix.items())
+            log.info("step %d/%d %s eta=%s", step, total, items, time.strftime("%H:%M:%S", time.gmtime(eta_s)))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(cfg: config.Config) -> MoCo:
+    """Pretrain (or resume pretraining) as ``cfg`` says; returns the unwrapped model."""
+    info = dist.init(cfg.run.device)
+    config.validate(cfg, info.world)
+    out = Path(cfg.run.out)
+    ckpt_dir = out / "checkpoints"
+
+    # Everything that can fail on user input fails here, before anything is written.
+    loader, sampler = data.train_loader(cfg, info.rank, info.world, pin_memory=info.device.type == "cuda")
+    state, ckpt_path = checkpoint.load_latest(ckpt_dir)
+    if state is not None:
+        _check_same_run(state["config"], cfg, out)
+    elif (out / CONFIG_FILE).is_file():
+        import yaml
+
+        _check_same_run(yaml.safe_load((out / CONFIG_FILE).read_text()), cfg, out)
+
+    dev = info.device
+    cuda = dev.type == "cuda"
+    torch.manual_seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    model = MoCo(
+        cfg.model.arch, cfg.model.dim, cfg.moco.K, cfg.moco.m, cfg.moco.tau, cfg.model.mlp,
+        cfg.model.small_stem, cfg.moco.shuffle_bn_groups,
+    ).to(dev)
+    if cuda and cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(
+        model.encoder_q.parameters(), lr=lr_at(cfg, 0), momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+    )
+
+    start_epoch, start_step, global_step, run_id, skipped_total = 0, 0, 0, None, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        global_step, run_id = state["global_step"], state.get("mlflow_run_id")
+        skipped_total = state.get("skipped_images", 0)
+        _set_rng_state(state["rng"])
+        log.info("resuming from %s (epoch %d, step %d)", ckpt_path, start_epoch, start_step)
+    del state
+
+    steps_per_epoch = sampler.steps_per_epoch
+    total_steps = cfg.optim.epochs * steps_per_epoch
+    if cfg.run.max_steps:
+        total_steps = min(total_steps, cfg.run.max_steps)
+
+    if global_step >= total_steps:
+        log.info("%s is already complete (%d steps); nothing to do", out, global_step)
+        return model
+
+    net: torch.nn.Module = model
+    if info.world > 1:
+        # broadcast_buffers=False: the queue stays identical on every rank through the all-gathered
+        # keys; re-broadcasting it (and BN statistics) each step would only cost bandwidth.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if cuda else None, broadcast_buffers=False
+        )
+    if cfg.run.compile:
+        model.encoder_q.compile()
+        model.encoder_k.compile()
+
+    tracker = None
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write(out / CONFIG_FILE, config.dump(cfg).encode())
+        tags = {"stage": "pretrain", "git_commit": git_commit(), "method": "mochi" if cfg.mochi.N else "mocov2"}
+        tracker = Tracker(
+            out, cfg.run.tracking_uri or default_uri(out), cfg.run.experiment, run_name(cfg),
+            {**cfg.flat(), "world_size": info.world, "device": str(dev)}, tags, run_id,
+            resume_step=global_step,
+        )
+        run_id = tracker.run_id
+
+    def save(epoch: int, step_in_epoch: int) -> None:
+        if not info.main:
+            return
+        checkpoint.save(
+            ckpt_dir, global_step,
+            {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": _rng_state(),
+                "config": cfg.to_dict(), "mlflow_run_id": run_id, "skipped_images": skipped_total,
+            },
+            keep=cfg.run.keep_checkpoints,
+        )
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.run.amp else contextlib.nullcontext()
+    )
+    gen = torch.Generator(device=dev)
+    progress = Progress(total_steps, global_step, info.main)
+    last_ckpt_time = time.monotonic()
+    window_t, window_steps = time.monotonic(), 0
+    t_start, steps_at_start = time.monotonic(), global_step
+    interrupted = False
+    last_stats: dict[str, float] = {}
+
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            if global_step >= total_steps:
+                break
+            lr = lr_at(cfg, epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            mix = epoch >= cfg.mochi.mix_start
+            N, s, s_prime = (cfg.mochi.N, cfg.mochi.s, cfg.mochi.s_prime) if mix else (0, 0, 0)
+            step_in_epoch = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, step_in_epoch)
+            model.train()
+            for im_q, im_k, _labels, _idx, skipped in loader:
+                # Stateless randomness: each step's shuffle and mixing depend on (seed, rank, step)
+                # only, so a resumed run draws exactly what the uninterrupted one drew.
+                gen.manual_seed(data.sample_seed(cfg.run.seed, info.rank, global_step))
+                im_q = im_q.to(dev, non_blocking=True)
+                im_k = im_k.to(dev, non_blocking=True)
+                if cuda and cfg.run.channels_last:
+                    im_q = im_q.contiguous(memory_format=torch.channels_last)
+                    im_k = im_k.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    logits, stats = net(im_q, im_k, N, s, s_prime, gen)
+                loss = F.cross_entropy(logits.float(), torch.zeros(logits.shape[0], dtype=torch.long, device=dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                global_step += 1
+                step_in_epoch += 1
+                window_steps += 1
+                skipped_total += skipped
+
+                last_step = global_step >= total_steps or step_in_epoch == steps_per_epoch
+                if global_step % cfg.run.log_every == 0 or last_step:
+                    stats["loss"] = loss.detach()
+                    last_stats = dist.mean_over_ranks(stats)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    now = time.monotonic()
+                    ips = window_steps * cfg.optim.batch_size / max(now - window_t, 1e-9)
+                    window_t, window_steps = now, 0
+                    metrics = {**last_stats, "lr": lr, "images_per_s": ips, "skipped_images": skipped_total}
+                    rate = (global_step - steps_at_start) / max(now - t_start, 1e-9)
+                    if tracker is not None:
+                        tracker.log(metrics, global_step, epoch=epoch)
+                    progress.update(
+                        global_step, total_steps,
+                        {"epoch": epoch, "loss": f"{last_stats['loss']:.3f}", "acc": f"{last_stats['acc_moco']:.3f}",
+                         "img/s": f"{ips:.0f}"},
+                        (total_steps - global_step) / max(rate, 1e-9),
+                    )
+                if global_step >= total_steps:
+                    break
+                if step_in_epoch < steps_per_epoch and (
+                    (cfg.run.ckpt_every_steps and global_step % cfg.run.ckpt_every_steps == 0)
+                    or (cfg.run.ckpt_every_minutes and time.monotonic() - last_ckpt_time >= 60 * cfg.run.ckpt_every_minutes)
+                ):
+                    save(epoch, step_in_epoch)
+                    last_ckpt_time = time.monotonic()
+            if step_in_epoch == steps_per_epoch:
+                save(epoch + 1, 0)
+            else:
+                save(epoch, step_in_epoch)  # stopped by max_steps mid-epoch
+            last_ckpt_time = time.monotonic()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        progress.close()
+        if tracker is not None:
+            done = global_step >= total_steps
+            if done:
+                checkpoint.atomic_write(
+                    out / SUMMARY_FILE,
+                    json.dumps({"global_step": global_step, "run_id": run_id, **last_stats}).encode(),
+                )
+            tracker.finish("FINISHED" if done else ("KILLED" if interrupted else "FAILED"))
+    if skipped_total:
+        log.warning("%d unreadable images were skipped", skipped_total)
+    return model

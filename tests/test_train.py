@@ -1,0 +1,124 @@
+"""Real pretraining runs on Fashion-MNIST: MLflow logging, idempotent restart, SIGKILL resume, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from mlflow.tracking import MlflowClient
+
+from pretrain import checkpoint
+from pretrain.tracking import read_metrics
+from pretrain.train import train
+
+from .conftest import TINY, free_port, tiny_cfg
+
+pytestmark = pytest.mark.slow
+
+
+def test_end_to_end_logs_to_mlflow_and_restart_is_idempotent(tmp_path, mlflow_server):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, f"run.tracking_uri={mlflow_server}", "run.experiment=e2e-test")
+    train(cfg)
+    client = MlflowClient(mlflow_server)
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["mochi.N"] == "32" and run.data.tags["stage"] == "pretrain"
+    loss = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in loss] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert all(0 < m.value < 20 for m in loss)
+    assert {"acc_moco", "acc_all", "lr", "images_per_s", "syn_s_cos", "syn_top1_share"} <= set(run.data.metrics)
+    # Mixing starts at epoch 1 (step 9 on): synthetic stats only from then on.
+    assert min(m.step for m in client.get_metric_history(run_id, "syn_s_cos")) == 10
+    # The JSON-lines file holds the same points.
+    assert [r["step"] for r in read_metrics(out)] == [2, 4, 6, 8, 10, 12, 14, 16]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 16 and summary["run_id"] == run_id
+    # Running the same command again changes nothing and opens no second MLflow run.
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    train(cfg)
+    exp = client.get_experiment_by_name("e2e-test")
+    assert len(client.search_runs([exp.experiment_id])) == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ckpts
+
+
+def test_tracking_store_down_keeps_training_and_the_jsonl(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "run.tracking_uri=http://127.0.0.1:9", "run.max_steps=4"))
+    assert [r["step"] for r in read_metrics(out)] == [2, 4]
+    assert checkpoint.load_latest(out / "checkpoints")[0]["global_step"] == 4
+
+
+def _cli(out, *extra):
+    args = [f"--preset=demo", *TINY, f"run.out={out}", "optim.epochs=3", "data.num_workers=1",
+            "run.ckpt_every_steps=3", *extra]
+    return [sys.executable, "-m", "pretrain", *args]
+
+
+def _final_state(out):
+    state, path = checkpoint.load_latest(out / "checkpoints")
+    return state
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    ref_out, out = tmp_path / "ref" / "run", tmp_path / "killed" / "run"
+    subprocess.run(_cli(ref_out), check=True, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(_cli(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    killed_after = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        cands = checkpoint.candidates(out / "checkpoints")
+        # Wait for a mid-epoch checkpoint inside the mixing phase (epoch 1: steps 9-16).
+        if cands and int(cands[0].stem.split("-")[1]) >= 9:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_after = cands[0].name
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_after is not None, "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+
+    r = subprocess.run(_cli(out), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr
+
+    ref, got = _final_state(ref_out), _final_state(out)
+    assert got["global_step"] == ref["global_step"] == 24
+    assert ref["model"].keys() == got["model"].keys()
+    for k in ref["model"]:
+        assert torch.equal(ref["model"][k], got["model"][k]), k
+    # One MLflow run, continued, with each logged step once in the JSON-lines file.
+    assert (out / "mlflow_run_id").read_text() == got["mlflow_run_id"]
+    steps = [r["step"] for r in read_metrics(out)]
+    assert steps == sorted(set(steps)) and steps[-1] == 24
+
+
+def _ddp_worker(rank, world, port, out, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    model = train(tiny_cfg(out, "optim.epochs=1", "data.subset=512"))
+    torch.save({"queue": model.queue, "ptr": model.queue_ptr, "q": model.encoder_q.state_dict()},
+               result_dir / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_cpu_processes_keep_identical_queues(tmp_path):
+    torch.manual_seed(0)
+    mp.spawn(_ddp_worker, args=(2, free_port(), tmp_path / "run", tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["queue"], r1["queue"]) and torch.equal(r0["ptr"], r1["ptr"])
+    # 512 images / global batch 32 = 16 steps: every step enqueued the gathered global batch.
+    assert int(r0["ptr"]) == (16 * 32) % 256
+    for k in r0["q"]:
+        if k.endswith(("weight", "bias")):
+            assert torch.equal(r0["q"][k], r1["q"][k]), k
