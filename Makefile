@@ -26,6 +26,8 @@ data:
 demo: setup data
 	$(PY) -m pretrain --preset demo
 	$(PY) -m pretrain.knn runs/demo
+	$(PY) -m pretrain.lincls runs/demo --fast
+	$(PY) -m pretrain.lincls runs/demo --fast --random-init
 
 test: setup data
 	$(PY) -m pytest

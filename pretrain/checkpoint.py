@@ -37,15 +37,21 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dfd)
 
 
+def atomic_torch_save(path: Path, obj) -> bytes:
+    """torch.save ``obj`` to ``path`` atomically; returns the bytes written."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    atomic_write(path, data)
+    return data
+
+
 def save(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
     """Write ``state`` as the checkpoint of global step ``step``; keep the newest ``keep``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
     path = folder / f"{PREFIX}{step:09d}.pt"
-    atomic_write(path, data)
+    data = atomic_torch_save(path, state)
     manifest = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "step": step}
     atomic_write(path.with_suffix(".json"), json.dumps(manifest).encode())
     for old in candidates(folder)[keep:]:

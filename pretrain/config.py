@@ -33,6 +33,7 @@ class MocoCfg:
     m: float = 0.999  # key-encoder momentum
     tau: float = 0.2  # softmax temperature (MoCo v2)
     shuffle_bn_groups: int = 8  # single device only: BN groups that emulate Shuffle BN (1 = off)
+    oracle: bool = False  # the paper's class oracle: drop same-label queue entries from logits and mixing
 
 
 @dataclass
@@ -60,8 +61,19 @@ class DataCfg:
     class_list: str | None = None  # file of class folder names to keep (ImageNet-100)
     image_size: int = 224
     min_scale: float = 0.2  # RandomResizedCrop scale lower bound (aug+)
+    blur: bool = True  # aug+'s Gaussian blur; CIFAR-scale recipes drop it
     subset: int = 0  # use only the first n training images (0 = all)
     num_workers: int = 8  # data-loading processes per rank
+
+
+@dataclass
+class EvalCfg:
+    every: int = 0  # kNN + alignment/uniformity monitor every this many epochs and at the end (0 = off)
+    knn_k: int = 200
+    knn_t: float = 0.07
+    knn_train_size: int = 10000  # memory-bank images from the training split (0 = all)
+    heldout_size: int = 1000  # held-out (test/val split) images: kNN queries, alignment, uniformity
+    analysis_N: int = 1024  # "top-N" of the hardness and class-oracle statistics when mochi.N = 0
 
 
 @dataclass
@@ -89,6 +101,7 @@ class Config:
     mochi: MochiCfg = field(default_factory=MochiCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     data: DataCfg = field(default_factory=DataCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
     run: RunCfg = field(default_factory=RunCfg)
 
     def to_dict(self) -> dict:
@@ -121,6 +134,11 @@ def _coerce(key: str, value: object, typ: object) -> object:
         raise UserError(f"config key {key}: null is not allowed, expected {typ.__name__}")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):
+        try:  # PyYAML (YAML 1.1) reads 5e-4 as a string
+            return float(value)
+        except ValueError:
+            pass
     if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if typ in (int, float) and isinstance(value, bool) or not isinstance(value, typ):
@@ -214,6 +232,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         "data.image_size": cfg.data.image_size,
         "run.keep_checkpoints": cfg.run.keep_checkpoints,
         "run.log_every": cfg.run.log_every,
+        "eval.knn_k": cfg.eval.knn_k,
+        "eval.knn_t": cfg.eval.knn_t,
+        "eval.heldout_size": cfg.eval.heldout_size,
+        "eval.analysis_N": cfg.eval.analysis_N,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -226,6 +248,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         "run.ckpt_every_steps": cfg.run.ckpt_every_steps,
         "run.max_steps": cfg.run.max_steps,
         "optim.weight_decay": cfg.optim.weight_decay,
+        "eval.every": cfg.eval.every,
+        "eval.knn_train_size": cfg.eval.knn_train_size,
     }
     for key, v in non_negative.items():
         if v < 0:

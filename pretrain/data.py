@@ -36,25 +36,24 @@ FASHION_MNIST_CLASSES = (
 
 # ---------------------------------------------------------------------------------------------
 # aug+
-def aug_plus(image_size: int, min_scale: float = 0.2) -> T.Compose:
+def aug_plus(image_size: int, min_scale: float = 0.2, blur: bool = True) -> T.Compose:
     """MoCo v2's aug+, applied independently to each view.
 
     RandomResizedCrop(scale=(min_scale, 1)), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
     RandomGrayscale(0.2), GaussianBlur sigma in [0.1, 2] with p=0.5, horizontal flip, ImageNet
-    mean/std. The blur kernel is 10% of the image side (23 px at 224), as in SimCLR.
+    mean/std. The blur kernel is 10% of the image side (23 px at 224), as in SimCLR. ``blur=False``
+    drops the blur, as CIFAR-scale recipes do: at 32 px it erases the object.
     """
     kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
-    return T.Compose(
-        [
-            T.RandomResizedCrop(image_size, scale=(min_scale, 1.0)),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+    steps = [
+        T.RandomResizedCrop(image_size, scale=(min_scale, 1.0)),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+    ]
+    if blur:
+        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    steps += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)
 
 
 def sample_seed(*parts: int) -> int:
@@ -276,7 +275,7 @@ def train_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False):
         raise UserError(
             f"{len(base)} training images make no full batch of optim.batch_size={cfg.optim.batch_size}"
         )
-    ds = TwoViews(base, aug_plus(cfg.data.image_size, cfg.data.min_scale), cfg.run.seed)
+    ds = TwoViews(base, aug_plus(cfg.data.image_size, cfg.data.min_scale, cfg.data.blur), cfg.run.seed)
     loader = torch.utils.data.DataLoader(
         ds,
         batch_size=bpr,

@@ -20,7 +20,7 @@ import yaml
 from . import checkpoint, config, data
 from .cli import ArgumentParser, run, setup_logging
 from .errors import UserError
-from .moco import MoCo
+from .moco import MoCo, from_config
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,15 @@ def backbone(model: MoCo) -> nn.Module:
     return net.eval()
 
 
-def eval_transform(image_size: int) -> T.Compose:
-    return T.Compose(
-        [T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(), T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)]
-    )
+def val_transform(size: int) -> T.Compose:
+    """Resize to size * 256 / 224, centre crop: the evaluation view of MoCo's main_lincls."""
+    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
 
 
-class _Transformed(torch.utils.data.Dataset):
+class Transformed(torch.utils.data.Dataset):
+    """(transform(image), label) over a labelled image dataset."""
+
     def __init__(self, base, transform):
         self.base, self.transform = base, transform
 
@@ -76,17 +78,21 @@ class _Transformed(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def extract(net: nn.Module, dataset, image_size: int, device, batch_size: int = 256, workers: int = 0):
-    """(L2-normalised features [n, D], labels [n]) of a labelled image dataset."""
-    loader = torch.utils.data.DataLoader(
-        _Transformed(dataset, eval_transform(image_size)), batch_size=batch_size, num_workers=workers
-    )
-    feats, labels = [], []
+def features(net: nn.Module, dataset, transform, device, batch_size: int = 256, workers: int = 0):
+    """(features [n, D] float32 on the CPU, labels [n]) of a labelled image dataset; net in eval mode."""
+    loader = torch.utils.data.DataLoader(Transformed(dataset, transform), batch_size=batch_size, num_workers=workers)
     net.eval().to(device)
+    feats, labels = [], []
     for x, y in loader:
-        feats.append(F.normalize(net(x.to(device)).float(), dim=1).cpu())
+        feats.append(net(x.to(device)).float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
+
+
+def extract(net: nn.Module, dataset, image_size: int, device, workers: int = 0):
+    """(L2-normalised centre-crop features [n, D], labels [n]): what kNN compares."""
+    f, y = features(net, dataset, val_transform(image_size), device, workers=workers)
+    return F.normalize(f, dim=1), y
 
 
 def evaluate(net: nn.Module, cfg: config.Config, device, train_size: int = 0, test_size: int = 0, k: int = 200,
@@ -114,8 +120,7 @@ def load_run(run_dir: Path) -> tuple[config.Config, MoCo]:
     state, _ = checkpoint.load_latest(Path(run_dir) / "checkpoints")
     if state is None:
         raise UserError(f"{run_dir} has no valid checkpoint yet")
-    model = MoCo(cfg.model.arch, cfg.model.dim, cfg.moco.K, cfg.moco.m, cfg.moco.tau, cfg.model.mlp,
-                 cfg.model.small_stem, cfg.moco.shuffle_bn_groups)
+    model = from_config(cfg)
     model.load_state_dict(state["model"])
     return cfg, model
 
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"knn_top1": evaluate(backbone(model), cfg, device, **kw)}
     if not args.no_baseline:
         torch.manual_seed(cfg.run.seed)
-        fresh = MoCo(cfg.model.arch, cfg.model.dim, cfg.moco.K, mlp=cfg.model.mlp, small_stem=cfg.model.small_stem)
+        fresh = from_config(cfg)
         result["knn_top1_random_init"] = evaluate(backbone(fresh), cfg, device, **kw)
     print(json.dumps(result))
     for name, v in result.items():

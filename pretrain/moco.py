@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import mochi
+from . import analysis, mochi
 from .models import encoder
 
 
@@ -28,6 +28,14 @@ def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out, dim=0)
+
+
+def from_config(cfg) -> "MoCo":
+    """The MoCo model a pretraining config describes (``pretrain.config.Config``)."""
+    return MoCo(
+        cfg.model.arch, cfg.model.dim, cfg.moco.K, cfg.moco.m, cfg.moco.tau, cfg.model.mlp, cfg.model.small_stem,
+        cfg.moco.shuffle_bn_groups, analysis_N=cfg.mochi.N or cfg.eval.analysis_N,
+    )
 
 
 class MoCo(nn.Module):
@@ -52,9 +60,11 @@ class MoCo(nn.Module):
         mlp: bool = True,
         small_stem: bool = False,
         shuffle_bn_groups: int = 8,
+        analysis_N: int = 1024,
     ):
         super().__init__()
         self.K, self.m, self.tau = K, m, tau
+        self.analysis_N = min(analysis_N, K)  # "top-N" in the hardness and class-oracle statistics
         self.shuffle_bn_groups = shuffle_bn_groups
         self.encoder_q = encoder(arch, dim, mlp, small_stem)
         self.encoder_k = copy.deepcopy(self.encoder_q)
@@ -63,6 +73,8 @@ class MoCo(nn.Module):
         # One negative per row, fp32 whatever the autocast dtype: q.queue loses precision otherwise.
         self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        # Labels of the queued keys, for the class-oracle analysis only (-1: unknown).
+        self.register_buffer("queue_labels", torch.full((K,), -1, dtype=torch.long))
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -71,13 +83,18 @@ class MoCo(nn.Module):
             pk.data = pk.data * self.m + pq.data * (1.0 - self.m)
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Replace the oldest entries with this step's keys, gathered from every rank."""
+    def enqueue(self, keys: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Replace the oldest entries with this step's keys (and labels), gathered from every rank."""
         keys = concat_all_gather(keys.float())
+        if labels is None:
+            labels = torch.full((len(keys),), -1, dtype=torch.long, device=keys.device)
+        else:
+            labels = concat_all_gather(labels.long())
         n = keys.shape[0]
         ptr = int(self.queue_ptr)
         assert self.K % n == 0, "K must be a multiple of the global batch"
         self.queue[ptr : ptr + n] = keys
+        self.queue_labels[ptr : ptr + n] = labels
         self.queue_ptr[0] = (ptr + n) % self.K
 
     @torch.no_grad()
@@ -109,13 +126,24 @@ class MoCo(nn.Module):
         s: int = 0,
         s_prime: int = 0,
         generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        oracle: bool = False,
+        with_stats: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One MoCo(HI) step's logits; also updates the key encoder and the queue.
 
+        Args:
+            labels: [B] class labels, used only by the analyses (enqueued beside the keys).
+            oracle: the paper's class oracle: queue entries with the query's label are removed
+                from its logits (set to -inf) and from its hard-negative set. Needs labels.
+            with_stats: compute the statistics (a few top-k's); training asks on logging steps.
+
         Returns:
             logits: [B, 1 + K + s + s_prime] fp32, already divided by tau; the positive is column 0.
-            stats: detached scalars (proxy-task accuracies and mixing statistics).
+            stats: detached 0-dim tensors (proxy-task accuracies, hardness, mixing, oracle).
         """
+        if oracle and labels is None:
+            raise ValueError("the class oracle needs labels")
         q = F.normalize(self.encoder_q(im_q).float(), dim=1)
         with torch.no_grad():
             self.momentum_update()  # before the key forward, as in MoCo
@@ -125,35 +153,50 @@ class MoCo(nn.Module):
             l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)  # [B, 1]
             # A copy: the enqueue below edits the queue in place, and backward needs this one.
             queue = self.queue.clone()
-            l_neg = torch.einsum("nc,kc->nk", q, queue)  # [B, K]
+            l_neg_all = torch.einsum("nc,kc->nk", q, queue)  # [B, K]
+            false_neg = None
+            if labels is not None:
+                false_neg = analysis.false_negative_mask(labels, self.queue_labels)
+            l_neg = l_neg_all.masked_fill(false_neg, float("-inf")) if oracle else l_neg_all
             cols = [l_pos, l_neg]
             n_syn = s + s_prime if N > 0 else 0
+            l_syn = None
             if n_syn:
                 h = mochi.synthesize(q, queue, N, s, s_prime, generator, l_neg=l_neg.detach())
-                cols.append(mochi.synthetic_logits(q, h))
+                l_syn = mochi.synthetic_logits(q, h)
+                cols.append(l_syn)
             logits = torch.cat(cols, dim=1) / self.tau
 
-        stats = self._stats(logits.detach(), n_syn, s if n_syn else 0)
-        self.enqueue(k)
+        stats = {}
+        if with_stats:
+            stats = self._stats(l_pos.detach(), l_neg.detach(), l_neg_all.detach(),
+                                None if l_syn is None else l_syn.detach(), s if n_syn else 0, labels)
+        self.enqueue(k, labels)
         return logits, stats
 
     @torch.no_grad()
-    def _stats(self, logits: torch.Tensor, n_syn: int, s: int) -> dict[str, torch.Tensor]:
-        K, tau = self.K, self.tau
+    def _stats(self, l_pos, l_neg, l_neg_all, l_syn, s, labels) -> dict[str, torch.Tensor]:
+        """All cosines (not divided by tau). l_neg is what the loss saw (oracle-masked), l_neg_all not."""
+        moco_task = torch.cat([l_pos, l_neg], dim=1)
         st = {
             # MoCo's acc1: the (K + 1)-way proxy task over [positive, queue] only.
-            "acc_moco": (logits[:, : 1 + K].argmax(dim=1) == 0).float().mean(),
-            # The same task with the synthetic negatives as extra columns.
-            "acc_all": (logits.argmax(dim=1) == 0).float().mean(),
-            "pos_cos": logits[:, 0].mean() * tau,
-            "neg_top1_cos": logits[:, 1 : 1 + K].max(dim=1).values.mean() * tau,
+            "acc_moco": (moco_task.argmax(dim=1) == 0).float().mean(),
+            "pos_cos": l_pos.mean(),
         }
-        if n_syn:
-            syn = logits[:, 1 + K :] * tau
+        hard = analysis.hardness(l_neg_all, (1, 10, self.analysis_N))
+        st.update(neg_top1_cos=hard["neg_top1_cos"], neg_top10_cos=hard["neg_top10_cos"],
+                  neg_topN_cos=hard[f"neg_top{self.analysis_N}_cos"])
+        if l_syn is None:
+            st["acc_all"] = st["acc_moco"]
+        else:
+            # The same task with the synthetic negatives as extra columns.
+            st["acc_all"] = (torch.cat([moco_task, l_syn], dim=1).argmax(dim=1) == 0).float().mean()
             if s:
-                st["syn_s_cos"] = syn[:, :s].mean()
-            if n_syn > s:
-                st["syn_sprime_cos"] = syn[:, s:].mean()
-            # Share of queries whose hardest negative is synthetic.
-            st["syn_top1_share"] = (logits[:, 1:].argmax(dim=1) >= K).float().mean()
+                st["syn_s_cos"] = l_syn[:, :s].mean()
+            if l_syn.shape[1] > s:
+                st["syn_sprime_cos"] = l_syn[:, s:].mean()
+            st["syn_top1_share"] = analysis.synthetic_share_topk(l_neg, l_syn, 1)
+            st["syn_top10_share"] = analysis.synthetic_share_topk(l_neg, l_syn, 10)
+        if labels is not None and bool((self.queue_labels >= 0).all()):
+            st["false_neg_share"] = analysis.false_negative_share(l_neg_all, labels, self.queue_labels, self.analysis_N)
         return st

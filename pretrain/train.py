@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from . import checkpoint, config, data, dist
 from .errors import UserError
-from .moco import MoCo
+from .moco import MoCo, from_config
+from .monitor import Monitor
 from .tracking import Tracker, default_uri
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ def git_commit() -> str:
 def _check_same_run(saved: dict, cfg: config.Config, where: Path) -> None:
     mine = cfg.flat()
     theirs = config.from_dict(saved).flat()
-    diff = [k for k in mine if k not in OPERATIONAL and mine[k] != theirs[k]]
+    diff = [k for k in mine if k not in OPERATIONAL and not k.startswith("eval.") and mine[k] != theirs[k]]
     if diff:
         k = diff[0]
         raise UserError(
@@ -128,12 +130,11 @@ def train(cfg: config.Config) -> MoCo:
 
     # Everything that can fail on user input fails here, before anything is written.
     loader, sampler = data.train_loader(cfg, info.rank, info.world, pin_memory=info.device.type == "cuda")
+    monitor = Monitor(cfg, info.device) if cfg.eval.every and info.main else None
     state, ckpt_path = checkpoint.load_latest(ckpt_dir)
     if state is not None:
         _check_same_run(state["config"], cfg, out)
     elif (out / CONFIG_FILE).is_file():
-        import yaml
-
         _check_same_run(yaml.safe_load((out / CONFIG_FILE).read_text()), cfg, out)
 
     dev = info.device
@@ -141,10 +142,7 @@ def train(cfg: config.Config) -> MoCo:
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     random.seed(cfg.run.seed)
-    model = MoCo(
-        cfg.model.arch, cfg.model.dim, cfg.moco.K, cfg.moco.m, cfg.moco.tau, cfg.model.mlp,
-        cfg.model.small_stem, cfg.moco.shuffle_bn_groups,
-    ).to(dev)
+    model = from_config(cfg).to(dev)
     if cuda and cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(
@@ -231,7 +229,7 @@ def train(cfg: config.Config) -> MoCo:
             step_in_epoch = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch, step_in_epoch)
             model.train()
-            for im_q, im_k, _labels, _idx, skipped in loader:
+            for im_q, im_k, labels, _idx, skipped in loader:
                 # Stateless randomness: each step's shuffle and mixing depend on (seed, rank, step)
                 # only, so a resumed run draws exactly what the uninterrupted one drew.
                 gen.manual_seed(data.sample_seed(cfg.run.seed, info.rank, global_step))
@@ -240,8 +238,11 @@ def train(cfg: config.Config) -> MoCo:
                 if cuda and cfg.run.channels_last:
                     im_q = im_q.contiguous(memory_format=torch.channels_last)
                     im_k = im_k.contiguous(memory_format=torch.channels_last)
+                log_now = (global_step + 1) % cfg.run.log_every == 0 or step_in_epoch + 1 == steps_per_epoch \
+                    or global_step + 1 >= total_steps
                 with autocast:
-                    logits, stats = net(im_q, im_k, N, s, s_prime, gen)
+                    logits, stats = net(im_q, im_k, N, s, s_prime, gen, labels=labels.to(dev, non_blocking=True),
+                                        oracle=cfg.moco.oracle, with_stats=log_now)
                 loss = F.cross_entropy(logits.float(), torch.zeros(logits.shape[0], dtype=torch.long, device=dev))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -251,8 +252,7 @@ def train(cfg: config.Config) -> MoCo:
                 window_steps += 1
                 skipped_total += skipped
 
-                last_step = global_step >= total_steps or step_in_epoch == steps_per_epoch
-                if global_step % cfg.run.log_every == 0 or last_step:
+                if log_now:
                     stats["loss"] = loss.detach()
                     last_stats = dist.mean_over_ranks(stats)
                     if cuda:
@@ -279,6 +279,15 @@ def train(cfg: config.Config) -> MoCo:
                     save(epoch, step_in_epoch)
                     last_ckpt_time = time.monotonic()
             if step_in_epoch == steps_per_epoch:
+                # Monitor before the checkpoint: a kill in between repeats the epoch and its
+                # monitor point rather than losing it.
+                if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or global_step >= total_steps):
+                    if monitor is not None:
+                        evals = monitor(model)
+                        last_stats.update(evals)
+                        tracker.log(evals, global_step, epoch=epoch)
+                        log.info("epoch %d monitor: %s", epoch, " ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+                    dist.barrier()
                 save(epoch + 1, 0)
             else:
                 save(epoch, step_in_epoch)  # stopped by max_steps mid-epoch

@@ -63,7 +63,8 @@ def test_show_config_round_trips(tmp_path):
 def test_override_types_and_file_layering(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("mochi:\n  N: 64\noptim:\n  base_lr: 1\n")
-    cfg = config.load("demo", str(f), ["mochi.s=4", "run.tracking_uri=null"])
+    cfg = config.load("demo", str(f), ["mochi.s=4", "run.tracking_uri=null", "optim.weight_decay=5e-4"])
+    assert cfg.optim.weight_decay == 5e-4
     assert cfg.mochi.N == 64 and cfg.mochi.s == 4 and cfg.optim.base_lr == 1.0
     assert isinstance(cfg.optim.base_lr, float) and cfg.run.tracking_uri is None
     with pytest.raises(UserError, match="run.amp: 'yes please' is not a valid bool"):

@@ -101,3 +101,38 @@ def test_shuffle_bn_groups_change_key_statistics():
     # Eval-mode BN has no batch statistics: then the grouping makes no difference.
     model.eval()
     assert torch.allclose(model.keys(im_k, torch.Generator().manual_seed(0)), model.keys(im_k), atol=1e-5)
+
+
+def test_class_oracle_removes_same_label_entries_from_logits_and_mixing():
+    model = small(K=64)
+    model.queue_labels.copy_(torch.arange(64) % 4)
+    im_q, im_k = images()
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    queue_before, qlab = model.queue.clone(), model.queue_labels.clone()
+    plain = copy.deepcopy(model)
+    logits, stats = model(im_q, im_k, N=8, s=4, s_prime=2, generator=torch.Generator().manual_seed(3),
+                          labels=labels, oracle=True)
+    same = labels[:, None] == qlab[None, :]
+    assert torch.isinf(logits[:, 1:65][same]).all() and torch.isfinite(logits[:, 1:65][~same]).all()
+    # Mixing drew only from entries with another label: the same points as synthesize() on masked logits.
+    q = F.normalize(copy.deepcopy(plain).encoder_q(im_q), dim=1)
+    g = torch.Generator().manual_seed(3)
+    torch.randperm(8, generator=g)
+    masked = (q @ queue_before.T).masked_fill(same, float("-inf"))
+    h = mochi.synthesize(q, queue_before, 8, 4, 2, generator=g, l_neg=masked)
+    assert torch.allclose(logits[:, 65:], torch.einsum("bd,bsd->bs", q, h) / 0.2, atol=1e-5)
+    for b in range(8):
+        assert (qlab[mochi.hardest(q[b : b + 1], queue_before, 8, masked[b : b + 1])] != labels[b]).all()
+    # The loss stays finite, and the oracle statistic is measured on the unmasked queue.
+    loss = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
+    assert torch.isfinite(loss)
+    assert 0 < stats["false_neg_share"].item() <= 1
+    # Keys and their labels were enqueued together.
+    assert torch.equal(model.queue_labels[:8], labels)
+
+
+def test_stats_are_skipped_when_not_asked():
+    model = small()
+    im_q, im_k = images()
+    _, stats = model(im_q, im_k, N=16, s=4, s_prime=2, with_stats=False)
+    assert stats == {}

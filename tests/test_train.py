@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 def test_end_to_end_logs_to_mlflow_and_restart_is_idempotent(tmp_path, mlflow_server):
     out = tmp_path / "run"
-    cfg = tiny_cfg(out, f"run.tracking_uri={mlflow_server}", "run.experiment=e2e-test")
+    cfg = tiny_cfg(out, f"run.tracking_uri={mlflow_server}", "run.experiment=e2e-test", "eval.every=1",
+                   "eval.knn_train_size=256", "eval.heldout_size=128")
     train(cfg)
     client = MlflowClient(mlflow_server)
     run_id = (out / "mlflow_run_id").read_text().strip()
@@ -33,18 +34,32 @@ def test_end_to_end_logs_to_mlflow_and_restart_is_idempotent(tmp_path, mlflow_se
     loss = client.get_metric_history(run_id, "loss")
     assert [m.step for m in loss] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert all(0 < m.value < 20 for m in loss)
-    assert {"acc_moco", "acc_all", "lr", "images_per_s", "syn_s_cos", "syn_top1_share"} <= set(run.data.metrics)
+    assert {"acc_moco", "acc_all", "lr", "images_per_s", "syn_s_cos", "syn_top1_share", "syn_top10_share",
+            "neg_top1_cos", "neg_top10_cos", "neg_topN_cos", "false_neg_share"} <= set(run.data.metrics)
+    # The monitor ran after each of the two epochs.
+    knn = client.get_metric_history(run_id, "knn_top1")
+    assert [m.step for m in knn] == [8, 16] and all(10 <= m.value <= 100 for m in knn)
+    assert 0 <= run.data.metrics["alignment"] <= 4 and run.data.metrics["uniformity"] <= 0
     # Mixing starts at epoch 1 (step 9 on): synthetic stats only from then on.
     assert min(m.step for m in client.get_metric_history(run_id, "syn_s_cos")) == 10
     # The JSON-lines file holds the same points.
-    assert [r["step"] for r in read_metrics(out)] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert sorted({r["step"] for r in read_metrics(out)}) == [2, 4, 6, 8, 10, 12, 14, 16]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_step"] == 16 and summary["run_id"] == run_id
+    # The linear probe logs as a child of the pretraining run.
+    from pretrain import lincls
+
+    assert lincls.main([str(out), "--fast", "--train-size", "256", "--val-size", "128", "--epochs", "1",
+                        "--workers", "0"]) == 0
+    child_id = (out / "lincls-fast" / "mlflow_run_id").read_text()
+    child = client.get_run(child_id)
+    assert child.data.tags["mlflow.parentRunId"] == run_id and child.data.tags["mode"] == "fast"
+    assert "top1_best" in child.data.metrics
     # Running the same command again changes nothing and opens no second MLflow run.
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     train(cfg)
     exp = client.get_experiment_by_name("e2e-test")
-    assert len(client.search_runs([exp.experiment_id])) == 1
+    assert len(client.search_runs([exp.experiment_id], "tags.stage = 'pretrain'")) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ckpts
 
 
@@ -54,6 +69,15 @@ def test_tracking_store_down_keeps_training_and_the_jsonl(tmp_path, monkeypatch)
     train(tiny_cfg(out, "run.tracking_uri=http://127.0.0.1:9", "run.max_steps=4"))
     assert [r["step"] for r in read_metrics(out)] == [2, 4]
     assert checkpoint.load_latest(out / "checkpoints")[0]["global_step"] == 4
+
+
+def test_class_oracle_variant_trains(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "moco.oracle=true", "run.max_steps=12", "run.log_every=4"))
+    last = read_metrics(out)[-1]
+    assert last["step"] == 12 and 0 < last["loss"] < 20
+    # Once the queue holds labelled keys, the oracle statistic is measured (on the unmasked queue).
+    assert 0 <= last["false_neg_share"] <= 1
 
 
 def _cli(out, *extra):
