@@ -16,7 +16,7 @@ from pretrain import config
 TINY = [
     "model.arch=resnet18", "data.image_size=32", "optim.batch_size=32", "moco.K=256", "data.subset=256",
     "optim.epochs=2", "mochi.N=32", "mochi.s=16", "mochi.s_prime=8", "mochi.mix_start=1",
-    "data.num_workers=0", "run.log_every=2", "moco.shuffle_bn_groups=2",
+    "data.num_workers=0", "run.log_every=2", "moco.shuffle_bn_groups=2", "eval.every=0",
 ]
 
 

@@ -81,8 +81,8 @@ def test_class_oracle_variant_trains(tmp_path):
 
 
 def _cli(out, *extra):
-    args = [f"--preset=demo", *TINY, f"run.out={out}", "optim.epochs=3", "data.num_workers=1",
-            "run.ckpt_every_steps=3", *extra]
+    args = ["--preset=demo", *TINY, f"run.out={out}", "optim.epochs=3", "data.num_workers=1",
+            "run.ckpt_every_steps=3", "eval.every=2", "eval.knn_train_size=256", "eval.heldout_size=128", *extra]
     return [sys.executable, "-m", "pretrain", *args]
 
 
@@ -120,10 +120,14 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert ref["model"].keys() == got["model"].keys()
     for k in ref["model"]:
         assert torch.equal(ref["model"][k], got["model"][k]), k
-    # One MLflow run, continued, with each logged step once in the JSON-lines file.
+    # One MLflow run, continued, with each training and each monitor point once in the JSON-lines file.
     assert (out / "mlflow_run_id").read_text() == got["mlflow_run_id"]
-    steps = [r["step"] for r in read_metrics(out)]
-    assert steps == sorted(set(steps)) and steps[-1] == 24
+    records = read_metrics(out)
+    assert [r["step"] for r in records if "loss" in r] == list(range(2, 25, 2))
+    assert [r["step"] for r in records if "knn_top1" in r] == [16, 24]
+    # The monitor's numbers do not depend on the interruption either.
+    ref_knn = [r["knn_top1"] for r in read_metrics(ref_out) if "knn_top1" in r]
+    assert [r["knn_top1"] for r in records if "knn_top1" in r] == ref_knn
 
 
 def _ddp_worker(rank, world, port, out, result_dir):
