@@ -302,10 +302,13 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = "fast" if s.fast else "full"
     suffix = "-random-init" if args.random_init else ""
-    out = Path(args.out) if args.out else (src if src.is_dir() else src.parent) / f"lincls-{mode}{suffix}"
+    # The run folder the source belongs to: itself, or RUN for RUN/checkpoints/checkpoint-*.pt.
+    home = src if src.is_dir() else src.parent.parent if src.parent.name == "checkpoints" else src.parent
+    out = Path(args.out) if args.out else home / f"lincls-{mode}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    uri = (cfg.run.tracking_uri if cfg else None) or default_uri(src if src.is_dir() else out)
+    # Our runs log beside their run folder (runs/mlflow.db); external checkpoints beside the output.
+    uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
     tags = {"stage": "lincls", "mode": mode, "source": str(src.resolve()), "random_init": str(args.random_init)}
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id

@@ -16,7 +16,7 @@ def run_cli(*args, cwd=None):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["mochi.N=5000"], "cannot be taken from a queue of K=2048"),
+        (["mochi.N=5000"], "cannot be taken from a queue of K=512"),
         (["mochi.s=-1"], "non-negative"),
         (["mochi.N=0", "mochi.s=8", "mochi.s_prime=0"], "needs N >= 2"),
         (["moco.K=1000"], "multiple of the global batch"),

@@ -97,3 +97,18 @@ def test_lincls_on_a_moco_format_checkpoint_end_to_end_and_resume(tmp_path, fast
     assert lincls.main(args + ["--epochs", "3"]) == 0
     hist = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2]
+
+
+def test_lincls_on_a_checkpoint_file_of_a_run_writes_beside_the_run(tmp_path):
+    from pretrain import checkpoint, config
+    from pretrain.moco import from_config
+
+    run = tmp_path / "runs" / "r"
+    cfg = config.load("demo", overrides=[f"run.out={run}"])
+    checkpoint.save(run / "checkpoints", 5, {"model": from_config(cfg).state_dict(), "config": cfg.to_dict(),
+                                            "mlflow_run_id": None})
+    src = checkpoint.candidates(run / "checkpoints")[0]
+    assert lincls.main([str(src), "--fast", "--train-size", "256", "--val-size", "128", "--epochs", "1",
+                        "--workers", "0"]) == 0
+    assert (run / "lincls-fast" / "lincls.json").is_file()
+    assert (tmp_path / "runs" / "mlflow.db").is_file() and not (run / "checkpoints" / "lincls-fast").exists()
