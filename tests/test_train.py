@@ -150,3 +150,13 @@ def test_ddp_two_cpu_processes_keep_identical_queues(tmp_path):
     for k in r0["q"]:
         if k.endswith(("weight", "bias")):
             assert torch.equal(r0["q"][k], r1["q"][k]), k
+
+
+def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tmp_path):
+    eager = train(tiny_cfg(tmp_path / "eager", "run.max_steps=2", "mochi.mix_start=0"))
+    compiled = train(tiny_cfg(tmp_path / "compiled", "run.max_steps=2", "mochi.mix_start=0", "run.compile=true"))
+    state = checkpoint.load_latest(tmp_path / "compiled" / "checkpoints")[0]
+    assert not any("_orig_mod" in k for k in state["model"])
+    assert state["model"].keys() == eager.state_dict().keys()
+    for k, v in eager.state_dict().items():
+        assert torch.allclose(v.float(), compiled.state_dict()[k].float(), atol=1e-4), k
