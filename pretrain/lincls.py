@@ -155,15 +155,17 @@ def linear_probe(backbone: nn.Module, train_ds, val_ds, num_classes: int, s: Set
 
     Checkpoints go to ``out/checkpoints`` each epoch; ``state`` is the newest one to resume from.
     """
-    feat_dim = backbone(torch.zeros(2, 3, s.image_size, s.image_size)).shape[1]
+    # Frozen first: a forward in train mode would move the BN running statistics.
+    backbone.to(device).eval()
+    for p in backbone.parameters():
+        p.requires_grad = False
+    with torch.no_grad():
+        feat_dim = backbone(torch.zeros(2, 3, s.image_size, s.image_size, device=device)).shape[1]
     fc = nn.Linear(feat_dim, num_classes)
     torch.manual_seed(s.seed)
     fc.weight.data.normal_(mean=0.0, std=0.01)
     fc.bias.data.zero_()
     fc.to(device)
-    backbone.to(device).eval()
-    for p in backbone.parameters():
-        p.requires_grad = False
     opt = torch.optim.SGD(fc.parameters(), lr=s.lr, momentum=0.9, weight_decay=0.0)
     history: list[dict] = []
     start = 0
@@ -174,6 +176,7 @@ def linear_probe(backbone: nn.Module, train_ds, val_ds, num_classes: int, s: Set
         log.info("resuming the linear probe at epoch %d", start)
 
     if s.fast:
+        out.mkdir(parents=True, exist_ok=True)
         cache = out / "features.pt"
         cached = torch.load(cache, weights_only=True) if cache.is_file() else None
         if cached is None:

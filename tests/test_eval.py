@@ -112,3 +112,20 @@ def test_lincls_on_a_checkpoint_file_of_a_run_writes_beside_the_run(tmp_path):
                         "--workers", "0"]) == 0
     assert (run / "lincls-fast" / "lincls.json").is_file()
     assert (tmp_path / "runs" / "mlflow.db").is_file() and not (run / "checkpoints" / "lincls-fast").exists()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_linear_probe_leaves_the_frozen_backbone_untouched(tmp_path, fast):
+    """BN running statistics included: the probe may train nothing but its fc."""
+    from pretrain import config, data
+
+    path, _ = moco_format(tmp_path)
+    sd, _, _ = lincls.read_source(str(path))
+    net = lincls.load_backbone(sd, "resnet18", small_stem=False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ds = torch.utils.data.Subset(data.base_dataset(config.DataCfg(dataset="fashion-mnist", image_size=32), "test"),
+                                 range(64))
+    s = lincls.Setting(lr=1.0, epochs=1, milestones=(), gamma=0.1, batch_size=32, image_size=32, fast=fast, workers=0)
+    lincls.linear_probe(net, ds, ds, 10, s, tmp_path / "out", torch.device("cpu"))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
