@@ -154,10 +154,9 @@ class MoCo(nn.Module):
             # A copy: the enqueue below edits the queue in place, and backward needs this one.
             queue = self.queue.clone()
             l_neg_all = torch.einsum("nc,kc->nk", q, queue)  # [B, K]
-            false_neg = None
-            if labels is not None:
-                false_neg = analysis.false_negative_mask(labels, self.queue_labels)
-            l_neg = l_neg_all.masked_fill(false_neg, float("-inf")) if oracle else l_neg_all
+            l_neg = l_neg_all
+            if oracle:
+                l_neg = l_neg.masked_fill(analysis.false_negative_mask(labels, self.queue_labels), float("-inf"))
             cols = [l_pos, l_neg]
             n_syn = s + s_prime if N > 0 else 0
             l_syn = None
