@@ -95,31 +95,43 @@ def extract(net: nn.Module, dataset, image_size: int, device, workers: int = 0):
     return F.normalize(f, dim=1), y
 
 
+def top1(net: nn.Module, memory, queries, num_classes: int, image_size: int, device, k: int = 200,
+         T: float = 0.07) -> float:
+    """kNN top-1 (%) of ``net``: labelled ``memory`` images vote for each of the ``queries``."""
+    mf, my = extract(net, memory, image_size, device)
+    qf, qy = extract(net, queries, image_size, device)
+    pred = knn_predict(mf, my, qf, num_classes, k, T).argmax(dim=1)
+    return 100.0 * (pred == qy).float().mean().item()
+
+
 def evaluate(net: nn.Module, cfg: config.Config, device, train_size: int = 0, test_size: int = 0, k: int = 200,
              T: float = 0.07) -> float:
     """kNN top-1 (%) of ``net`` on the run's data: memory = train split, queries = test split."""
     train = data.base_dataset(cfg.data, "train")
     test = data.base_dataset(cfg.data, "test")
+    num_classes = len(test.classes)
     if train_size:
         train = torch.utils.data.Subset(train, range(min(train_size, len(train))))
     if test_size:
         test = torch.utils.data.Subset(test, range(min(test_size, len(test))))
-    num_classes = len(getattr(test, "classes", None) or test.dataset.classes)
-    tf, ty = extract(net, train, cfg.data.image_size, device)
-    qf, qy = extract(net, test, cfg.data.image_size, device)
-    pred = knn_predict(tf, ty, qf, num_classes, k, T).argmax(dim=1)
-    return 100.0 * (pred == qy).float().mean().item()
+    return top1(net, train, test, num_classes, cfg.data.image_size, device, k, T)
 
 
-def load_run(run_dir: Path) -> tuple[config.Config, MoCo]:
-    """A run's saved config and its model at the newest valid checkpoint."""
+def run_state(run_dir: Path) -> tuple[config.Config, dict]:
+    """A run folder's saved config and its newest valid checkpoint."""
     cfg_file = Path(run_dir) / "config.yaml"
     if not cfg_file.is_file():
         raise UserError(f"{run_dir} is not a pretraining run folder (no config.yaml)")
     cfg = config.from_dict(yaml.safe_load(cfg_file.read_text()))
     state, _ = checkpoint.load_latest(Path(run_dir) / "checkpoints")
     if state is None:
-        raise UserError(f"{run_dir} has no valid checkpoint yet")
+        raise UserError(f"{run_dir} has no valid checkpoint")
+    return cfg, state
+
+
+def load_run(run_dir: Path) -> tuple[config.Config, MoCo]:
+    """A run's saved config and its model at the newest valid checkpoint."""
+    cfg, state = run_state(run_dir)
     model = from_config(cfg)
     model.load_state_dict(state["model"])
     return cfg, model

@@ -26,12 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as T
-import yaml
 
 from . import checkpoint, config, data
 from .cli import ArgumentParser, run, setup_logging
 from .errors import UserError
-from .knn import Transformed, features, val_transform
+from .knn import Transformed, features, run_state, val_transform
 from .models import resnet
 from .tracking import Tracker, default_uri
 
@@ -68,14 +67,8 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], config.Config | N
     path = Path(source)
     cfg, run_id = None, None
     if path.is_dir():
-        if not (path / "config.yaml").is_file():
-            raise UserError(f"{path} is not a pretraining run folder (no config.yaml)")
-        cfg = config.from_dict(yaml.safe_load((path / "config.yaml").read_text()))
-        state, _ = checkpoint.load_latest(path / "checkpoints")
-        if state is None:
-            raise UserError(f"{path} has no valid checkpoint")
-        sd = state["model"]
-        run_id = state.get("mlflow_run_id")
+        cfg, state = run_state(path)
+        sd, run_id = state["model"], state.get("mlflow_run_id")
     elif path.is_file():
         state = _torch_load(path)
         if not isinstance(state, dict):

@@ -34,14 +34,12 @@ class Monitor:
     @torch.no_grad()
     def embeddings(self, encoder: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised encoder outputs of the two views of every held-out image: ([n, D], [n, D])."""
-        loader = torch.utils.data.DataLoader(
-            [(0, i) for i in range(len(self.views))], batch_size=256, collate_fn=lambda keys: keys
-        )
+        keys = [(0, i) for i in range(len(self.views))]  # epoch 0: the same views at every evaluation
+        loader = torch.utils.data.DataLoader(self.views, batch_size=256, sampler=keys, collate_fn=data.collate)
         z1, z2 = [], []
-        for keys in loader:
-            batch = data.collate([self.views[k] for k in keys])
-            z1.append(F.normalize(encoder(batch[0].to(self.device)).float(), dim=1).cpu())
-            z2.append(F.normalize(encoder(batch[1].to(self.device)).float(), dim=1).cpu())
+        for v1, v2, *_ in loader:
+            z1.append(F.normalize(encoder(v1.to(self.device)).float(), dim=1).cpu())
+            z2.append(F.normalize(encoder(v2.to(self.device)).float(), dim=1).cpu())
         return torch.cat(z1), torch.cat(z2)
 
     @torch.no_grad()
@@ -50,15 +48,13 @@ class Monitor:
         was_training = model.training
         model.eval()
         try:
-            bb = knn.backbone(model)
-            tf, ty = knn.extract(bb, self.train, self.cfg.data.image_size, self.device)
-            qf, qy = knn.extract(bb, self.heldout, self.cfg.data.image_size, self.device)
-            pred = knn.knn_predict(tf, ty, qf, self.num_classes, e.knn_k, e.knn_t).argmax(dim=1)
+            knn_top1 = knn.top1(knn.backbone(model), self.train, self.heldout, self.num_classes,
+                                self.cfg.data.image_size, self.device, e.knn_k, e.knn_t)
             z1, z2 = self.embeddings(model.encoder_q)
         finally:
             model.train(was_training)
         return {
-            "knn_top1": 100.0 * (pred == qy).float().mean().item(),
+            "knn_top1": knn_top1,
             "alignment": analysis.alignment(z1, z2).item(),
             "uniformity": analysis.uniformity(z1).item(),
         }
