@@ -254,7 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-init", action="store_true",
                    help="baseline: the same architecture randomly initialised (SOURCE gives arch and data only)")
     p.add_argument("--out", help="output folder (default: SOURCE_RUN/lincls-MODE[-random-init])")
+    p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
+    p.add_argument("--run-name", help="MLflow run name (default: lincls-MODE_SOURCE)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
     args = p.parse_args(argv)
+    extra_tags = {}
+    for t in args.tag:
+        k, eq, v = t.partition("=")
+        if not eq or not k:
+            raise UserError(f"--tag {t!r} is not of the form KEY=VALUE")
+        extra_tags[k] = v
     setup_logging()
 
     sd, cfg, parent_id = read_source(args.source)
@@ -307,10 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
     tags = {"stage": "lincls", "mode": mode, "source": str(src.resolve()), "random_init": str(args.random_init)}
     if parent_id:
+        tags["pretrain_run_id"] = parent_id
+    parent_id = args.parent_run or parent_id
+    if parent_id:
         tags["mlflow.parentRunId"] = parent_id
+    tags.update(extra_tags)
     params = {**{f"lincls.{k}": v for k, v in dataclasses.asdict(s).items()}, "lincls.preset": preset, "arch": arch}
     state, _ = checkpoint.load_latest(out / "checkpoints")
-    tracker = Tracker(out, uri, cfg.run.experiment if cfg else "mochi-bench", f"lincls-{mode}{suffix}_{src.name}",
+    tracker = Tracker(out, uri, cfg.run.experiment if cfg else "mochi-bench",
+                      args.run_name or f"lincls-{mode}{suffix}_{src.name}",
                       params, tags, resume_step=state["epoch"] if state else None)
     result = linear_probe(backbone, train_ds, val_ds, num_classes, s, out, device, tracker, state)
     result.update(preset=preset, source=str(src), random_init=args.random_init)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from pathlib import Path
 
@@ -27,6 +28,28 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 RUN_ID_FILE = "mlflow_run_id"
+# What the run was opened with (store, experiment, name, tags, params, final status), so that
+# ``sync`` can rebuild it in MLflow if the store was unreachable while the job ran.
+TRACKING_FILE = "tracking.json"
+NOT_METRICS = {"step", "time", "epoch"}
+# A shared sqlite store answers "database is locked" while another job writes; such calls are
+# retried for up to this long before the tracker falls back to the JSON-lines file.
+LOCK_RETRY_S = float(os.environ.get("MOCHI_MLFLOW_LOCK_RETRY_S", "120"))
+
+
+def retry_locked(fn, *args, **kwargs):
+    """Call ``fn``; retry with jittered back-off while the store reports a lock."""
+    deadline = time.monotonic() + LOCK_RETRY_S
+    delay = 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - MlflowException wraps sqlalchemy's OperationalError
+            text = str(e).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
 
 
 def default_uri(out: Path) -> str:
@@ -69,12 +92,18 @@ class Tracker:
         self.run_id = run_id or self._saved_run_id()
         if resume_step is not None:
             self._truncate(resume_step)
+        self._meta = {"uri": uri, "experiment": experiment, "run_name": run_name, "tags": tags or {},
+                      "params": {k: str(v) for k, v in params.items()}, "status": "RUNNING"}
+        self._write_meta()
         self._file = open(self.run_dir / METRICS_FILE, "a")
         try:
             self._start_mlflow(uri, experiment, run_name, params, tags or {})
         except Exception as e:  # noqa: BLE001 - any store failure: keep training, keep the file
             log.warning("MLflow unavailable (%s: %s); metrics go to %s only", type(e).__name__, e, METRICS_FILE)
             self.client = None
+
+    def _write_meta(self) -> None:
+        atomic_write(self.run_dir / TRACKING_FILE, json.dumps(self._meta, indent=1).encode())
 
     def _saved_run_id(self) -> str | None:
         p = self.run_dir / RUN_ID_FILE
@@ -92,20 +121,32 @@ class Tracker:
         for k, v in HTTP_DEFAULTS.items():
             os.environ.setdefault(k, v)
         client = MlflowClient(tracking_uri=uri)
+        tags = {**tags, "run_dir": str(self.run_dir.resolve())}
         if self.run_id is not None:
-            client.update_run(self.run_id, status="RUNNING")
+            retry_locked(client.update_run, self.run_id, status="RUNNING")
+            retry_locked(client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         else:
-            exp = client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-            run = client.create_run(exp_id, run_name=run_name, tags=tags)
+            exp = retry_locked(client.get_experiment_by_name, experiment)
+            exp_id = exp.experiment_id if exp else self._create_experiment(client, experiment)
+            run = retry_locked(client.create_run, exp_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
+            atomic_write(self.run_dir / RUN_ID_FILE, self.run_id.encode())
             items = [Param(k, str(v)[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):
-                client.log_batch(self.run_id, params=items[i : i + 100])
-            client.log_batch(self.run_id, tags=[RunTag("run_dir", str(self.run_dir.resolve()))])
-            atomic_write(self.run_dir / RUN_ID_FILE, self.run_id.encode())
+                retry_locked(client.log_batch, self.run_id, params=items[i : i + 100])
         self.client = client
         log.info("MLflow run %s at %s", self.run_id, uri)
+
+    @staticmethod
+    def _create_experiment(client, name: str) -> str:
+        """Create ``name``, or read its id if a concurrent job created it first."""
+        try:
+            return retry_locked(client.create_experiment, name)
+        except Exception:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS from a race
+            exp = retry_locked(client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def log(self, metrics: dict[str, float], step: int, **fields) -> None:
         rec = {"step": step, "time": time.time(), **fields, **metrics}
@@ -118,7 +159,7 @@ class Tracker:
         ts = int(rec["time"] * 1000)
         points = [Metric(k, float(v), ts, step) for k, v in metrics.items() if math.isfinite(float(v))]
         try:
-            self.client.log_batch(self.run_id, metrics=points)
+            retry_locked(self.client.log_batch, self.run_id, metrics=points)
         except Exception as e:  # noqa: BLE001
             log.warning("MLflow logging failed (%s); continuing with %s only", e, METRICS_FILE)
             self.client = None
@@ -127,14 +168,64 @@ class Tracker:
         if self.client is None:
             return
         try:
-            self.client.log_artifact(self.run_id, str(path))
+            retry_locked(self.client.log_artifact, self.run_id, str(path))
         except Exception as e:  # noqa: BLE001
             log.warning("MLflow artifact upload failed: %s", e)
 
     def finish(self, status: str = "FINISHED") -> None:
         self._file.close()
+        self._meta["status"] = status
+        self._write_meta()
         if self.client is not None:
             try:
-                self.client.set_terminated(self.run_id, status=status)
+                retry_locked(self.client.set_terminated, self.run_id, status=status)
             except Exception as e:  # noqa: BLE001
                 log.warning("MLflow could not close the run: %s", e)
+
+
+def sync(run_dir: Path, uri: str | None = None) -> str:
+    """Make the MLflow store hold everything ``run_dir`` holds; return the run id.
+
+    Creates the run (with its tags and params) if the store never saw it, adds every point of
+    ``metrics.jsonl`` the store lacks (matched by metric and step) and sets the final status.
+    Idempotent: a second call logs nothing.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / TRACKING_FILE).read_text())
+    client = MlflowClient(tracking_uri=uri or meta["uri"])
+    run_id = (run_dir / RUN_ID_FILE).read_text().strip() if (run_dir / RUN_ID_FILE).is_file() else ""
+    try:
+        run = retry_locked(client.get_run, run_id) if run_id else None
+    except MlflowException:
+        run = None
+    if run is None:
+        exp = retry_locked(client.get_experiment_by_name, meta["experiment"])
+        exp_id = exp.experiment_id if exp else Tracker._create_experiment(client, meta["experiment"])
+        tags = {**meta["tags"], "run_dir": str(run_dir.resolve())}
+        run_id = retry_locked(client.create_run, exp_id, run_name=meta["run_name"], tags=tags).info.run_id
+        atomic_write(run_dir / RUN_ID_FILE, run_id.encode())
+        items = [Param(k, v[:6000]) for k, v in meta["params"].items()]
+        for i in range(0, len(items), 100):
+            retry_locked(client.log_batch, run_id, params=items[i : i + 100])
+        log.info("created MLflow run %s for %s", run_id, run_dir)
+        run = retry_locked(client.get_run, run_id)
+    records = read_metrics(run_dir)
+    keys = {k for r in records for k in r if k not in NOT_METRICS}
+    have = {k: {m.step for m in retry_locked(client.get_metric_history, run_id, k)} for k in keys}
+    missing = [
+        Metric(k, float(v), int(r["time"] * 1000), r["step"])
+        for r in records for k, v in r.items()
+        if k not in NOT_METRICS and r["step"] not in have[k] and math.isfinite(float(v))
+    ]
+    for i in range(0, len(missing), 500):
+        retry_locked(client.log_batch, run_id, metrics=missing[i : i + 500])
+    if missing:
+        log.info("added %d missing metric points to MLflow run %s", len(missing), run_id)
+    if meta.get("status") in ("FINISHED", "FAILED", "KILLED") and run.info.status != meta["status"]:
+        retry_locked(client.set_terminated, run_id, status=meta["status"])
+    retry_locked(client.log_batch, run_id, tags=[RunTag("synced_points", str(len(missing)))])
+    return run_id

@@ -121,8 +121,12 @@ class Progress:
             self.bar.close()
 
 
-def train(cfg: config.Config) -> MoCo:
-    """Pretrain (or resume pretraining) as ``cfg`` says; returns the unwrapped model."""
+def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
+    """Pretrain (or resume pretraining) as ``cfg`` says; returns the unwrapped model.
+
+    ``tags`` are added to the MLflow run (a launcher's grid id, cell, job id, parent run); they are
+    set again when a resumed run continues, so a requeued job's new job id shows.
+    """
     info = dist.init(cfg.run.device)
     config.validate(cfg, info.world)
     out = Path(cfg.run.out)
@@ -185,7 +189,8 @@ def train(cfg: config.Config) -> MoCo:
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write(out / CONFIG_FILE, config.dump(cfg).encode())
-        tags = {"stage": "pretrain", "git_commit": git_commit(), "method": "mochi" if cfg.mochi.N else "mocov2"}
+        tags = {"stage": "pretrain", "git_commit": git_commit(), "method": "mochi" if cfg.mochi.N else "mocov2",
+                **(tags or {})}
         tracker = Tracker(
             out, cfg.run.tracking_uri or default_uri(out), cfg.run.experiment, run_name(cfg),
             {**cfg.flat(), "world_size": info.world, "device": str(dev)}, tags, run_id,

@@ -67,3 +67,30 @@ def mlflow_server(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+REPO = Path(__file__).resolve().parent.parent
+# A grid small enough for tests: 8 steps of real ResNet-18 training per cell, a 2-epoch probe.
+TINY_GRID = [
+    "--set", "optim.epochs=1", "--set", "data.subset=256", "--set", "optim.batch_size=32", "--set", "moco.K=256",
+    "--set", "mochi.mix_start=0", "--set", "data.num_workers=0", "--set", "run.log_every=2",
+    "--set", "moco.shuffle_bn_groups=2", "--lincls", "--fast --train-size=500 --val-size=200 --epochs=2",
+]
+
+
+def grid_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python ablations/grid.py ARGS`` from the repository root, as a user would."""
+    return subprocess.run([sys.executable, str(REPO / "ablations" / "grid.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def slurm_conf():
+    """SLURM_CONF of a running cluster (.ci/run starts one with slurm/cluster.sh); skip without one."""
+    from slurm.launcher import controller_up
+
+    if os.environ.get("SLURM_CONF") and controller_up():
+        return os.environ["SLURM_CONF"]
+    if os.environ.get("MOCHI_REQUIRE_SLURM"):
+        pytest.fail("MOCHI_REQUIRE_SLURM is set but no SLURM controller answers through SLURM_CONF")
+    pytest.skip("no SLURM controller answers: start one with `bash slurm/cluster.sh start` and export SLURM_CONF")

@@ -1,0 +1,1 @@
+"""Cluster profiles, submitit executors and the job callables that wrap pretraining and evaluation."""

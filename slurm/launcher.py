@@ -1,0 +1,236 @@
+"""submitit executors from cluster profiles, and the job callables that wrap pretraining and evaluation.
+
+Training knows nothing of SLURM: a job here loads a config, calls ``pretrain.train.train`` and
+returns. Every job is checkpointable: on preemption or a time limit submitit calls
+``checkpoint`` (on global rank 0 only) and requeues the job, and every start resumes from the
+newest checkpoint in the run folder, so the other ranks need do nothing but die and restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+import yaml
+
+from pretrain.errors import UserError
+
+log = logging.getLogger(__name__)
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+CLUSTERS = ("auto", "slurm", "local", "debug")
+# Relative speed of a MoCHi step against ResNet-50, for --dry-run estimates only.
+ARCH_SPEED = {"resnet18": 2.6, "resnet34": 1.5, "resnet50": 1.0, "resnet101": 0.58, "resnet152": 0.41}
+
+
+@dataclass
+class Profile:
+    """Where and how jobs run: one YAML file in slurm/profiles/."""
+
+    name: str
+    description: str = ""
+    partition: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0  # pretraining runs one task (one DDP rank) per GPU
+    cpus_per_task: int = 2
+    mem_gb: float = 4.0
+    timeout_min: int = 60
+    array_parallelism: int = 8  # array tasks running at once (SLURM %N); local: jobs at once
+    img_per_s: float = 1.0  # ResNet-50 MoCHi images/s per GPU (per job on CPU), for estimates
+    eval_gpus: int = 1  # GPUs of a linear-probe job (0 on CPU profiles)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    extra_sbatch: dict = field(default_factory=dict)  # any other sbatch option, e.g. {exclusive: true}
+    setup: list = field(default_factory=list)  # shell lines run before the job (module load ...)
+
+    @property
+    def gpus_per_job(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_profile(name: str) -> Profile:
+    """A profile by name (slurm/profiles/NAME.yaml) or by path to a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown cluster profile {name!r}; available: {', '.join(profiles())} (or a .yaml path)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"profile {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    known = {f.name for f in dataclasses.fields(Profile)} - {"name"}
+    bad = sorted(set(tree) - known)
+    if bad:
+        raise UserError(f"profile {path}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(known))}")
+    if tree.get("gpus_per_node", 0) == 0 and "eval_gpus" not in tree:
+        tree["eval_gpus"] = 0
+    prof = Profile(name=path.stem, **tree)
+    for key in ("nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
+        if not isinstance(getattr(prof, key), int) or getattr(prof, key) < 1:
+            raise UserError(f"profile {path}: {key} must be an integer >= 1, got {getattr(prof, key)!r}")
+    if prof.img_per_s <= 0 or prof.mem_gb <= 0 or prof.gpus_per_node < 0:
+        raise UserError(f"profile {path}: img_per_s and mem_gb must be > 0, gpus_per_node >= 0")
+    return prof
+
+
+def controller_up() -> bool:
+    """True when a SLURM controller answers ``scontrol ping`` (through $SLURM_CONF if set)."""
+    try:
+        r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "UP" in r.stdout
+
+
+def resolve_cluster(choice: str) -> str:
+    """auto -> slurm where a controller answers, else local; slurm without one is a user error."""
+    if choice not in CLUSTERS:
+        raise UserError(f"--cluster {choice!r}: choose one of {', '.join(CLUSTERS)}")
+    if choice == "auto":
+        return "slurm" if controller_up() else "local"
+    if choice == "slurm" and not controller_up():
+        raise UserError(
+            "--cluster slurm: no SLURM controller answers `scontrol ping` (is SLURM_CONF set? "
+            "for a one-machine cluster: bash slurm/cluster.sh start)"
+        )
+    return choice
+
+
+def make_executor(cluster: str, folder: Path, profile: Profile, *, name: str, stage: str,
+                  dependency: str | None = None) -> submitit.Executor:
+    """An executor for ``stage`` (pretrain: one task per GPU on every node; eval: one task)."""
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    gpus = profile.gpus_per_node if stage == "pretrain" else profile.eval_gpus
+    nodes = profile.nodes if stage == "pretrain" else 1
+    params: dict = dict(
+        name=name, timeout_min=profile.timeout_min, nodes=nodes, gpus_per_node=gpus,
+        tasks_per_node=max(gpus, 1), cpus_per_task=profile.cpus_per_task, mem_gb=profile.mem_gb,
+    )
+    if cluster == "slurm":
+        extra = dict(profile.extra_sbatch)
+        if dependency:
+            # A failed pretraining job cancels its evaluation instead of leaving it pending forever.
+            extra.update(dependency=dependency, kill_on_invalid_dep="yes")
+        params.update(
+            slurm_array_parallelism=profile.array_parallelism, slurm_additional_parameters=extra,
+            slurm_setup=list(profile.setup), slurm_signal_delay_s=120,
+        )
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(profile, key):
+                params[f"slurm_{key}"] = getattr(profile, key)
+    elif cluster == "local":
+        params = dict(name=name, timeout_min=profile.timeout_min, tasks_per_node=1,
+                      gpus_per_node=min(gpus, 1), local_setup=list(profile.setup))
+    ex.update_parameters(**params)
+    return ex
+
+
+def _job_id() -> str:
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:  # not inside a submitit job (called directly)
+        return ""
+
+
+class PretrainJob(submitit.helpers.Checkpointable):
+    """Pretrain one run folder: ``config.load(preset, overrides=...)`` then ``train``; resumable."""
+
+    def __init__(self, preset: str | None, overrides: list[str], tags: dict[str, str]):
+        self.preset, self.overrides, self.tags = preset, list(overrides), dict(tags)
+
+    def __call__(self) -> dict:
+        from pretrain import config
+        from pretrain.cli import setup_logging
+        from pretrain.train import SUMMARY_FILE, train
+
+        setup_logging()
+        cfg = config.load(self.preset, None, self.overrides)
+        train(cfg, tags={**self.tags, "slurm_job_id": _job_id()})
+        summary = Path(cfg.run.out) / SUMMARY_FILE
+        return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+class LinclsJob(submitit.helpers.Checkpointable):
+    """The linear probe of a finished run folder (``pretrain.lincls``); resumes from its own checkpoints."""
+
+    def __init__(self, run_dir: str, args: list[str], parent_run: str | None, tags: dict[str, str]):
+        self.run_dir, self.args, self.parent_run, self.tags = run_dir, list(args), parent_run, dict(tags)
+
+    def argv(self) -> list[str]:
+        tags = {**self.tags, "slurm_job_id": _job_id()}
+        argv = [self.run_dir, *self.args, *[f"--tag={k}={v}" for k, v in tags.items()]]
+        return argv + ([f"--parent-run={self.parent_run}"] if self.parent_run else [])
+
+    def __call__(self) -> dict:
+        from pretrain import lincls
+
+        code = lincls.main(self.argv())
+        if code:
+            raise RuntimeError(f"pretrain.lincls exited with {code}")
+        out = next(
+            (Path(a.split("=", 1)[1]) for a in self.args if a.startswith("--out=")), None
+        ) or Path(self.run_dir) / ("lincls-fast" if "--fast" in self.args else "lincls-full")
+        return json.loads((out / "lincls.json").read_text())
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """Pretraining then its linear probe in one job, where no scheduler chains them (local, debug)."""
+
+    def __init__(self, pretrain: PretrainJob, lincls: LinclsJob | None):
+        self.pretrain, self.lincls = pretrain, lincls
+
+    def __call__(self) -> dict:
+        out = {"pretrain": self.pretrain()}
+        if self.lincls is not None and int(os.environ.get("RANK", "0")) == 0:
+            out["lincls"] = self.lincls()
+        return out
+
+
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+          "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: SLURM state} from squeue (live jobs) and sacct (finished ones); array tasks as 12_3."""
+    if not job_ids:
+        return {}
+    states: dict[str, str] = {}
+    try:
+        r = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                           capture_output=True, text=True, timeout=60)
+        for line in r.stdout.splitlines():
+            jid, _, state = line.partition("|")
+            states[jid.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
+        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(job_ids)],
+                           capture_output=True, text=True, timeout=60)
+        for line in r.stdout.splitlines():  # fresher than sacct for queued and running jobs
+            jid, _, state = line.partition("|")
+            states[jid.strip()] = state.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("cannot query SLURM job states: %s", e)
+    return {j: states.get(j, "UNKNOWN") for j in job_ids}
+
+
+def local_state(pid: str) -> str:
+    """RUNNING while the local job's controller process lives, else ENDED."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return "ENDED"
+    except PermissionError:
+        return "RUNNING"
+    try:  # a finished child of this very process lingers as a zombie until reaped
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return "ENDED"
+    except OSError:
+        pass
+    return "RUNNING"
