@@ -118,8 +118,10 @@ def table(summary: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         t[METRICS[m][2]] = [fmt(mu, sd, n, mu == best and col.notna().sum() > 1)
                             for mu, sd, n in zip(col, summary[f"{m}_std"], summary["n"])]
         if base is not None and pd.notna(base[f"{m}_mean"]):
-            t[f"Δ {METRICS[m][2]} vs MoCo v2"] = [f"{mu - base[f'{m}_mean']:+.2f}" if pd.notna(mu) else ""
-                                                  for mu in col]
+            t[f"Δ {METRICS[m][2]} vs MoCo v2"] = [
+                "baseline" if cell == base["cell"] else f"{mu - base[f'{m}_mean']:+.2f}" if pd.notna(mu) else ""
+                for cell, mu in zip(summary["cell"], col)
+            ]
     return t
 
 
@@ -175,7 +177,7 @@ def report(grid, grid_dir: Path, uri: str, results_dir: Path, complete: bool = T
     atomic_write(source, json.dumps({"grid_id": grid.grid_id, "grid_dir": str(Path(grid_dir).resolve()),
                                      "tracking_uri": uri}).encode())
     title = f"{grid.name}: {grid.paper}" if grid.paper else grid.name
-    md = f"# {title}\n\n" + t.to_markdown(index=False) + "\n"
+    md = f"# {title}\n\n" + t.to_markdown(index=False, disable_numparse=True) + "\n"
     atomic_write(results_dir / "table.md", md.encode())
     atomic_write(results_dir / "table.csv", summary.to_csv(index=False).encode())
     atomic_write(results_dir / "per_seed.csv", seeds.to_csv(index=False).encode())

@@ -297,7 +297,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
             else:
                 save(epoch, step_in_epoch)  # stopped by max_steps mid-epoch
             last_ckpt_time = time.monotonic()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit's requeue on preemption
         interrupted = True
         raise
     finally:

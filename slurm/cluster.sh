@@ -102,15 +102,15 @@ EOF
 
 start_munge() {
   # munge is a host-wide service: every SLURM client looks for /run/munge/munge.socket.2. Reuse a
-  # running munged (a workstation's own); else start one with its pid and log files in DIR.
+  # running munged (a workstation's own); else start one and note in DIR that it is ours to stop.
   if pgrep -x munged >/dev/null && [ -S /run/munge/munge.socket.2 ]; then return 0; fi
   [ -f /etc/munge/munge.key ] || { dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none;
     chown munge: /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-  mkdir -p /run/munge && chown munge: /run/munge && chmod 755 /run/munge
-  touch "$dir/run/munged.pid" "$dir/log/munged.log"
-  chown munge: "$dir/run/munged.pid" "$dir/log/munged.log"
-  runuser -u munge -- munged --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log"
+  mkdir -p /run/munge /var/log/munge /var/lib/munge
+  chown munge: /run/munge /var/log/munge /var/lib/munge
+  runuser -u munge -- munged
   wait_for 10 munged test -S /run/munge/munge.socket.2
+  cp /run/munge/munged.pid "$dir/run/munged.pid"
 }
 
 mysql_up() { mariadb --protocol=socket -S "$dir/run/mysqld.sock" -uroot -e 'select 1'; }

@@ -84,6 +84,10 @@ def load_profile(name: str) -> Profile:
 
 def controller_up() -> bool:
     """True when a SLURM controller answers ``scontrol ping`` (through $SLURM_CONF if set)."""
+    conf = os.environ.get("SLURM_CONF")
+    known = [conf] if conf else ["/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf"]
+    if not any(Path(c).is_file() for c in known):
+        return False  # scontrol would wait ~20 s for a configless controller that is not there
     try:
         r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
