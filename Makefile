@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # What this project is tested with; pyproject.toml admits older clusters' versions.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data demo demo-run test test-fast bench slurm-up slurm-down clean
+.PHONY: setup data demo demo-run test test-fast bench ui slurm-up slurm-down clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,13 @@ test: setup data
 
 test-fast: setup data
 	$(PY) -m pytest -m "not slow"
+
+# Browse every run (single runs and grids) in the MLflow UI, on this machine only.
+UI_PORT ?= 5000
+ui: setup
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store runs/mlflow.db; Ctrl-C stops it)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db \
+		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 # A one-machine SLURM cluster with its state in $(SLURM_DIR); then: export SLURM_CONF=$(SLURM_DIR)/slurm.conf
 SLURM_DIR ?= $(HOME)/.mochi-slurm

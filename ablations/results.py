@@ -22,8 +22,19 @@ log = logging.getLogger(__name__)
 METRICS = {
     "linear_top1": ("lincls", "top1_best", "linear top-1", 1.0),
     "knn_top1": ("pretrain", "knn_top1", "kNN top-1", 1.0),
+    "voc_AP50": ("transfer-voc", "AP50", "VOC AP50", 1.0),
+    "voc_AP": ("transfer-voc", "AP", "VOC AP", 1.0),
+    "voc_AP75": ("transfer-voc", "AP75", "VOC AP75", 1.0),
+    "coco_box_AP": ("transfer-coco", "box_AP", "COCO box AP", 1.0),
+    "coco_mask_AP": ("transfer-coco", "mask_AP", "COCO mask AP", 1.0),
     "proxy_acc": ("pretrain", "acc_moco", "proxy-task acc.", 100.0),
+    "alignment": ("pretrain", "alignment", "alignment", 1.0),
+    "uniformity": ("pretrain", "uniformity", "uniformity", 1.0),
 }
+# Shown in the tables (where present); the others feed the figures.
+TABLE_METRICS = ["linear_top1", "knn_top1", "voc_AP50", "voc_AP", "voc_AP75", "coco_box_AP", "coco_mask_AP",
+                 "proxy_acc"]
+REFERENCE_FILE = Path(__file__).resolve().parent.parent / "results" / "reference.yaml"
 BASELINE = {"N": "0", "s": "0", "s_prime": "0"}
 
 
@@ -60,7 +71,7 @@ def runs_frame(uri: str, grid_id: str, experiment: str) -> pd.DataFrame:
                             output_format="pandas")
     if not isinstance(df, pd.DataFrame) or df.empty:
         return pd.DataFrame()
-    return df[df.get("tags.stage", pd.Series(dtype=str)).isin(["pretrain", "lincls"])]
+    return df[df.get("tags.stage", pd.Series(dtype=str)).isin({v[0] for v in METRICS.values()})]
 
 
 def per_seed(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
@@ -107,21 +118,57 @@ def fmt(mean: float, std: float, n: int, best: bool = False) -> str:
     return f"**{text}**" if best else text
 
 
-def table(summary: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """The printable table: axis columns, 'mean ± std (n)' per metric, best marked, delta to MoCo v2."""
-    shown = [m for m in METRICS if summary[f"{m}_mean"].notna().any()]
+def load_reference() -> list[dict]:
+    """Sourced reference numbers from ``results/reference.yaml``."""
+    return yaml_reference(REFERENCE_FILE)
+
+
+def yaml_reference(path: Path) -> list[dict]:
+    """Reference entries of a YAML file; an entry without a source is an error."""
+    import yaml
+
+    if not Path(path).is_file():
+        return []
+    entries = yaml.safe_load(Path(path).read_text()) or []
+    for e in entries:
+        if not e.get("source") or "value" not in e or e.get("metric") not in METRICS:
+            raise UserError(f"{path}: every reference needs preset, cell, a known metric, value and source: {e}")
+    return entries
+
+
+def reference_for(entries: list[dict], preset: str, values: dict, metric: str) -> dict | None:
+    for e in entries:
+        if e["preset"] == preset and e["metric"] == metric and \
+                all(str(values.get(a)) == str(v) for a, v in e["cell"].items()):
+            return e
+    return None
+
+
+def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None = None,
+          preset: str = "") -> pd.DataFrame:
+    """The printable table: axis columns, 'mean ± std (n)' per metric, best marked, delta to the MoCo row,
+    and, where ``reference`` has a sourced value for the row, the reference and our difference to it."""
+    shown = [m for m in TABLE_METRICS if summary[f"{m}_mean"].notna().any()]
     base = baseline_row(summary)
     t = summary[axes].copy()
     for m in shown:
         col = summary[f"{m}_mean"]
         best = col.max()
-        t[METRICS[m][2]] = [fmt(mu, sd, n, mu == best and col.notna().sum() > 1)
+        mark = m != "proxy_acc"  # a harder proxy task is the point of MoCHi, not a score
+        t[METRICS[m][2]] = [fmt(mu, sd, n, mark and mu == best and col.notna().sum() > 1)
                             for mu, sd, n in zip(col, summary[f"{m}_std"], summary["n"])]
         if base is not None and pd.notna(base[f"{m}_mean"]):
-            t[f"Δ {METRICS[m][2]} vs MoCo v2"] = [
+            t[f"Δ {METRICS[m][2]} vs MoCo"] = [
                 "baseline" if cell == base["cell"] else f"{mu - base[f'{m}_mean']:+.2f}" if pd.notna(mu) else ""
                 for cell, mu in zip(summary["cell"], col)
             ]
+        refs = [reference_for(reference or [], preset, dict(row[axes]), m) for _, row in summary.iterrows()]
+        if any(refs):
+            t[f"{METRICS[m][2]} (reference)"] = [
+                "" if r is None else f"{r['value']:.2f}" + (f" ± {r['std']:.2f}" if r.get("std") is not None else "")
+                for r in refs]
+            t[f"Δ {METRICS[m][2]} vs reference"] = [
+                "" if r is None or pd.isna(mu) else f"{mu - r['value']:+.2f}" for r, mu in zip(refs, col)]
     return t
 
 
@@ -141,22 +188,47 @@ def plot(summary: pd.DataFrame, metric: str, title: str, path_png: Path) -> None
     lo = (means - stds).min()
     ax.set_ylim(max(0.0, lo - 2.0), min(100.0, (means + stds).max() + 1.0))
     if base is not None:
-        ax.axhline(base[f"{metric}_mean"], color="tab:gray", lw=1, ls="--", label="MoCo v2")
+        ax.axhline(base[f"{metric}_mean"], color="tab:gray", lw=1, ls="--", label="MoCo baseline (N = s = s' = 0)")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("cell (MoCHi N-s-s'; grey: MoCo v2). Error bars: std over seeds")
+    ax.set_xlabel("cell: MoCHi (N, s, s'); grey: MoCo baseline. Error bars: std over seeds")
     fig.tight_layout()
     fig.savefig(path_png, dpi=120)
     fig.savefig(path_png.with_suffix(".pdf"))
     plt.close(fig)
 
 
+def html_report(title: str, t: pd.DataFrame, figures: list[Path], notes: list[str], path: Path) -> None:
+    """One self-contained page: the table and every figure (PNG files beside it)."""
+    import html
+
+    body = t.to_html(index=False, escape=True).replace("**", "")
+    bold = {f"<td>{c.strip('*')}</td>" for c in t.astype(str).to_numpy().ravel() if c.startswith("**")}
+    for cell in bold:
+        body = body.replace(cell, cell.replace("<td>", "<td><b>").replace("</td>", "</b></td>"))
+    imgs = "\n".join(f'<figure><img src="{f.name}" alt="{html.escape(f.stem)}"><figcaption>{html.escape(f.stem)}'
+                     f'</figcaption></figure>' for f in figures if f.suffix == ".png")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:100%}} figure{{margin:1.5em 0}}</style>
+</head><body><h1>{html.escape(title)}</h1>{body}
+<ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>{imgs}</body></html>"""
+    atomic_write(path, page.encode())
+
+
 def report(grid, grid_dir: Path, uri: str, results_dir: Path, complete: bool = True) -> int:
-    """Sync (and close the grid's parent run if ``complete``), then write ``table.{md,csv,tex}`` and ``linear_top1.{png,pdf}`` into ``results_dir``; print."""
+    """Sync (and close the grid's parent run if ``complete``), then write the tables
+    (``table.{md,csv,tex}``, ``per_seed.csv``), the figures (PNG + PDF) and ``report.html`` into
+    ``results_dir``; print the table."""
+    from mlflow.tracking import MlflowClient
+
+    from ablations import figures
+
     results_dir = Path(results_dir)
     source = results_dir / "source.json"
     if source.is_file() and json.loads(source.read_text()).get("grid_id") != grid.grid_id:
         raise UserError(f"{results_dir} holds results of another grid; pass --results elsewhere")
+    reference = load_reference()
     sync_grid(grid_dir, uri)
     if complete:
         close_parent(grid_dir, uri)
@@ -171,8 +243,9 @@ def report(grid, grid_dir: Path, uri: str, results_dir: Path, complete: bool = T
         print("no finished runs in MLflow yet; no tables written")
         return 0
     seeds = per_seed(runs, axes)
-    summary = summarize(seeds, [c.id for c in grid.cells], axes)
-    t = table(summary, axes)
+    order = [c.id for c in grid.cells]
+    summary = summarize(seeds, order, axes)
+    t = table(summary, axes, reference, grid.preset)
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(source, json.dumps({"grid_id": grid.grid_id, "grid_dir": str(Path(grid_dir).resolve()),
                                      "tracking_uri": uri}).encode())
@@ -182,14 +255,27 @@ def report(grid, grid_dir: Path, uri: str, results_dir: Path, complete: bool = T
     atomic_write(results_dir / "table.csv", summary.to_csv(index=False).encode())
     atomic_write(results_dir / "per_seed.csv", seeds.to_csv(index=False).encode())
     atomic_write(results_dir / "table.tex", t.to_latex(index=False).replace("**", "").encode())
-    figs = []
+
+    figs: list[Path] = []
     if summary["linear_top1_mean"].notna().any():
         plot(summary, "linear_top1", title, results_dir / "linear_top1.png")
-        figs.append(results_dir / "linear_top1.png")
+        figs += [results_dir / "linear_top1.png", results_dir / "linear_top1.pdf"]
+    hist = figures.histories(MlflowClient(uri), runs, list(figures.CURVES))
+    figs += figures.curves(hist, order, results_dir)
+    figs += figures.alignment_uniformity(seeds, results_dir)
+    figs += figures.heatmap_N_s(summary, results_dir)
+    figs += figures.accuracy_vs_K(summary, results_dir)
+    notes = [f"mean ± sample std over seeds (n = seeds); best value per accuracy column in bold; "
+             f"Δ columns: difference to the MoCo row (N = s = s' = 0)",
+             f"grid {grid.grid_id}, {len(grid.cells)} cells x {grid.seeds} seeds, base preset {grid.base}; "
+             f"runs in MLflow experiment {experiment} at {uri}"]
+    notes += [f"reference {r['metric']} {r['value']}: {r['source']}" for r in reference if r["preset"] == grid.preset]
+    html_report(title, t, figs, notes, results_dir / "report.html")
     print()
     print(t.to_string(index=False))
-    print(f"\nwrote {results_dir}/table.md, table.csv, table.tex" + "".join(f", {f.name}" for f in figs))
-    print(f"browse the runs: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000, "
-          f"experiment {experiment})" if uri.startswith("sqlite") else f"browse the runs at {uri}, "
+    print(f"\nwrote {results_dir}/: table.md, table.csv, table.tex, per_seed.csv, report.html"
+          + "".join(f", {f.name}" for f in figs if f.suffix == ".png"))
+    print(f"browse the runs: make ui (or mlflow ui --backend-store-uri {uri}), open http://127.0.0.1:5000, "
+          f"experiment {experiment}" if uri.startswith("sqlite") else f"browse the runs at {uri}, "
           f"experiment {experiment}")
     return 0

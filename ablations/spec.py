@@ -108,6 +108,7 @@ class Grid:
     profile: str = "local-cpu"
     table_rows: list[str] = field(default_factory=list)
     paper: str = ""
+    preset: str = ""  # the grid preset it came from: keys the reference numbers in results/
 
     def identity(self) -> dict:
         """What makes two grids the same (and a re-run idempotent): not where or how they run."""
@@ -126,7 +127,7 @@ class Grid:
     def to_json(self) -> str:
         d = self.identity()
         d.update(grid_id=self.grid_id, profile=self.profile, table_rows=self.table_rows, paper=self.paper,
-                 dropped=self.dropped)
+                 dropped=self.dropped, preset=self.preset)
         return json.dumps(d, indent=1)
 
 
@@ -197,7 +198,8 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
         cells=[], seeds=seeds if seeds is not None else int(preset.get("seeds", 1)),
         lincls=_lincls(preset.get("lincls", []) if lincls is None else lincls),
         profile=preset.get("profile", "local-cpu"),
-        table_rows=list((preset.get("table") or {}).get("rows") or (sweep or [])), paper=str(preset.get("paper", "")),
+        table_rows=list(sweep or (preset.get("table") or {}).get("rows") or []), paper=str(preset.get("paper", "")),
+        preset=preset["name"],
     )
     if grid.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {grid.seeds}")
@@ -221,3 +223,12 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
         grid.table_rows = list(dict.fromkeys(a for c in grid.cells for a in c.values))
     return grid
 
+
+
+def from_json(text: str) -> Grid:
+    """The grid a folder's ``grid.json`` describes."""
+    d = json.loads(text)
+    return Grid(name=d["name"], base=d["base"], set=list(d["set"]), cells=[Cell(v) for v in d["cells"]],
+                seeds=int(d["seeds"]), lincls=d["lincls"], dropped=[tuple(x) for x in d.get("dropped", [])],
+                profile=d.get("profile", "local-cpu"), table_rows=list(d.get("table_rows", [])),
+                paper=d.get("paper", ""), preset=d.get("preset", ""))

@@ -1,8 +1,11 @@
 """ablations/grid.py: grid building, bad input, dry runs, and a real local grid end to end."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,7 +23,7 @@ def build(sweep=None, values=None, preset="demo", **kw):
 def test_demo_preset_is_the_paper_layout():
     g = build()
     assert [c.id for c in g.cells] == ["N0-s0-sp0", "N128-s128-sp0", "N128-s0-sp32", "N128-s128-sp32"]
-    assert g.lincls[0] == "--fast" and g.seeds == 1 and not g.dropped
+    assert g.lincls[0] == "--fast" and g.seeds == 2 and not g.dropped
     assert g.cfg(g.cells[3], 2, REPO / "x").mochi.s_prime == 32
 
 
@@ -104,19 +107,30 @@ def write_preset(tmp_path, cells, lincls=True):
     return p
 
 
-@pytest.mark.slow
-def test_local_grid_end_to_end_is_idempotent_and_tracked(tmp_path, mlflow_server):
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory, mlflow_server):
+    """A real two-cell grid run locally through submitit, logged to the real MLflow server."""
+    tmp_path = tmp_path_factory.mktemp("local-grid")
     preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
-    args = ["--preset", str(preset), "--name", f"t{tmp_path.name[-6:]}", "--out", str(tmp_path / "grid"),
+    args = ["--preset", str(preset), "--name", f"t{os.getpid()}", "--out", str(tmp_path / "grid"),
             "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID]
     r = grid_cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    return tmp_path, args, r, grid
+
+
+@pytest.mark.slow
+def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_server):
+    tmp_path, args, r, grid = local_grid
     assert "[N32-s16-sp8/seed0] done: linear top-1" in r.stdout
     table = (tmp_path / "results" / "table.md").read_text()
     assert "N32" not in table and "| 32 | 16 |" in table.replace("  ", " ").replace("|  ", "| ")
-    assert (tmp_path / "results" / "linear_top1.png").stat().st_size > 5000
+    for name in ("linear_top1.png", "proxy_task_difficulty.png", "class_oracle_false_negatives.png",
+                 "hardness_top1.png", "report.html"):
+        assert (tmp_path / "results" / name).stat().st_size > 2000, name
+    assert 'src="proxy_task_difficulty.png"' in (tmp_path / "results" / "report.html").read_text()
 
-    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name(f"grid-{grid['name']}")
     runs = client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")
@@ -134,6 +148,53 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(tmp_path, mlflow_server
     assert len(client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")) == 5
     status = grid_cli(*args, "--status")
     assert status.returncode == 0 and status.stdout.count("done (linear top-1") == 2
+
+    pivot = subprocess.run([sys.executable, "ablations/tables.py", str(tmp_path / "grid"), "--results",
+                            str(tmp_path / "results"), "--tracking-uri", mlflow_server, "--rows", "N",
+                            "--cols", "s_prime"], cwd=REPO, capture_output=True, text=True)
+    assert pivot.returncode == 0, pivot.stderr
+    md = (tmp_path / "results" / "pivot_linear_top1_N_by_s_prime.md").read_text()
+    assert md.count("(n=1)") == 2
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_the_grid(local_grid, mlflow_server, tmp_path):
+    _, _, _, grid = local_grid
+    # The REST API the UI uses: the parent and its children, with their metrics.
+    def api(path, body):
+        req = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/{path}", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    exp = api("experiments/search", {"filter": f"name = 'grid-{grid['name']}'", "max_results": 5})["experiments"][0]
+    runs = api("runs/search", {"experiment_ids": [exp["experiment_id"]],
+                               "filter": f"tags.grid_id = '{grid['grid_id']}'"})["runs"]
+    names = sorted(r["info"]["run_name"] for r in runs)
+    assert names == sorted([f"grid {grid['name']}", "N0-s0-sp0_seed0_pretrain", "N0-s0-sp0_seed0_lincls",
+                            "N32-s16-sp8_seed0_pretrain", "N32-s16-sp8_seed0_lincls"])
+    metrics = {r["info"]["run_name"]: {m["key"] for m in r["data"].get("metrics", [])} for r in runs}
+    assert "top1_best" in metrics["N32-s16-sp8_seed0_lincls"] and "acc_moco" in metrics["N32-s16-sp8_seed0_pretrain"]
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium (apt-get install chromium) for the UI screenshot")
+        pytest.skip("no chromium for the UI screenshot (apt-get install chromium)")
+    shot = tmp_path / "ui.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000",
+                    "--window-size=1400,900", f"--screenshot={shot}",
+                    f"{mlflow_server}/#/experiments/{exp['experiment_id']}"],
+                   capture_output=True, timeout=120, check=True)
+    import matplotlib.image
+
+    img = matplotlib.image.imread(shot)
+    assert img.shape[0] == 900 and img.shape[1] == 1400
+    # Not blank: many distinct colours and real contrast (a white or error page has neither).
+    flat = (img[..., :3] * 255).astype("uint8").reshape(-1, 3)
+    assert len({tuple(p) for p in flat[::7]}) > 50 and flat.std() > 20
 
 
 def test_grid_py_help_runs_as_a_script():

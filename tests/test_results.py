@@ -44,7 +44,7 @@ def test_tables_and_plot_from_the_store(tmp_path):
 
     md = (out / "table.md").read_text()
     best = [ln for ln in md.splitlines() if "**" in ln]
-    assert len(best) == 2  # best linear (N128-s128-sp32, 74.67) and best proxy acc. (3-seed rows tie at 60)
+    assert len(best) == 1  # best linear top-1 (N128-s128-sp32); the proxy-task column is not ranked
     assert "**74.67 ± 0.76 (n=3)**" in md and "69.00 (n=1)" in md
     assert "+3.67" in md and "-2.00" in md  # deltas of MoCHi rows to the MoCo v2 row
     assert "\\begin{tabular}" in (out / "table.tex").read_text()
@@ -53,7 +53,7 @@ def test_tables_and_plot_from_the_store(tmp_path):
 
 def test_results_of_another_grid_are_not_overwritten(tmp_path):
     a = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name="a")
-    b = spec.build(spec.load_preset("demo"), None, {}, 2, [], None, name="a")
+    b = spec.build(spec.load_preset("demo"), None, {}, 3, [], None, name="a")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     fill(uri, a)
     out = tmp_path / "results"
@@ -62,3 +62,37 @@ def test_results_of_another_grid_are_not_overwritten(tmp_path):
     with pytest.raises(Exception, match="holds results of another grid"):
         results.report(b, tmp_path / "grid", uri, out)
     assert (out / "table.md").read_text() == before
+
+
+def test_heatmap_and_memory_figures_and_reference_columns(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    sweep = spec.build(spec.load_preset("demo"), ["N", "s", "s_prime"], {}, None, [], None, name="hm")
+    k_grid = spec.build(spec.load_preset("demo"), ["K", "N", "s", "s_prime"],
+                        {"K": [256, 512], "N": [0, 128], "s": [0], "s_prime": [0]}, None, [], None, name="mem")
+    k_grid.preset = "in1k-table2"  # borrow a preset that has references, with a reference file of our own
+    ref = tmp_path / "reference.yaml"
+    ref.write_text("- {preset: in1k-table2, cell: {K: 512, N: 0}, metric: linear_top1, value: 70.0, std: 0.5,"
+                   " source: 'a test value'}\n")
+    monkeypatch.setattr(results, "REFERENCE_FILE", ref)
+    for grid in (sweep, k_grid):
+        exp = client.create_experiment(f"grid-{grid.name}")
+        for i, cell in enumerate(grid.cells):
+            tags = {"grid_id": grid.grid_id, "cell": cell.id, "seed": "0", "stage": "lincls",
+                    **{f"axis.{a}": str(v) for a, v in cell.values.items()}}
+            client.log_metric(client.create_run(exp, tags=tags).info.run_id, "top1_best", 60.0 + i)
+    assert results.report(sweep, tmp_path / "g1", uri, tmp_path / "r1") == 0
+    assert (tmp_path / "r1" / "heatmap_N_s.png").stat().st_size > 10000
+    assert not (tmp_path / "r1" / "accuracy_vs_K.png").exists()
+    assert results.report(k_grid, tmp_path / "g2", uri, tmp_path / "r2") == 0
+    assert (tmp_path / "r2" / "accuracy_vs_K.png").stat().st_size > 10000
+    md = (tmp_path / "r2" / "table.md").read_text()
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln.startswith("| ")]
+    head, body = rows[0], rows[1:]
+    body = [dict(zip(head, r)) for r in body]
+    assert head[:4] == ["K", "N", "s", "s_prime"]  # the swept axes, in --sweep order
+    row = next(r for r in body if r["K"] == "512" and r["N"] == "0")
+    assert row["linear top-1 (reference)"] == "70.00 ± 0.50"
+    assert row["Δ linear top-1 vs reference"] == "-8.00"  # ours 62.0 (the third cell) vs 70.0
+    assert all(r["linear top-1 (reference)"] == "" for r in body if r is not row)
+    assert "a test value" in (tmp_path / "r2" / "report.html").read_text()

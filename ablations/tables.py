@@ -1,0 +1,99 @@
+"""``python ablations/tables.py``: rebuild a grid's tables, figures and HTML report from MLflow.
+
+    python ablations/tables.py                           # every grid under runs/grids/
+    python ablations/tables.py runs/grids/in100-table1   # one grid
+    python ablations/tables.py runs/grids/demo --rows N,s --cols s_prime --metric linear_top1
+
+The grid runs this itself when it finishes; use it after ``--status`` shows every cell done, after
+adding seeds, or for a pivot of any swept axes (rows and columns chosen here).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ablations import results, spec
+from pretrain.checkpoint import atomic_write
+from pretrain.cli import ArgumentParser, run, setup_logging
+from pretrain.errors import UserError
+from pretrain.tracking import default_uri
+
+
+def pivot(seeds: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> pd.DataFrame:
+    """'mean ± std (n)' of ``metric`` over seeds, rows x columns chosen among the grid's axes."""
+    d = seeds.dropna(subset=[metric])
+    if d.empty:
+        raise UserError(f"no run of this grid has {metric}")
+    g = d.groupby(rows + cols)[metric].agg(["mean", "std", "count"]).reset_index()
+    g["cell"] = [results.fmt(m, s, int(n)) for m, s, n in zip(g["mean"], g["std"], g["count"])]
+    if not cols:
+        return g[rows + ["cell"]].rename(columns={"cell": results.METRICS[metric][2]})
+    return g.pivot_table(index=rows, columns=cols, values="cell", aggfunc="first", fill_value="")
+
+
+def grid_dirs(paths: list[str]) -> list[Path]:
+    if paths:
+        out = [Path(p) for p in paths]
+        for p in out:
+            if not (p / "grid.json").is_file():
+                raise UserError(f"{p} is not a grid folder (no grid.json)")
+        return out
+    found = sorted(p.parent for p in Path("runs/grids").glob("*/grid.json"))
+    if not found:
+        raise UserError("no grids under runs/grids/; run python ablations/grid.py first or name a grid folder")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python ablations/tables.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("grids", nargs="*", help="grid folders (default: every runs/grids/*)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: the one the grid used)")
+    p.add_argument("--results", help="output folder (default: results/NAME)")
+    p.add_argument("--rows", help="pivot: comma list of axes for the rows")
+    p.add_argument("--cols", default="", help="pivot: comma list of axes for the columns")
+    p.add_argument("--metric", default="linear_top1", help=f"pivot metric: {', '.join(results.METRICS)}")
+    args = p.parse_args(argv)
+    if args.metric not in results.METRICS:
+        raise UserError(f"--metric {args.metric!r}: choose one of {', '.join(results.METRICS)}")
+    dirs = grid_dirs(args.grids)
+    if args.results and len(dirs) > 1:
+        raise UserError("--results needs exactly one grid folder")
+    setup_logging()
+    code = 0
+    for d in dirs:
+        grid = spec.from_json((d / "grid.json").read_text())
+        uri = args.tracking_uri or _uri(d)
+        out = Path(args.results or Path("results") / grid.name)
+        print(f"== {grid.name} ({d})")
+        code |= results.report(grid, d, uri, out, complete=False)
+        if args.rows:
+            rows = [a.strip() for a in args.rows.split(",") if a.strip()]
+            cols = [a.strip() for a in args.cols.split(",") if a.strip()]
+            axes = list(dict.fromkeys(a for c in grid.cells for a in c.values))
+            bad = [a for a in rows + cols if a not in axes]
+            if bad:
+                raise UserError(f"--rows/--cols: {bad[0]!r} is not an axis of grid {grid.name} ({', '.join(axes)})")
+            runs = results.runs_frame(uri, grid.grid_id, f"grid-{grid.name}")
+            t = pivot(results.per_seed(runs, axes), rows, cols, args.metric)
+            stem = f"pivot_{args.metric}_{'-'.join(rows)}" + (f"_by_{'-'.join(cols)}" if cols else "")
+            flat = t.reset_index() if cols else t
+            atomic_write(out / f"{stem}.md", flat.to_markdown(index=False, disable_numparse=True).encode())
+            atomic_write(out / f"{stem}.csv", flat.to_csv(index=False).encode())
+            atomic_write(out / f"{stem}.tex", flat.to_latex(index=False).encode())
+            print(f"\n{results.METRICS[args.metric][2]}, rows {rows}, columns {cols}:\n{t.to_string()}")
+            print(f"wrote {out}/{stem}.md, .csv, .tex")
+    return code
+
+
+def _uri(grid_dir: Path) -> str:
+    """The store the grid logged to: its parent run's store, else the default beside runs/grids."""
+    src = grid_dir.resolve()
+    meta = next((src / "cells").glob("*/seed*/tracking.json"), None)
+    return json.loads(meta.read_text())["uri"] if meta else default_uri(src.parent)
+
+
+if __name__ == "__main__":
+    run(main)
