@@ -55,7 +55,7 @@ def test_grid_identity_ignores_where_it_runs():
     a, b = build(), build()
     b.profile = "gpu-8"
     assert a.grid_id == b.grid_id
-    assert build(seeds=2).grid_id != a.grid_id
+    assert build(seeds=3).grid_id != a.grid_id
 
 
 @pytest.mark.parametrize("args, message", [
@@ -126,8 +126,9 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
     assert "[N32-s16-sp8/seed0] done: linear top-1" in r.stdout
     table = (tmp_path / "results" / "table.md").read_text()
     assert "N32" not in table and "| 32 | 16 |" in table.replace("  ", " ").replace("|  ", "| ")
-    for name in ("linear_top1.png", "proxy_task_difficulty.png", "class_oracle_false_negatives.png",
-                 "hardness_top1.png", "report.html"):
+    # (the class-oracle share needs a queue full of labelled keys, which 8 steps do not reach)
+    for name in ("linear_top1.png", "proxy_task_difficulty.png", "hardness_top1.png", "alignment_uniformity.png",
+                 "report.html"):
         assert (tmp_path / "results" / name).stat().st_size > 2000, name
     assert 'src="proxy_task_difficulty.png"' in (tmp_path / "results" / "report.html").read_text()
 

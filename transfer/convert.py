@@ -1,0 +1,59 @@
+"""``python transfer/convert.py SOURCE OUT.pkl``: a ResNet-50 query encoder in detectron2's format.
+
+SOURCE is a pretraining run folder, one of this project's checkpoints, or a MoCo-format
+checkpoint (``state_dict`` with ``module.encoder_q.*``). The renaming is MoCo's
+(moco/detection/convert-pretrain-to-detectron2.py): stem keys get ``stem.``, ``layerK`` becomes
+``res{K+1}``, ``bnJ`` becomes ``convJ.norm``, ``downsample.0/1`` become ``shortcut`` /
+``shortcut.norm``; values are numpy arrays; the pickle carries ``__author__ = "MOCO"`` and
+``matching_heuristics = True``. Unlike MoCo's script, the projection head (``fc.*``) and BN's
+``num_batches_tracked`` counters are left out: detectron2 has no place for them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+from pretrain.checkpoint import atomic_write
+from pretrain.cli import ArgumentParser, run
+from pretrain.errors import UserError
+from pretrain.lincls import load_backbone, read_source
+
+
+def d2_name(key: str) -> str:
+    """torchvision ResNet key -> detectron2 ResNet key, e.g. layer1.0.bn1.weight -> res2.0.conv1.norm.weight."""
+    if not key.startswith("layer"):
+        key = "stem." + key
+    key = re.sub(r"layer([1-4])", lambda m: f"res{int(m.group(1)) + 1}", key)
+    key = re.sub(r"bn([1-3])", r"conv\1.norm", key)
+    return key.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def convert(source: str) -> dict:
+    """detectron2's checkpoint dictionary for SOURCE; UserError unless it is a ResNet-50 query encoder."""
+    sd, cfg, _ = read_source(source)
+    if cfg is not None and (cfg.model.arch != "resnet50" or cfg.model.small_stem):
+        raise UserError(f"{source} is a {cfg.model.arch}{' with the small stem' if cfg.model.small_stem else ''}; "
+                        f"the detection recipes need a standard ResNet-50")
+    net = load_backbone(sd, "resnet50", False)  # checks every key and shape
+    model = {d2_name(k): v.detach().cpu().numpy() for k, v in net.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    return {"model": model, "__author__": "MOCO", "matching_heuristics": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python transfer/convert.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", help="run folder, this project's checkpoint, or a MoCo-format checkpoint")
+    p.add_argument("out", help="output .pkl for detectron2's MODEL.WEIGHTS")
+    args = p.parse_args(argv)
+    res = convert(args.source)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, pickle.dumps(res))
+    print(f"wrote {out}: {len(res['model'])} ResNet-50 tensors in detectron2's naming")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
