@@ -63,7 +63,7 @@ def curves(hist: pd.DataFrame, order: list[str], out_dir: Path) -> list[Path]:
         h = hist[hist["metric"] == metric]
         if h.empty:
             continue
-        # A replayed step after a resume appears twice in MLflow: keep the last value per step.
+        # Runs from before replayed points were skipped may hold a step twice: keep the last.
         h = h.drop_duplicates(["cell", "seed", "step"], keep="last")
         scale = 100.0 if metric in PERCENT else 1.0
         fig, ax = plt.subplots(figsize=(6.4, 3.8))

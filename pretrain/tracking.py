@@ -90,14 +90,19 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.client = None
         self.run_id = run_id or self._saved_run_id()
-        if resume_step is not None:
-            self._truncate(resume_step)
+        dropped = self._truncate(resume_step) if resume_step is not None else []
+        # Steps replayed after a resume reproduce the same values, and MLflow cannot delete points:
+        # the (metric, step) pairs it already holds are not sent again.
+        self._in_mlflow: dict[str, set[int]] = {}
         self._meta = {"uri": uri, "experiment": experiment, "run_name": run_name, "tags": tags or {},
                       "params": {k: str(v) for k, v in params.items()}, "status": "RUNNING"}
         self._write_meta()
         self._file = open(self.run_dir / METRICS_FILE, "a")
         try:
             self._start_mlflow(uri, experiment, run_name, params, tags or {})
+            keys = {k for r in dropped for k in r if k not in NOT_METRICS}
+            self._in_mlflow = {k: {m.step for m in retry_locked(self.client.get_metric_history, self.run_id, k)}
+                               for k in keys}
         except Exception as e:  # noqa: BLE001 - any store failure: keep training, keep the file
             log.warning("MLflow unavailable (%s: %s); metrics go to %s only", type(e).__name__, e, METRICS_FILE)
             self.client = None
@@ -109,10 +114,12 @@ class Tracker:
         p = self.run_dir / RUN_ID_FILE
         return p.read_text().strip() or None if p.is_file() else None
 
-    def _truncate(self, step: int) -> None:
-        """Drop points after ``step``: a resumed run logs them again."""
-        keep = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= step]
+    def _truncate(self, step: int) -> list[dict]:
+        """Drop points after ``step`` (a resumed run logs them again); return the dropped ones."""
+        records = read_metrics(self.run_dir)
+        keep = [r for r in records if r.get("step", 0) <= step]
         atomic_write(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        return [r for r in records if r.get("step", 0) > step]
 
     def _start_mlflow(self, uri, experiment, run_name, params, tags) -> None:
         from mlflow.entities import Param, RunTag
@@ -157,7 +164,10 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(rec["time"] * 1000)
-        points = [Metric(k, float(v), ts, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        points = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                  if math.isfinite(float(v)) and step not in self._in_mlflow.get(k, ())]
+        if not points:
+            return
         try:
             retry_locked(self.client.log_batch, self.run_id, metrics=points)
         except Exception as e:  # noqa: BLE001

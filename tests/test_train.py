@@ -125,6 +125,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     records = read_metrics(out)
     assert [r["step"] for r in records if "loss" in r] == list(range(2, 25, 2))
     assert [r["step"] for r in records if "knn_top1" in r] == [16, 24]
+    # MLflow holds each point once too: the replayed steps are not sent again.
+    client = MlflowClient(f"sqlite:///{out.parent}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(got["mlflow_run_id"], "loss")] == list(range(2, 25, 2))
+    assert sorted(m.step for m in client.get_metric_history(got["mlflow_run_id"], "knn_top1")) == [16, 24]
     # The monitor's numbers do not depend on the interruption either.
     ref_knn = [r["knn_top1"] for r in read_metrics(ref_out) if "knn_top1" in r]
     assert [r["knn_top1"] for r in records if "knn_top1" in r] == ref_knn
