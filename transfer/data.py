@@ -22,6 +22,16 @@ from PIL import Image
 from pretrain.errors import UserError
 
 
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
+def voc_class_names(root: str | Path, year: str = "2007") -> list[str]:
+    """The 20 PASCAL VOC classes, or the list in ``VOCdevkit/classes.txt`` (a locally built set)."""
+    f = Path(root) / "classes.txt"
+    return f.read_text().split() if f.is_file() else list(VOC_CLASSES)
+
+
 def _image_tensor(path: Path) -> torch.Tensor:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
@@ -188,6 +198,7 @@ def make_synthetic(out: str | Path, n_train: int = 200, n_test: int = 50, size: 
             images.append({"id": k + 1, "file_name": f"{img_id}.jpg", "width": size, "height": size})
             anns += [{**a, "image_id": k + 1} for a in coco_objs]
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        (out / "VOCdevkit" / "classes.txt").write_text("\n".join(names) + "\n")
         cats = [{"id": i + 1, "name": c} for i, c in enumerate(names)]
         (out / "coco" / "annotations" / f"instances_{coco_split}.json").write_text(
             json.dumps({"images": images, "annotations": anns, "categories": cats}))

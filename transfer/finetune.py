@@ -1,0 +1,284 @@
+"""``python -m transfer.finetune SOURCE --task TASK --data ROOT``: detection transfer through torchvision.
+
+The torchvision path of the transfer stage: it runs wherever PyTorch does. SOURCE is a
+pretraining run folder, one of this project's checkpoints or a MoCo-format checkpoint (a
+ResNet-50 query encoder), or ``--random-init`` for the baseline. Each of ``--trials`` runs
+(default 5, as MoCo reports) fine-tunes the whole network with its own seed and evaluates once at
+the end: VOC AP50/AP/AP75 as detectron2's Pascal VOC evaluator, or COCO box and mask AP through
+pycocotools. Mean and std over trials go to ``OUT/summary.json``; every trial is an MLflow child
+of the pretraining run. Trials checkpoint every ``--ckpt-every`` iterations and resume exactly:
+each iteration's images and flips depend only on (seed, iteration).
+
+Tasks: the recipes of transfer/configs/ in iterations (``voc-c4``: VOC07+12 trainval -> VOC07
+test, 24k iterations; ``coco-c4-1x``, ``coco-c4-2x``, ``coco-fpn-1x``: COCO 2017 Mask R-CNN), and
+CPU-sized ones for the local detection set (``demo-voc``, ``demo-coco``; build it with
+``python -m transfer.finetune --make-demo-data DIR``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrain import checkpoint
+from pretrain.cli import ArgumentParser, run, setup_logging
+from pretrain.errors import UserError
+from pretrain.lincls import load_backbone, read_source
+from pretrain.tracking import Tracker, default_uri
+
+from . import data, metrics
+from .models import build
+
+log = logging.getLogger(__name__)
+VOC_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+COCO_SIZES = (640, 672, 704, 736, 768, 800)
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # c4 or fpn
+    mask: bool
+    data: str  # voc or coco
+    train: tuple[str, ...]  # VOC "year:split" or COCO split names
+    test: str
+    iters: int
+    steps: tuple[int, ...]
+    warmup: int
+    batch: int
+    lr: float
+    min_size: tuple[int, ...]
+    test_size: int
+    max_size: int = 1333
+    rois_per_image: int = 512
+    test_proposals: int = 1000
+
+
+TASKS = {
+    "voc-c4": Task("c4", False, "voc", ("2007:trainval", "2012:trainval"), "2007:test", 24000, (18000, 22000), 100,
+                   16, 0.02, VOC_SIZES, 800),
+    "coco-c4-1x": Task("c4", True, "coco", ("train2017",), "val2017", 90000, (60000, 80000), 1000, 16, 0.02,
+                       COCO_SIZES, 800),
+    "coco-c4-2x": Task("c4", True, "coco", ("train2017",), "val2017", 180000, (120000, 160000), 1000, 16, 0.02,
+                       COCO_SIZES, 800),
+    "coco-fpn-1x": Task("fpn", True, "coco", ("train2017",), "val2017", 90000, (60000, 80000), 1000, 16, 0.02,
+                        COCO_SIZES, 800),
+    # The local detection set (128 px canvases) on a CPU: FPN heads (the C4 head runs res5 on every
+    # RoI, seconds per image on a CPU), fewer RoIs and proposals per image.
+    "demo-voc": Task("fpn", False, "voc", ("2007:trainval",), "2007:test", 300, (200, 260), 20, 4, 0.01,
+                     (112, 128, 144), 128, 256, 64, 100),
+    "demo-coco": Task("fpn", True, "coco", ("train",), "val", 300, (200, 260), 20, 4, 0.01, (112, 128, 144), 128,
+                      256, 64, 100),
+}
+
+
+def datasets(task: Task, root: Path):
+    if task.data == "voc":
+        names = data.voc_class_names(root, task.test.split(":")[0])
+        parts = [data.VOCDetection(root, [y], s, names) for y, s in (t.split(":") for t in task.train)]
+        train = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+        year, split = task.test.split(":")
+        return train, data.VOCDetection(root, [year], split, names), names
+    train = data.COCODetection(root / task.train[0], root / "annotations" / f"instances_{task.train[0]}.json")
+    test = data.COCODetection(root / task.test, root / "annotations" / f"instances_{task.test}.json")
+    return train, test, test.class_names
+
+
+def flip(img: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    w = img.shape[-1]
+    t = dict(target)
+    b = target["boxes"].clone()
+    b[:, [0, 2]] = w - target["boxes"][:, [2, 0]]
+    t["boxes"] = b
+    if "masks" in t:
+        t["masks"] = t["masks"].flip(-1)
+    return img.flip(-1), t
+
+
+def lr_at(task: Task, lr: float, it: int) -> float:
+    """Linear warm-up from 0.001 x, then x0.1 at each step (detectron2's WarmupMultiStepLR)."""
+    factor = 0.1 ** sum(it >= s for s in task.steps)
+    if it < task.warmup:
+        alpha = it / task.warmup
+        factor *= 0.001 * (1 - alpha) + alpha
+    return lr * factor
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, test, names: list[str], device) -> dict[str, float]:
+    model.eval()
+    if task.data == "voc":
+        preds, gts = {}, {}
+        for k in range(len(test)):
+            img, t = test[k]
+            out = model([img.to(device)])[0]
+            preds[t["image_id"]] = {"boxes": out["boxes"].cpu().numpy(), "scores": out["scores"].cpu().numpy(),
+                                    "labels": out["labels"].cpu().numpy() - 1}
+            gts[t["image_id"]] = test.annotation(k)
+        year = task.test.split(":")[0]
+        return metrics.voc_evaluate(preds, gts, len(names), use_07_metric=year == "2007")
+    from pycocotools import mask as mask_util
+
+    boxes, segms = [], []
+    for k in range(len(test)):
+        img, t = test[k]
+        out = model([img.to(device)])[0]
+        for j in range(len(out["scores"])):
+            x1, y1, x2, y2 = out["boxes"][j].tolist()
+            entry = {"image_id": t["image_id"], "category_id": test.cat_ids[int(out["labels"][j]) - 1],
+                     "score": float(out["scores"][j])}
+            boxes.append({**entry, "bbox": [x1, y1, x2 - x1, y2 - y1]})
+            if "masks" in out:
+                rle = mask_util.encode(np.asfortranarray((out["masks"][j, 0] > 0.5).cpu().numpy().astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode()
+                segms.append({**entry, "segmentation": rle})
+    res = {f"box_{k}": v for k, v in metrics.coco_evaluate(test.gt, boxes, "bbox").items()}
+    if task.mask:
+        res.update({f"mask_{k}": v for k, v in metrics.coco_evaluate(test.gt, segms, "segm").items()})
+    return res
+
+
+def run_trial(task: Task, state, train, test, names, out: Path, seed: int, tracker: Tracker | None, device,
+              ckpt_every: int) -> dict:
+    """Fine-tune and evaluate one trial; resumes from ``out/checkpoints``; returns its metrics."""
+    result_file = out / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    torch.manual_seed(seed)
+    model = build(task.kind, len(names), state, mask=task.mask, min_size=task.min_size, max_size=task.max_size,
+                  rois_per_image=task.rois_per_image, test_proposals=task.test_proposals).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=task.lr, momentum=0.9, weight_decay=1e-4)
+    saved, _ = checkpoint.load_latest(out / "checkpoints")
+    start = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        start = saved["iteration"]
+        log.info("trial %s resumes at iteration %d", out.name, start)
+    model.train()
+    for it in range(start, task.iters):
+        rng = np.random.default_rng([seed, it])
+        batch = []
+        for k in rng.integers(len(train), size=task.batch):
+            img, t = train[int(k)]
+            if rng.random() < 0.5:
+                img, t = flip(img, t)
+            batch.append((img.to(device), {k2: v.to(device) for k2, v in t.items() if torch.is_tensor(v)}))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(task, task.lr, it)
+        torch.manual_seed(int(rng.integers(2**31)))  # RoI / anchor sampling inside torchvision
+        losses = model([b[0] for b in batch], [b[1] for b in batch])
+        loss = sum(losses.values())
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"loss is {float(loss)} at iteration {it}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if tracker is not None and ((it + 1) % 20 == 0 or it + 1 == task.iters):
+            tracker.log({"loss": float(loss), **{k: float(v) for k, v in losses.items()},
+                         "lr": opt.param_groups[0]["lr"]}, it + 1)
+        if (it + 1) % ckpt_every == 0 or it + 1 == task.iters:
+            checkpoint.save(out / "checkpoints", it + 1,
+                            {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1}, keep=1)
+    res = evaluate(model, task, test, names, device)
+    checkpoint.atomic_write(result_file, json.dumps(res).encode())
+    if tracker is not None:
+        tracker.log(res, task.iters)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m transfer.finetune", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", nargs="?", help="run folder, this project's checkpoint, or a MoCo-format checkpoint")
+    p.add_argument("--task", choices=sorted(TASKS), help="recipe")
+    p.add_argument("--data", help="VOCdevkit folder (VOC tasks) or COCO root with annotations/ (COCO tasks)")
+    p.add_argument("--trials", type=int, default=5, help="fine-tuning runs with seeds 0..n-1 (default 5, as MoCo)")
+    p.add_argument("--iters", type=int, help="iterations (default: the recipe's); steps and warm-up scale with it")
+    p.add_argument("--batch", type=int, help="images per iteration (default: the recipe's); lr scales with it")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="iterations between checkpoints")
+    p.add_argument("--random-init", action="store_true", help="baseline: a randomly initialised ResNet-50")
+    p.add_argument("--out", help="output folder (default: SOURCE_RUN/transfer-TASK[-random-init])")
+    p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
+    p.add_argument("--make-demo-data", metavar="DIR", help="build the local detection set into DIR and exit")
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.make_demo_data:
+        names = data.make_synthetic(args.make_demo_data)["class_names"]
+        print(f"wrote {args.make_demo_data}: VOCdevkit/VOC2007 and coco/ ({len(names)} classes); "
+              f"--task demo-voc --data {args.make_demo_data}/VOCdevkit or --task demo-coco --data {args.make_demo_data}/coco")
+        return 0
+    if not args.source or not args.task or not args.data:
+        raise UserError("give SOURCE, --task and --data (or --make-demo-data DIR)")
+    if args.trials < 1 or (args.iters is not None and args.iters < 1) or (args.batch is not None and args.batch < 1):
+        raise UserError("--trials, --iters and --batch must be >= 1")
+    tags = dict(t.split("=", 1) for t in args.tag if "=" in t)
+    if len(tags) != len(args.tag):
+        raise UserError("--tag takes KEY=VALUE")
+    task = TASKS[args.task]
+    if args.iters:
+        f = args.iters / task.iters
+        task = dataclasses.replace(task, iters=args.iters, steps=tuple(max(1, int(s * f)) for s in task.steps),
+                                   warmup=max(1, int(task.warmup * f)))
+    if args.batch:
+        task = dataclasses.replace(task, batch=args.batch, lr=task.lr * args.batch / task.batch)
+
+    sd, cfg, parent = read_source(args.source)
+    if cfg is not None and (cfg.model.arch != "resnet50" or cfg.model.small_stem):
+        raise UserError(f"{args.source} is a {cfg.model.arch}{' with the small stem' if cfg.model.small_stem else ''};"
+                        f" the detection recipes need a standard ResNet-50")
+    state = None if args.random_init else load_backbone(sd, "resnet50", False).state_dict()
+    root = Path(args.data)
+    if not root.is_dir():
+        raise UserError(f"--data {root} does not exist")
+    train, test, names = datasets(task, root)
+
+    src = Path(args.source)
+    home = src if src.is_dir() else src.parent.parent if src.parent.name == "checkpoints" else src.parent
+    out = Path(args.out) if args.out else home / f"transfer-{args.task}{'-random-init' if args.random_init else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
+    stage = f"transfer-{task.data}"
+    results = []
+    for t in range(args.trials):
+        trial_dir = out / f"trial{t}"
+        trial_dir.mkdir(exist_ok=True)
+        run_tags = {"stage": stage, "task": args.task, "trial": str(t), "random_init": str(args.random_init),
+                    "source": str(src.resolve()), **tags}
+        if parent:
+            run_tags["pretrain_run_id"] = parent
+        if args.parent_run or parent:
+            run_tags["mlflow.parentRunId"] = args.parent_run or parent
+        params = {f"transfer.{k}": v for k, v in dataclasses.asdict(task).items()}
+        saved, _ = checkpoint.load_latest(trial_dir / "checkpoints")
+        tracker = Tracker(trial_dir, uri, cfg.run.experiment if cfg else "mochi-bench",
+                          f"transfer-{args.task}_trial{t}{'_random-init' if args.random_init else ''}", params, run_tags,
+                          resume_step=saved["iteration"] if saved else None)
+        try:
+            res = run_trial(task, state, train, test, names, trial_dir, t, tracker, device, args.ckpt_every)
+        finally:
+            tracker.finish()
+        results.append(res)
+        print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
+    summary = {k: {"mean": float(np.mean([r[k] for r in results])),
+                   "std": float(np.std([r[k] for r in results], ddof=1)) if len(results) > 1 else None}
+               for k in results[0]}
+    checkpoint.atomic_write(out / "summary.json", json.dumps(
+        {"task": args.task, "trials": results, "summary": summary, "random_init": args.random_init,
+         "source": str(src), "settings": dataclasses.asdict(task)}, indent=1).encode())
+    print(f"{args.task} over {len(results)} trials: " + ", ".join(
+        f"{k} {v['mean']:.2f}" + (f" ± {v['std']:.2f}" if v["std"] is not None else "") for k, v in summary.items()))
+    print(f"wrote {out / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
