@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pretrain.checkpoint import atomic_write
@@ -75,7 +76,10 @@ def runs_frame(uri: str, grid_id: str, experiment: str) -> pd.DataFrame:
 
 
 def per_seed(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """One row per cell x seed: the axis values and each metric of ``METRICS`` (NaN where absent)."""
+    """One row per cell x seed: the axis values and each metric of ``METRICS`` (NaN where absent).
+
+    A transfer stage logs one run per fine-tuning trial; a seed's value is the mean of its trials.
+    """
     rows: dict[tuple[str, str], dict] = {}
     for _, r in runs.iterrows():
         key = (r["tags.cell"], r["tags.seed"])
@@ -84,8 +88,9 @@ def per_seed(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         for col, (stage, metric, _, scale) in METRICS.items():
             value = r.get(f"metrics.{metric}")
             if r["tags.stage"] == stage and value is not None and pd.notna(value):
-                row[col] = float(value) * scale
-    df = pd.DataFrame(list(rows.values()))
+                row.setdefault(col, []).append(float(value) * scale)
+    df = pd.DataFrame([{k: float(np.mean(v)) if isinstance(v, list) else v for k, v in row.items()}
+                       for row in rows.values()])
     for col in METRICS:
         if col not in df:
             df[col] = float("nan")

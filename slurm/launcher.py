@@ -238,3 +238,19 @@ def local_state(pid: str) -> str:
     except OSError:
         pass
     return "RUNNING"
+
+
+class TransferJob(submitit.helpers.Checkpointable):
+    """Detection fine-tuning trials of one source and task (``transfer.finetune``); resumable."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = list(argv)
+
+    def __call__(self) -> dict:
+        from transfer import finetune
+
+        code = finetune.main([*self.argv, f"--tag=slurm_job_id={_job_id()}"])
+        if code:
+            raise RuntimeError(f"transfer.finetune exited with {code}")
+        out = Path(next(a.split("=", 1)[1] for a in self.argv if a.startswith("--out=")))
+        return json.loads((out / "summary.json").read_text())
