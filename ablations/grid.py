@@ -58,6 +58,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--seeds", type=int, help="seeds per cell (default: the preset's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every cell")
     p.add_argument("--lincls", help="arguments of python -m pretrain.lincls for each cell, or 'none'")
+    p.add_argument("--transfer", help="arguments of python -m transfer.finetune for each cell (e.g. '--task voc-c4 "
+                                      "--data /datasets/VOCdevkit'), or 'none'")
     p.add_argument("--cluster", default="auto", help="slurm, local, debug or auto (slurm where a controller "
                                                      "answers, else local)")
     p.add_argument("--profile", help=f"cluster profile: {', '.join(launcher.profiles())} or a .yaml path "
@@ -97,7 +99,7 @@ def grid_from_args(args) -> spec.Grid:
     for text in args.set:
         config.parse_override(text)
     return spec.build(preset, sweep, axis_values(args), args.seeds, list(args.set),
-                      None if args.lincls is None else args.lincls, args.name)
+                      None if args.lincls is None else args.lincls, args.name, args.transfer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,10 +136,22 @@ class GridDir:
             for seed in range(self.grid.seeds):
                 yield cell, seed, self.run_dir(cell, seed)
 
+    def transfer_dir(self, run_dir: Path) -> Path | None:
+        task = self.grid.transfer_task
+        return None if task is None else run_dir / f"transfer-{task}"
+
+    def evals_done(self, run_dir: Path) -> dict[str, bool]:
+        """{stage: done} for the evaluation stages this grid runs after pretraining."""
+        out = {}
+        if (ld := self.lincls_dir(run_dir)) is not None:
+            out["lincls"] = (ld / "lincls.json").is_file()
+        if (td := self.transfer_dir(run_dir)) is not None:
+            out["transfer"] = (td / "summary.json").is_file()
+        return out
+
     def stage_done(self, run_dir: Path) -> tuple[bool, bool]:
-        pre = (run_dir / SUMMARY_FILE).is_file()
-        ld = self.lincls_dir(run_dir)
-        return pre, ld is None or (ld / "lincls.json").is_file()
+        """(pretraining done, every evaluation stage done)."""
+        return (run_dir / SUMMARY_FILE).is_file(), all(self.evals_done(run_dir).values())
 
     def jobs(self) -> dict:
         f = self.out / JOBS_FILE
@@ -240,12 +254,16 @@ def unit_jobs(gd: GridDir, cell: spec.Cell, seed: int, run_dir: Path, uri: str, 
     over = [*grid.set, *cell.overrides(), f"run.seed={seed}", f"run.out={run_dir}",
             f"run.run_name={cell.id}_seed{seed}_pretrain", *run_over]
     pre = launcher.PretrainJob(grid.base, over, {**tags, "stage": "pretrain"})
-    lin = None
+    evals = {}
     if grid.lincls is not None:
-        lin = launcher.LinclsJob(str(run_dir), [*grid.lincls, f"--seed={seed}",
-                                                f"--run-name={cell.id}_seed{seed}_lincls"],
-                                 parent, {**tags, "stage": "lincls"})
-    return pre, lin
+        evals["lincls"] = launcher.LinclsJob(str(run_dir), [*grid.lincls, f"--seed={seed}",
+                                                            f"--run-name={cell.id}_seed{seed}_lincls"],
+                                             parent, {**tags, "stage": "lincls"})
+    if grid.transfer is not None:
+        argv = [str(run_dir), *grid.transfer, f"--out={gd.transfer_dir(run_dir)}",
+                *[f"--tag={k}={v}" for k, v in tags.items() if k != "mlflow.parentRunId"]]
+        evals["transfer"] = launcher.TransferJob(argv + ([f"--parent-run={parent}"] if parent else []))
+    return pre, evals
 
 
 def job_record(job, stage: str, cluster: str) -> dict:
@@ -287,7 +305,7 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
     for cell_id, reason in grid.dropped:
         print(f"dropped {cell_id}: {reason}")
     print(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
-          f"{len(todo_pre)} to pretrain, {len(todo_lin)} to probe, {skipped_done} done, "
+          f"{len(todo_pre)} to pretrain, {len(todo_lin)} to evaluate, {skipped_done} done, "
           f"{skipped_active} already queued or running")
     atomic_write(gd.out / GRID_FILE, grid.to_json().encode())
     if not todo_pre and not todo_lin:
@@ -316,33 +334,38 @@ def submit_slurm(gd, profile, jobs, todo_pre, todo_lin, uri, parent, logs) -> No
             submitted = [executor.submit(c) for c in callables]
         return submitted
 
+    def submit_evals(units, dep: str | None, why: str) -> None:
+        for stage in ("lincls", "transfer"):
+            todo = [(c, s, u[1][stage]) for c, s, u in units if stage in u[1]]
+            if not todo:
+                continue
+            ex = launcher.make_executor("slurm", logs, profile, name=f"{gd.grid.name}-{stage}", stage="eval",
+                                        dependency=dep)
+            submitted = submit_batch(ex, [t[2] for t in todo])
+            for (c, s, _), j in zip(todo, submitted):
+                jobs.setdefault(unit_key(c, s), {})[stage] = job_record(j, stage, "slurm")
+            gd.save_jobs(jobs)
+            print(f"submitted {len(submitted)} {stage} jobs: array {submitted[0].job_id.split('_')[0]}{why}")
+
     if todo_pre:
-        units = [(c, s, d, *unit_jobs(gd, c, s, d, uri, parent)) for c, s, d in todo_pre]
+        units = [(c, s, unit_jobs(gd, c, s, d, uri, parent)) for c, s, d in todo_pre]
         ex = launcher.make_executor("slurm", logs, profile, name=f"{gd.grid.name}-pretrain", stage="pretrain")
-        pre_jobs = submit_batch(ex, [u[3] for u in units])
-        for (c, s, *_), j in zip(units, pre_jobs):
+        pre_jobs = submit_batch(ex, [u[2][0] for u in units])
+        for (c, s, _), j in zip(units, pre_jobs):
             jobs.setdefault(unit_key(c, s), {})["pretrain"] = job_record(j, "pretrain", "slurm")
         gd.save_jobs(jobs)
         array_id = pre_jobs[0].job_id.split("_")[0]
         print(f"submitted {len(pre_jobs)} pretraining jobs: array {array_id} (at most {profile.array_parallelism} "
               f"at once)")
-        if gd.grid.lincls is not None:
-            dep = f"aftercorr:{array_id}" if "_" in pre_jobs[0].job_id else f"afterok:{array_id}"
-            ex = launcher.make_executor("slurm", logs, profile, name=f"{gd.grid.name}-lincls", stage="eval",
-                                        dependency=dep)
-            lin_jobs = submit_batch(ex, [u[4] for u in units])
-            for (c, s, *_), j in zip(units, lin_jobs):
-                jobs[unit_key(c, s)]["lincls"] = job_record(j, "lincls", "slurm")
-            gd.save_jobs(jobs)
-            print(f"submitted {len(lin_jobs)} linear probes: array {lin_jobs[0].job_id.split('_')[0]}, each after "
-                  f"its pretraining task ({dep.split(':')[0]})")
+        dep = f"aftercorr:{array_id}" if "_" in pre_jobs[0].job_id else f"afterok:{array_id}"
+        submit_evals(units, dep, f", each after its pretraining task ({dep.split(':')[0]})")
     if todo_lin:
-        ex = launcher.make_executor("slurm", logs, profile, name=f"{gd.grid.name}-lincls", stage="eval")
-        lin_jobs = submit_batch(ex, [unit_jobs(gd, c, s, d, uri, parent)[1] for c, s, d in todo_lin])
-        for (c, s, _), j in zip(todo_lin, lin_jobs):
-            jobs.setdefault(unit_key(c, s), {})["lincls"] = job_record(j, "lincls", "slurm")
-        gd.save_jobs(jobs)
-        print(f"submitted {len(lin_jobs)} linear probes for finished pretraining runs")
+        units = []
+        for c, s, d in todo_lin:
+            pre, evals = unit_jobs(gd, c, s, d, uri, parent)
+            done = gd.evals_done(d)
+            units.append((c, s, (pre, {k: v for k, v in evals.items() if not done[k]})))
+        submit_evals(units, None, " (their pretraining is done)")
 
 
 def wait_slurm(gd: GridDir, poll_s: float = 10.0) -> None:
@@ -373,9 +396,11 @@ def run_local(gd, profile, cluster, jobs, todo, uri, parent, logs) -> int:
         while pending or running:
             while pending and len(running) < profile.array_parallelism:
                 cell, seed, run_dir = pending.pop(0)
-                pre, lin = unit_jobs(gd, cell, seed, run_dir, uri, parent)
+                pre, evals = unit_jobs(gd, cell, seed, run_dir, uri, parent)
                 done_pre, _ = gd.stage_done(run_dir)
-                job = ex.submit(launcher.CellJob(None if done_pre else pre, lin))
+                done = gd.evals_done(run_dir)
+                job = ex.submit(launcher.CellJob(None if done_pre else pre,
+                                                 [v for k, v in evals.items() if not done[k]]))
                 key = unit_key(cell, seed)
                 jobs.setdefault(key, {})["cell"] = job_record(job, "cell", cluster)
                 gd.save_jobs(jobs)
@@ -422,7 +447,7 @@ def unit_state(gd: GridDir, cell, seed, run_dir, recs: dict, states: dict) -> st
         if ld is not None:
             return f"done (linear top-1 {json.loads((ld / 'lincls.json').read_text())['top1_best']:.2f})"
         return "done"
-    for stage in ("pretrain", "cell", "lincls"):
+    for stage in ("pretrain", "cell", "lincls", "transfer"):
         rec = recs.get(stage)
         if rec is None or (stage == "pretrain" and pre_done):
             continue
@@ -437,7 +462,7 @@ def unit_state(gd: GridDir, cell, seed, run_dir, recs: dict, states: dict) -> st
                 epochs = gd.grid.cfg(cell, seed, run_dir).optim.epochs
                 where = f"epoch {metrics[-1].get('epoch', 0) + 1}/{epochs}" if metrics else "starting"
             return f"running ({where}, job {rec['job_id']})"
-        if stage == "lincls" and not pre_done and st in ("CANCELLED", "UNKNOWN"):
+        if stage in ("lincls", "transfer") and not pre_done and st in ("CANCELLED", "UNKNOWN"):
             continue
         return f"failed ({stage}, job {rec['job_id']} {st}): {tail(rec['stderr'])}"
     return "not submitted"

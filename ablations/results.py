@@ -64,14 +64,33 @@ def close_parent(grid_dir: Path, uri: str) -> None:
 
 
 def runs_frame(uri: str, grid_id: str, experiment: str) -> pd.DataFrame:
-    """The grid's child runs from MLflow (``mlflow.search_runs``), one row per run."""
-    import mlflow
+    """The grid's child runs from MLflow, one row per run, in ``mlflow.search_runs``'s column layout
+    (``run_id``, ``status``, ``tags.*``, ``params.*``, ``metrics.*``).
 
-    mlflow.set_tracking_uri(uri)
-    df = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.grid_id = '{grid_id}'",
-                            output_format="pandas")
-    if not isinstance(df, pd.DataFrame) or df.empty:
+    Through a client bound to ``uri``: ``mlflow.set_tracking_uri`` would also set
+    MLFLOW_TRACKING_URI for every process this one starts later (a grid's jobs, tests' runs).
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = retry_locked(client.get_experiment_by_name, experiment)
+    if exp is None:
         return pd.DataFrame()
+    rows, token = [], None
+    while True:
+        page = retry_locked(client.search_runs, [exp.experiment_id], f"tags.grid_id = '{grid_id}'",
+                            max_results=1000, page_token=token)
+        for r in page:
+            rows.append({"run_id": r.info.run_id, "status": r.info.status,
+                         **{f"tags.{k}": v for k, v in r.data.tags.items()},
+                         **{f"params.{k}": v for k, v in r.data.params.items()},
+                         **{f"metrics.{k}": v for k, v in r.data.metrics.items()}})
+        token = page.token
+        if not token:
+            break
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
     return df[df.get("tags.stage", pd.Series(dtype=str)).isin({v[0] for v in METRICS.values()})]
 
 

@@ -39,7 +39,7 @@ AXES = {
 }
 SHORT = {"s_prime": "sp", "base_lr": "lr"}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
-               "baseline"}
+               "baseline", "transfer"}
 
 
 def config_key(axis: str) -> str:
@@ -104,6 +104,7 @@ class Grid:
     cells: list[Cell]
     seeds: int
     lincls: list[str] | None  # arguments of python -m pretrain.lincls; None = no linear probe
+    transfer: list[str] | None = None  # arguments of python -m transfer.finetune (--task, --data, ...)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (cell id, reason)
     profile: str = "local-cpu"
     table_rows: list[str] = field(default_factory=list)
@@ -113,12 +114,19 @@ class Grid:
     def identity(self) -> dict:
         """What makes two grids the same (and a re-run idempotent): not where or how they run."""
         return {"name": self.name, "base": self.base, "set": self.set, "seeds": self.seeds,
-                "lincls": self.lincls, "cells": [c.values for c in self.cells]}
+                "lincls": self.lincls, "transfer": self.transfer, "cells": [c.values for c in self.cells]}
 
     @property
     def grid_id(self) -> str:
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.name}-{digest}"
+
+    @property
+    def transfer_task(self) -> str | None:
+        if not self.transfer:
+            return None
+        argv = " ".join(self.transfer).replace("=", " ").split()
+        return argv[argv.index("--task") + 1] if "--task" in argv else None
 
     def cfg(self, cell: Cell, seed: int, out: Path, extra: list[str] = ()) -> config.Config:
         return config.load(self.base, None, [*self.set, *cell.overrides(), f"run.seed={seed}",
@@ -156,7 +164,8 @@ def load_preset(name: str) -> dict:
 
 
 def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds: int | None,
-          extra_set: list[str], lincls: list[str] | None, name: str | None = None) -> Grid:
+          extra_set: list[str], lincls: list[str] | None, name: str | None = None,
+          transfer: list[str] | str | None = None) -> Grid:
     """Cells from ``--sweep`` (cross product of the named axes) or the preset's cells/axes.
 
     Values for a swept axis come from ``values`` (command line), else the preset's ``axes``. Cells
@@ -200,7 +209,11 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
         profile=preset.get("profile", "local-cpu"),
         table_rows=list(sweep or (preset.get("table") or {}).get("rows") or []), paper=str(preset.get("paper", "")),
         preset=preset["name"],
+        transfer=_lincls(preset.get("transfer") if transfer is None else transfer),
     )
+    if grid.transfer is not None and grid.transfer_task is None:
+        raise UserError(f"transfer arguments {' '.join(grid.transfer)!r} name no --task (e.g. --task voc-c4 "
+                        f"--data /datasets/VOCdevkit)")
     if grid.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {grid.seeds}")
     config.load(grid.base, None, grid.set)  # the base itself must be valid
@@ -211,9 +224,12 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
             continue
         seen.add(cell.id)
         try:
-            grid.cfg(cell, 0, Path("runs/x"))
+            cfg = grid.cfg(cell, 0, Path("runs/x"))
         except UserError as e:
             grid.dropped.append((cell.id, str(e)))
+            continue
+        if grid.transfer is not None and (cfg.model.arch != "resnet50" or cfg.model.small_stem):
+            grid.dropped.append((cell.id, f"the transfer stage needs a standard resnet50, the cell is a {cfg.model.arch}"))
             continue
         grid.cells.append(cell)
     if not grid.cells:
@@ -231,4 +247,4 @@ def from_json(text: str) -> Grid:
     return Grid(name=d["name"], base=d["base"], set=list(d["set"]), cells=[Cell(v) for v in d["cells"]],
                 seeds=int(d["seeds"]), lincls=d["lincls"], dropped=[tuple(x) for x in d.get("dropped", [])],
                 profile=d.get("profile", "local-cpu"), table_rows=list(d.get("table_rows", [])),
-                paper=d.get("paper", ""), preset=d.get("preset", ""))
+                paper=d.get("paper", ""), preset=d.get("preset", ""), transfer=d.get("transfer"))

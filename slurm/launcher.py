@@ -187,15 +187,16 @@ class LinclsJob(submitit.helpers.Checkpointable):
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    """Pretraining then its linear probe in one job, where no scheduler chains them (local, debug)."""
+    """Pretraining then its evaluations in one job, where no scheduler chains them (local, debug)."""
 
-    def __init__(self, pretrain: PretrainJob, lincls: LinclsJob | None):
-        self.pretrain, self.lincls = pretrain, lincls
+    def __init__(self, pretrain: PretrainJob | None, evals: list):
+        self.pretrain, self.evals = pretrain, list(evals)
 
     def __call__(self) -> dict:
-        out = {"pretrain": self.pretrain()}
-        if self.lincls is not None and int(os.environ.get("RANK", "0")) == 0:
-            out["lincls"] = self.lincls()
+        out = {"pretrain": self.pretrain() if self.pretrain is not None else {}}
+        if int(os.environ.get("RANK", "0")) == 0:
+            for job in self.evals:
+                out["lincls" if isinstance(job, LinclsJob) else "transfer"] = job()
         return out
 
 

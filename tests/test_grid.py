@@ -145,7 +145,7 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
     assert all(0 < r.data.metrics["top1_best"] <= 100 for r in lincls)
 
     again = grid_cli(*args)
-    assert again.returncode == 0 and "0 to pretrain, 0 to probe, 2 done" in again.stdout
+    assert again.returncode == 0 and "0 to pretrain, 0 to evaluate, 2 done" in again.stdout
     assert len(client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")) == 5
     status = grid_cli(*args, "--status")
     assert status.returncode == 0 and status.stdout.count("done (linear top-1") == 2
@@ -201,3 +201,34 @@ def test_mlflow_ui_shows_the_grid(local_grid, mlflow_server, tmp_path):
 def test_grid_py_help_runs_as_a_script():
     r = subprocess.run([sys.executable, "ablations/grid.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "--sweep" in r.stdout and "--profile" in r.stdout
+
+
+@pytest.mark.slow
+def test_grid_chains_the_transfer_stage_and_tables_show_voc(tmp_path, mlflow_server):
+    from transfer.data import make_synthetic
+
+    make_synthetic(tmp_path / "det", n_train=6, n_test=2, seed=4)
+    preset = write_preset(tmp_path, [{"N": 32, "s": 16, "s_prime": 8}], lincls=False)
+    args = ["--preset", str(preset), "--name", f"tr{os.getpid()}", "--out", str(tmp_path / "grid"),
+            "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID,
+            "--set", "model.arch=resnet50", "--lincls", "none",
+            "--transfer", f"--task demo-voc --data {tmp_path / 'det' / 'VOCdevkit'} --iters 2 --batch 2 --trials 2"]
+    r = grid_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_dir = tmp_path / "grid" / "cells" / "N32-s16-sp8" / "seed0"
+    summary = json.loads((run_dir / "transfer-demo-voc" / "summary.json").read_text())
+    assert len(summary["trials"]) == 2
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "VOC AP50" in table and "VOC AP75" in table
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(f"grid-{grid['name']}")
+    runs = client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")
+    transfer = [r for r in runs if r.data.tags["stage"] == "transfer-voc"]
+    parent = next(r for r in runs if r.data.tags["stage"] == "grid")
+    assert len(transfer) == 2 and all(r.data.tags["cell"] == "N32-s16-sp8" for r in transfer)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and "AP50" in r.data.metrics for r in transfer)
+    # a resnet18 cell cannot feed the detection recipes: dropped with the reason, so the grid is refused
+    bad = grid_cli(*args[:-6], "--transfer", "--task demo-voc --data /x", "--name", "other", "--out",
+                   str(tmp_path / "g2"))
+    assert bad.returncode == 2 and "needs a standard resnet50" in bad.stderr
