@@ -1,6 +1,7 @@
 """transfer/finetune.py: the torchvision path on the local detection set (tiny budgets), and bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -88,3 +89,19 @@ def test_bad_input_is_one_line_exit_2(det_root, r50, tmp_path):
         r = finetune(*args, "--out", tmp_path / "o")
         assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_trains_identical_replicas(det_root, r50, tmp_path):
+    # torchrun with 2 CPU ranks (gloo): each rank draws its half of the batch; run_trial all-gathers a
+    # parameter checksum after training and fails if the replicas differ. SyncBN needs GPUs, so CPU
+    # ranks keep their own BN statistics.
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "transfer.finetune", str(r50[0]), "--task", "demo-voc", "--data",
+                        str(det_root / "VOCdevkit"), "--iters", "2", "--batch", "2", "--trials", "1", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ,
+                       "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("demo-voc over 1 trials") == 1  # only rank 0 reports
+    assert len(json.loads((out / "summary.json").read_text())["trials"]) == 1

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain import checkpoint
+from pretrain import checkpoint, dist
 from pretrain.cli import ArgumentParser, run, setup_logging
 from pretrain.errors import UserError
 from pretrain.lincls import load_backbone, read_source
@@ -144,15 +144,26 @@ def evaluate(model, task: Task, test, names: list[str], device) -> dict[str, flo
     return res
 
 
-def run_trial(task: Task, state, train, test, names, out: Path, seed: int, tracker: Tracker | None, device,
-              ckpt_every: int) -> dict:
-    """Fine-tune and evaluate one trial; resumes from ``out/checkpoints``; returns its metrics."""
+def run_trial(task: Task, state, train, test, names, out: Path, seed: int, tracker: Tracker | None,
+              info: dist.DistInfo, ckpt_every: int) -> dict:
+    """Fine-tune and evaluate one trial; resumes from ``out/checkpoints``; returns its metrics.
+
+    Under DDP each rank draws ``task.batch / world`` images per iteration (seeded by seed, iteration
+    and rank), BatchNorm becomes SyncBatchNorm (on GPUs), and rank 0 checkpoints and evaluates.
+    """
     result_file = out / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
+    device = info.device
     torch.manual_seed(seed)
     model = build(task.kind, len(names), state, mask=task.mask, min_size=task.min_size, max_size=task.max_size,
-                  rois_per_image=task.rois_per_image, test_proposals=task.test_proposals).to(device)
+                  rois_per_image=task.rois_per_image, test_proposals=task.test_proposals,
+                  # SyncBatchNorm runs only on GPU modules; CPU DDP (gloo, for tests) keeps per-rank BN.
+                  sync_bn=info.world > 1 and device.type == "cuda").to(device)
+    net = model
+    if info.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=task.lr, momentum=0.9, weight_decay=1e-4)
     saved, _ = checkpoint.load_latest(out / "checkpoints")
@@ -164,9 +175,9 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
         log.info("trial %s resumes at iteration %d", out.name, start)
     model.train()
     for it in range(start, task.iters):
-        rng = np.random.default_rng([seed, it])
+        rng = np.random.default_rng([seed, it, info.rank])
         batch = []
-        for k in rng.integers(len(train), size=task.batch):
+        for k in rng.integers(len(train), size=task.batch // info.world):
             img, t = train[int(k)]
             if rng.random() < 0.5:
                 img, t = flip(img, t)
@@ -174,7 +185,7 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
         for g in opt.param_groups:
             g["lr"] = lr_at(task, task.lr, it)
         torch.manual_seed(int(rng.integers(2**31)))  # RoI / anchor sampling inside torchvision
-        losses = model([b[0] for b in batch], [b[1] for b in batch])
+        losses = net([b[0] for b in batch], [b[1] for b in batch])
         loss = sum(losses.values())
         if not math.isfinite(loss.item()):
             raise RuntimeError(f"loss is {float(loss)} at iteration {it}; lower --lr")
@@ -184,14 +195,23 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
         if tracker is not None and ((it + 1) % 20 == 0 or it + 1 == task.iters):
             tracker.log({"loss": float(loss), **{k: float(v) for k, v in losses.items()},
                          "lr": opt.param_groups[0]["lr"]}, it + 1)
-        if (it + 1) % ckpt_every == 0 or it + 1 == task.iters:
+        if info.main and ((it + 1) % ckpt_every == 0 or it + 1 == task.iters):
             checkpoint.save(out / "checkpoints", it + 1,
                             {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1}, keep=1)
-    res = evaluate(model, task, test, names, device)
-    checkpoint.atomic_write(result_file, json.dumps(res).encode())
-    if tracker is not None:
-        tracker.log(res, task.iters)
-    return res
+    if info.world > 1:
+        # DDP keeps replicas identical; a divergence here would mean the ranks trained different models.
+        total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+        sums = [torch.zeros_like(total) for _ in range(info.world)]
+        torch.distributed.all_gather(sums, total)
+        if any(not torch.equal(x, sums[0]) for x in sums):
+            raise RuntimeError(f"DDP replicas diverged: parameter sums {[float(x) for x in sums]}")
+    if info.main:
+        res = evaluate(model, task, test, names, device)
+        checkpoint.atomic_write(result_file, json.dumps(res).encode())
+        if tracker is not None:
+            tracker.log(res, task.iters)
+    dist.barrier()
+    return json.loads(result_file.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     home = src if src.is_dir() else src.parent.parent if src.parent.name == "checkpoints" else src.parent
     out = Path(args.out) if args.out else home / f"transfer-{args.task}{'-random-init' if args.random_init else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    info = dist.init("auto")
+    if task.batch % info.world:
+        raise UserError(f"batch {task.batch} does not split over {info.world} ranks")
     uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
     stage = f"transfer-{task.data}"
     results = []
@@ -261,13 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         saved, _ = checkpoint.load_latest(trial_dir / "checkpoints")
         tracker = Tracker(trial_dir, uri, cfg.run.experiment if cfg else "mochi-bench",
                           f"transfer-{args.task}_trial{t}{'_random-init' if args.random_init else ''}", params, run_tags,
-                          resume_step=saved["iteration"] if saved else None)
+                          resume_step=saved["iteration"] if saved else None) if info.main else None
         try:
-            res = run_trial(task, state, train, test, names, trial_dir, t, tracker, device, args.ckpt_every)
+            res = run_trial(task, state, train, test, names, trial_dir, t, tracker, info, args.ckpt_every)
         finally:
-            tracker.finish()
+            if tracker is not None:
+                tracker.finish()
         results.append(res)
-        print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
+        if info.main:
+            print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
+    if not info.main:
+        return 0
     summary = {k: {"mean": float(np.mean([r[k] for r in results])),
                    "std": float(np.std([r[k] for r in results], ddof=1)) if len(results) > 1 else None}
                for k in results[0]}
