@@ -64,6 +64,9 @@ class DataCfg:
     blur: bool = True  # aug+'s Gaussian blur; CIFAR-scale recipes drop it
     subset: int = 0  # use only the first n training images (0 = all)
     num_workers: int = 8  # data-loading processes per rank
+    pipeline: str = "cpu"  # cpu (PIL + torchvision in workers), gpu (nvjpeg + batched aug+), dali (DALI decoder)
+    dtype: str = "auto"  # gpu/dali output: float32, bfloat16, or auto (bfloat16 under CUDA autocast)
+    prefetch: int = 2  # gpu/dali: batches decoded and augmented ahead of the step (0 = inline)
 
 
 @dataclass
@@ -244,6 +247,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         "mochi.mix_start": cfg.mochi.mix_start,
         "data.subset": cfg.data.subset,
         "data.num_workers": cfg.data.num_workers,
+        "data.prefetch": cfg.data.prefetch,
         "run.ckpt_every_minutes": cfg.run.ckpt_every_minutes,
         "run.ckpt_every_steps": cfg.run.ckpt_every_steps,
         "run.max_steps": cfg.run.max_steps,
@@ -266,6 +270,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         "optim.schedule": (cfg.optim.schedule, ("cosine", "constant")),
         "data.dataset": (cfg.data.dataset, ("imagefolder", "fashion-mnist")),
         "run.device": (cfg.run.device, ("auto", "cpu", "cuda")),
+        "data.pipeline": (cfg.data.pipeline, ("cpu", "gpu", "dali")),
+        "data.dtype": (cfg.data.dtype, ("auto", "float32", "bfloat16")),
     }
     for key, (v, allowed) in choices.items():
         if v not in allowed:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from . import checkpoint, config, data, dist
+from . import checkpoint, config, data, dist, pipeline
 from .errors import UserError
 from .moco import MoCo, from_config
 from .monitor import Monitor
@@ -32,7 +32,7 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 # Keys that may differ between a run and its resumption (they change how, not what, is computed).
 OPERATIONAL = {
-    "data.path", "data.num_workers", "run.out", "run.device", "run.compile", "run.ckpt_every_minutes",
+    "data.path", "data.num_workers", "data.prefetch", "run.out", "run.device", "run.compile", "run.ckpt_every_minutes",
     "run.ckpt_every_steps", "run.keep_checkpoints", "run.log_every", "run.max_steps", "run.experiment",
     "run.tracking_uri", "run.run_name",
 }
@@ -133,7 +133,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
     ckpt_dir = out / "checkpoints"
 
     # Everything that can fail on user input fails here, before anything is written.
-    loader, sampler = data.train_loader(cfg, info.rank, info.world, pin_memory=info.device.type == "cuda")
+    loader, sampler = pipeline.train_loader(cfg, info.rank, info.world, info.device)
     monitor = Monitor(cfg, info.device) if cfg.eval.every and info.main else None
     state, ckpt_path = checkpoint.load_latest(ckpt_dir)
     if state is not None:
@@ -232,7 +232,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
             mix = epoch >= cfg.mochi.mix_start
             N, s, s_prime = (cfg.mochi.N, cfg.mochi.s, cfg.mochi.s_prime) if mix else (0, 0, 0)
             step_in_epoch = start_step if epoch == start_epoch else 0
-            sampler.set_epoch(epoch, step_in_epoch)
+            pipeline.set_epoch(loader, sampler, epoch, step_in_epoch)
             model.train()
             for im_q, im_k, labels, _idx, skipped in loader:
                 # Stateless randomness: each step's shuffle and mixing depend on (seed, rank, step)
