@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # What this project is tested with; pyproject.toml admits older clusters' versions.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data demo demo-run test test-fast bench ui slurm-up slurm-down clean
+.PHONY: setup data demo demo-run test test-fast bench bench-data ui slurm-up slurm-down clean
 
 setup: $(VENV)/.installed
 
@@ -60,5 +60,9 @@ slurm-down:
 bench: setup
 	$(PY) -m pretrain.bench
 
+# Input pipelines (cpu, gpu, dali if installed) and JPEG-fed vs synthetic training, on generated JPEGs.
+bench-data: setup
+	$(PY) -m pretrain.bench_data
+
 clean:
-	rm -rf runs results/bench_*.json results/demo
+	rm -rf runs results/bench_*.json results/pipeline_batch.png results/demo

@@ -195,6 +195,7 @@ def test_dali_pipeline_trains_a_batch(jpeg_dir):
     assert counts.counts["dali"] >= 9  # whole batches of baseline JPEGs went through DALI
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_nvjpeg_decode_matches_cpu_decode(jpeg_dir):
     files = sorted((jpeg_dir / "train").rglob("*.JPEG"))
@@ -208,6 +209,7 @@ def test_nvjpeg_decode_matches_cpu_decode(jpeg_dir):
     assert dec.counts["gpu"] >= 40 and dec.counts["cpu"] >= 4
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_cuda_prefetch_equals_inline(jpeg_dir):
     def run(prefetch):
