@@ -39,27 +39,27 @@ def _sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def time_steps(model, opt, im_q, im_k, mix: tuple[int, int, int], steps: int, warmup: int, autocast, dev) -> float:
-    """Images per second of full training steps."""
+def time_steps(model, opt, next_batch, mix: tuple[int, int, int], steps: int, warmup: int, autocast, dev) -> float:
+    """Images per second of full training steps on the (view_q, view_k) that ``next_batch()`` gives."""
     gen = torch.Generator(device=dev).manual_seed(0)
-    labels = torch.zeros(im_q.shape[0], dtype=torch.long, device=dev)
 
     def step():
+        im_q, im_k = next_batch()
         with autocast():
             logits, _ = model(im_q, im_k, *mix, generator=gen)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), torch.zeros(im_q.shape[0], dtype=torch.long, device=dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return im_q.shape[0]
 
     for _ in range(warmup):
         step()
     _sync(dev)
     t = time.perf_counter()
-    for _ in range(steps):
-        step()
+    images = sum(step() for _ in range(steps))
     _sync(dev)
-    return steps * im_q.shape[0] / (time.perf_counter() - t)
+    return images / (time.perf_counter() - t)
 
 
 def time_mixing(B: int, K: int, N: int, s: int, s_prime: int, dev, reps: int = 50) -> float:
@@ -78,8 +78,8 @@ def time_mixing(B: int, K: int, N: int, s: int, s_prime: int, dev, reps: int = 5
     return 1000 * (time.perf_counter() - t) / reps
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m pretrain.bench", description=__doc__.splitlines()[0])
+def add_size_args(p) -> None:
+    """The model and MoCHi sizes both benchmarks take (defaults: PAPER on a GPU, SMALL on a CPU)."""
     p.add_argument("--arch")
     p.add_argument("--batch", type=int)
     p.add_argument("--image-size", type=int)
@@ -87,29 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--N", type=int)
     p.add_argument("--s", type=int)
     p.add_argument("--s-prime", type=int)
-    p.add_argument("--small", action="store_true", help=f"small sizes for a CPU: {SMALL}")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--variants", default="eager,compiled", help="comma list of eager, compiled")
-    p.add_argument("--shuffle-bn-groups", type=int, default=8)
-    p.add_argument("--json", default="results/bench_step.json", help="where to write the figures")
-    args = p.parse_args(argv)
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base = SMALL if (args.small or dev.type == "cpu") else PAPER
+
+def resolve_size(args, small: bool) -> dict:
+    """PAPER or SMALL sizes with the flags given, checked: one error line for impossible sizes."""
+    base = SMALL if small else PAPER
     size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
-    variants = [v for v in args.variants.split(",") if v]
-    if not set(variants) <= {"eager", "compiled"} or not variants:
-        raise UserError(f"--variants: {args.variants!r}; use eager, compiled or both")
     if size["K"] % size["batch"]:
         raise UserError(f"--K {size['K']} must be a multiple of --batch {size['batch']}")
     try:
         mochi.check_params(size["N"], size["s"], size["s_prime"], size["K"])
     except ValueError as e:
         raise UserError(str(e)) from None
-    if args.steps <= 0 or args.warmup < 0:
-        raise UserError("--steps must be > 0 and --warmup >= 0")
+    return size
 
+
+def fast_math(dev: torch.device):
+    """cuDNN autotuning and TF32 on CUDA; returns a factory of the step's autocast context
+    (bf16 on CUDA, off on a CPU)."""
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -119,6 +114,30 @@ def main(argv: list[str] | None = None) -> int:
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
+    return autocast
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m pretrain.bench", description=__doc__.splitlines()[0])
+    add_size_args(p)
+    p.add_argument("--small", action="store_true", help=f"small sizes for a CPU: {SMALL}")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--variants", default="eager,compiled", help="comma list of eager, compiled")
+    p.add_argument("--shuffle-bn-groups", type=int, default=8)
+    p.add_argument("--json", default="results/bench_step.json", help="where to write the figures")
+    args = p.parse_args(argv)
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = resolve_size(args, args.small or dev.type == "cpu")
+    variants = [v for v in args.variants.split(",") if v]
+    if not set(variants) <= {"eager", "compiled"} or not variants:
+        raise UserError(f"--variants: {args.variants!r}; use eager, compiled or both")
+    if args.steps <= 0 or args.warmup < 0:
+        raise UserError("--steps must be > 0 and --warmup >= 0")
+
+    cuda = dev.type == "cuda"
+    autocast = fast_math(dev)
     g = torch.Generator(device=dev).manual_seed(0)
     shape = (size["batch"], 3, size["image_size"], size["image_size"])
     im_q = torch.randn(shape, device=dev, generator=g)
@@ -141,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         # Interleave the two methods so drift in clocks or temperature hits both alike.
         moco, mochi_ips = [], []
         for _ in range(2):
-            moco.append(time_steps(model, opt, im_q, im_k, (0, 0, 0), args.steps, args.warmup, autocast, dev))
-            mochi_ips.append(time_steps(model, opt, im_q, im_k, mix, args.steps, args.warmup, autocast, dev))
+            moco.append(time_steps(model, opt, lambda: (im_q, im_k), (0, 0, 0), args.steps, args.warmup, autocast, dev))
+            mochi_ips.append(time_steps(model, opt, lambda: (im_q, im_k), mix, args.steps, args.warmup, autocast, dev))
         rows.append({"variant": variant, "mocov2_img_s": max(moco), "mochi_img_s": max(mochi_ips)})
         del model, opt
     mix_ms = time_mixing(size["batch"], size["K"], *mix, dev)

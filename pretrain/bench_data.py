@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import config, pipeline
-from .bench import PAPER, SMALL, device_name, time_steps
+from .bench import add_size_args, device_name, fast_math, resolve_size, time_steps
 from .cli import ArgumentParser, run, setup_logging
 from .errors import UserError
 from .jpegs import make_jpegs
@@ -107,9 +106,7 @@ def training_rates(cfg, size: dict, dev, steps: int, warmup: int, compiled: bool
         model.encoder_k.compile()
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
     mix = (size["N"], size["s"], size["s_prime"])
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    autocast = fast_math(dev)
 
     gen = torch.Generator(device=dev).manual_seed(0)
     shape = (size["batch"], 3, size["image_size"], size["image_size"])
@@ -117,33 +114,11 @@ def training_rates(cfg, size: dict, dev, steps: int, warmup: int, compiled: bool
     syn_k = torch.randn(shape, device=dev, generator=gen).contiguous(memory_format=torch.channels_last)
     batches, sampler = pipeline.train_loader(cfg, device=dev)
     it = _endless(batches, sampler)
-    zeros = torch.zeros(size["batch"], dtype=torch.long, device=dev)
-
-    def step(im_q, im_k):
-        with autocast():
-            logits, _ = model(im_q, im_k, *mix, generator=gen)
-        loss = F.cross_entropy(logits.float(), zeros)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def jpeg_rate():
-        for _ in range(warmup):
-            step(*next(it)[:2])
-        if cuda:
-            torch.cuda.synchronize(dev)
-        t = time.perf_counter()
-        for _ in range(steps):
-            step(*next(it)[:2])
-        if cuda:
-            torch.cuda.synchronize(dev)
-        return steps * size["batch"] / (time.perf_counter() - t)
-
     # Alternate the two so clock or thermal drift hits both alike; keep each one's best.
     jpeg, synthetic = [], []
     for _ in range(2):
-        synthetic.append(time_steps(model, opt, syn_q, syn_k, mix, steps, warmup, autocast, dev))
-        jpeg.append(jpeg_rate())
+        synthetic.append(time_steps(model, opt, lambda: (syn_q, syn_k), mix, steps, warmup, autocast, dev))
+        jpeg.append(time_steps(model, opt, lambda: next(it)[:2], mix, steps, warmup, autocast, dev))
     it.close()
     return {"jpeg_img_s": max(jpeg), "synthetic_img_s": max(synthetic)}
 
@@ -154,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--make", type=int, default=0, help="images to generate without --data (default 4000 GPU / 300 CPU)")
     p.add_argument("--pipelines", default=None, help="comma list of cpu, gpu, dali (default: cpu,gpu and dali if installed)")
     p.add_argument("--workers", type=int, default=min(15, max(1, (os.cpu_count() or 2) - 1)))
-    p.add_argument("--arch")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--K", type=int)
-    p.add_argument("--N", type=int)
-    p.add_argument("--s", type=int)
-    p.add_argument("--s-prime", type=int)
+    add_size_args(p)
     p.add_argument("--batches", type=int, default=0, help="batches measured per pipeline (default 30 GPU / 4 CPU)")
     p.add_argument("--steps", type=int, default=0, help="training steps measured (default 30 GPU / 3 CPU)")
     p.add_argument("--warmup", type=int, default=0, help="batches/steps before timing (default 5 GPU / 1 CPU)")
@@ -171,23 +140,16 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = dev.type == "cuda"
-    base = PAPER if cuda else SMALL
-    size = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+    size = resolve_size(args, small=not cuda)
     names = (args.pipelines or ("cpu,gpu,dali" if importlib.util.find_spec("nvidia.dali") else "cpu,gpu")).split(",")
     if not names or not set(names) <= set(pipeline.PIPELINES):
         raise UserError(f"--pipelines: {args.pipelines!r}; use a comma list of {', '.join(pipeline.PIPELINES)}")
-    if size["K"] % size["batch"]:
-        raise UserError(f"--K {size['K']} must be a multiple of --batch {size['batch']}")
     if args.workers < 0 or args.make < 0 or args.batches < 0 or args.steps < 0 or args.warmup < 0:
         raise UserError("--workers, --make, --batches, --steps and --warmup must be >= 0")
     measure = args.batches or (30 if cuda else 4)
     steps = args.steps or (30 if cuda else 3)
     warmup = args.warmup or (5 if cuda else 1)
     setup_logging()
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
     tmp = None
     if args.data is None:

@@ -309,6 +309,8 @@ class DeviceBatches:
 
     def __init__(self, loader, seed: int, image_size: int, min_scale: float, blur: bool, device: torch.device,
                  dtype: torch.dtype = torch.float32, prefetch: int = 2, dali: DaliCrops | None = None):
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())  # the prefetch thread sets it by index
         self.loader, self.seed, self.size, self.min_scale, self.blur = loader, seed, image_size, min_scale, blur
         self.device, self.dtype, self.prefetch, self.dali = device, dtype, prefetch, dali
         self.decoder = Decoder(device)

@@ -57,4 +57,7 @@ def test_pipeline_bench_rejects_bad_input(tmp_path):
     with pytest.raises(UserError, match="--pipelines"):
         bench_data.main(["--pipelines", "tpu", "--data", str(tmp_path)])
     with pytest.raises(UserError, match="fewer than one batch"):
+        bench_data.main(["--data", str(tmp_path), "--batch", "8", "--K", "32", "--N", "8", "--s", "8", "--s-prime", "4",
+                         "--pipelines", "cpu"])
+    with pytest.raises(UserError, match="cannot be taken from a queue"):
         bench_data.main(["--data", str(tmp_path), "--batch", "8", "--K", "32", "--pipelines", "cpu"])
