@@ -220,12 +220,11 @@ def ensure_parent(gd: GridDir, uri: str, experiment: str, profile: str, cluster:
         return f.read_text().strip()
     from mlflow.tracking import MlflowClient
 
-    from pretrain.tracking import Tracker
+    from pretrain.tracking import experiment_id
 
     try:
         client = MlflowClient(tracking_uri=uri)
-        exp = retry_locked(client.get_experiment_by_name, experiment)
-        exp_id = exp.experiment_id if exp else Tracker._create_experiment(client, experiment)
+        exp_id = experiment_id(client, experiment)
         run_ = retry_locked(client.create_run, exp_id, run_name=f"grid {gd.grid.name}", tags={
             "grid_id": gd.grid.grid_id, "stage": "grid", "preset": gd.grid.base, "profile": profile,
             "cluster": cluster, "git_commit": git_commit(), "grid_dir": str(gd.out.resolve()),

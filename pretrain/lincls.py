@@ -89,6 +89,15 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], config.Config | N
     raise UserError(f"{source}: no query-encoder weights (keys module.encoder_q.* or encoder_q.*; first key: {example})")
 
 
+def run_home(source: str | Path) -> Path:
+    """The run folder a source belongs to: itself if a folder, RUN for RUN/checkpoints/x.pt, else
+    the file's folder. Outputs derived from a source (probes, transfer) are written under it."""
+    src = Path(source)
+    if src.is_dir():
+        return src
+    return src.parent.parent if src.parent.name == "checkpoints" else src.parent
+
+
 def load_backbone(sd: dict[str, torch.Tensor], arch: str, small_stem: bool) -> nn.Module:
     """A torchvision ResNet holding the given weights, its fc replaced by Identity.
 
@@ -307,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = "fast" if s.fast else "full"
     suffix = "-random-init" if args.random_init else ""
-    # The run folder the source belongs to: itself, or RUN for RUN/checkpoints/checkpoint-*.pt.
-    home = src if src.is_dir() else src.parent.parent if src.parent.name == "checkpoints" else src.parent
+    home = run_home(src)
     out = Path(args.out) if args.out else home / f"lincls-{mode}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -52,6 +52,21 @@ def retry_locked(fn, *args, **kwargs):
             delay = min(delay * 2, 2.0)
 
 
+def experiment_id(client, name: str) -> str:
+    """The id of MLflow experiment ``name``, created if missing (or read back if a concurrent job
+    created it first)."""
+    exp = retry_locked(client.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return retry_locked(client.create_experiment, name)
+    except Exception:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS from a race
+        exp = retry_locked(client.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 def default_uri(out: Path) -> str:
     """$MLFLOW_TRACKING_URI, else a sqlite store beside the run folders."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -133,8 +148,7 @@ class Tracker:
             retry_locked(client.update_run, self.run_id, status="RUNNING")
             retry_locked(client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         else:
-            exp = retry_locked(client.get_experiment_by_name, experiment)
-            exp_id = exp.experiment_id if exp else self._create_experiment(client, experiment)
+            exp_id = experiment_id(client, experiment)
             run = retry_locked(client.create_run, exp_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
             atomic_write(self.run_dir / RUN_ID_FILE, self.run_id.encode())
@@ -143,17 +157,6 @@ class Tracker:
                 retry_locked(client.log_batch, self.run_id, params=items[i : i + 100])
         self.client = client
         log.info("MLflow run %s at %s", self.run_id, uri)
-
-    @staticmethod
-    def _create_experiment(client, name: str) -> str:
-        """Create ``name``, or read its id if a concurrent job created it first."""
-        try:
-            return retry_locked(client.create_experiment, name)
-        except Exception:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS from a race
-            exp = retry_locked(client.get_experiment_by_name, name)
-            if exp is None:
-                raise
-            return exp.experiment_id
 
     def log(self, metrics: dict[str, float], step: int, **fields) -> None:
         rec = {"step": step, "time": time.time(), **fields, **metrics}
@@ -213,8 +216,7 @@ def sync(run_dir: Path, uri: str | None = None) -> str:
     except MlflowException:
         run = None
     if run is None:
-        exp = retry_locked(client.get_experiment_by_name, meta["experiment"])
-        exp_id = exp.experiment_id if exp else Tracker._create_experiment(client, meta["experiment"])
+        exp_id = experiment_id(client, meta["experiment"])
         tags = {**meta["tags"], "run_dir": str(run_dir.resolve())}
         run_id = retry_locked(client.create_run, exp_id, run_name=meta["run_name"], tags=tags).info.run_id
         atomic_write(run_dir / RUN_ID_FILE, run_id.encode())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pretrain.checkpoint import atomic_write
 from pretrain.cli import ArgumentParser, run
+from pretrain.config import Config
 from pretrain.errors import UserError
 from pretrain.lincls import load_backbone, read_source
 
@@ -30,15 +31,23 @@ def d2_name(key: str) -> str:
     return key.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
 
 
-def convert(source: str) -> dict:
-    """detectron2's checkpoint dictionary for SOURCE; UserError unless it is a ResNet-50 query encoder."""
-    sd, cfg, _ = read_source(source)
+def resnet50_state(source: str, load: bool = True) -> tuple[dict | None, Config | None, str | None]:
+    """(torchvision ResNet-50 state dict, run config or None, MLflow run id) of SOURCE's query encoder.
+
+    UserError unless SOURCE is a standard ResNet-50 (no small stem), which every detection recipe
+    needs; with ``load`` every key and shape is checked too, else the state dict is None.
+    """
+    sd, cfg, run_id = read_source(source)
     if cfg is not None and (cfg.model.arch != "resnet50" or cfg.model.small_stem):
         raise UserError(f"{source} is a {cfg.model.arch}{' with the small stem' if cfg.model.small_stem else ''}; "
                         f"the detection recipes need a standard ResNet-50")
-    net = load_backbone(sd, "resnet50", False)  # checks every key and shape
-    model = {d2_name(k): v.detach().cpu().numpy() for k, v in net.state_dict().items()
-             if not k.endswith("num_batches_tracked")}
+    return (load_backbone(sd, "resnet50", False).state_dict() if load else None), cfg, run_id
+
+
+def convert(source: str) -> dict:
+    """detectron2's checkpoint dictionary for SOURCE; UserError unless it is a ResNet-50 query encoder."""
+    state, _, _ = resnet50_state(source)
+    model = {d2_name(k): v.detach().cpu().numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
     return {"model": model, "__author__": "MOCO", "matching_heuristics": True}
 
 

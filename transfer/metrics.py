@@ -117,3 +117,16 @@ def coco_evaluate(gt: dict, results: list[dict], iou_type: str = "bbox") -> dict
         ev.summarize()
     stats = [max(float(x), 0.0) * 100.0 for x in ev.stats[:3]]
     return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2]}
+
+
+def summarize_trials(results: list[dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """{metric: {"mean", "std"}} over trials (sample std, None for a single trial)."""
+    return {k: {"mean": float(np.mean([r[k] for r in results])),
+                "std": float(np.std([r[k] for r in results], ddof=1)) if len(results) > 1 else None}
+            for k in results[0]}
+
+
+def format_summary(summary: dict[str, dict[str, float | None]]) -> str:
+    """"AP50 81.20 ± 0.30, ..." for a ``summarize_trials`` result."""
+    return ", ".join(f"{k} {v['mean']:.2f}" + (f" ± {v['std']:.2f}" if v["std"] is not None else "")
+                     for k, v in summary.items())

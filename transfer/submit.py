@@ -18,8 +18,9 @@ from pathlib import Path
 
 from pretrain.cli import ArgumentParser, run, setup_logging
 from pretrain.errors import UserError
-from pretrain.lincls import load_backbone, read_source
+from pretrain.lincls import run_home
 from slurm import launcher
+from transfer.convert import resnet50_state
 from transfer.finetune import TASKS
 
 
@@ -37,13 +38,9 @@ def jobs_from_args(args) -> list[tuple[str, str, Path, list[str]]]:
         pairs.append((task, Path(root).resolve()))
     out = []
     for source in args.sources:
-        sd, cfg, _ = read_source(source)
-        if cfg is not None and (cfg.model.arch != "resnet50" or cfg.model.small_stem):
-            raise UserError(f"{source} is a {cfg.model.arch}; the detection recipes need a standard ResNet-50")
-        if not args.random_init:
-            load_backbone(sd, "resnet50", False)
+        resnet50_state(source, load=not args.random_init)  # refuse before anything is submitted
         src = Path(source).resolve()
-        home = src if src.is_dir() else src.parent.parent if src.parent.name == "checkpoints" else src.parent
+        home = run_home(src)
         for task, root in pairs:
             dest = home / f"transfer-{task}{'-random-init' if args.random_init else ''}"
             argv = [str(src), f"--task={task}", f"--data={root}", f"--trials={args.trials}", f"--out={dest}"]

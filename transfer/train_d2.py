@@ -14,11 +14,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from pretrain.checkpoint import atomic_write
 from pretrain.cli import ArgumentParser, run
 from pretrain.errors import UserError
+from transfer.metrics import format_summary, summarize_trials
 from transfer.recipes import CONFIG_DIR, RECIPES, resolve, scale_for_gpus
 
 
@@ -123,13 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = d2_config(args.task, args.weights, args.gpus, trial, t)
             launch(_trial, args.gpus, dist_url="auto", args=(cfg, str(done)))
         results.append(json.loads(done.read_text()))
-    summary = {k: {"mean": float(np.mean([r[k] for r in results])),
-                   "std": float(np.std([r[k] for r in results], ddof=1)) if len(results) > 1 else None}
-               for k in results[0]}
+    summary = summarize_trials(results)
     atomic_write(out / "summary.json", json.dumps({"task": args.task, "trials": results, "summary": summary,
                                                    "weights": args.weights, "path": "detectron2"}, indent=1).encode())
-    print(f"{args.task} (detectron2) over {len(results)} trials: "
-          + ", ".join(f"{k} {v['mean']:.2f}" for k, v in summary.items()))
+    print(f"{args.task} (detectron2) over {len(results)} trials: {format_summary(summary)}")
     return 0
 
 
