@@ -89,6 +89,9 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], config.Config | N
     raise UserError(f"{source}: no query-encoder weights (keys module.encoder_q.* or encoder_q.*; first key: {example})")
 
 
+SETTINGS_FILE = "settings.json"
+
+
 def run_home(source: str | Path) -> Path:
     """The run folder a source belongs to: itself if a folder, RUN for RUN/checkpoints/x.pt, else
     the file's folder. Outputs derived from a source (probes, transfer) are written under it."""
@@ -318,7 +321,22 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "-random-init" if args.random_init else ""
     home = run_home(src)
     out = Path(args.out) if args.out else home / f"lincls-{mode}{suffix}"
+    # A folder holds one probe: resuming it (or extending its epochs) is fine, reusing it with other
+    # settings would mix two probes in one history.
+    settings = {**{k: v for k, v in dataclasses.asdict(s).items() if k not in ("workers", "epochs")}, "milestones": list(milestones),
+                "preset": preset, "arch": arch, "small_stem": small_stem, "dataset": data_cfg.dataset,
+                "data_path": data_cfg.path, "class_list": data_cfg.class_list, "train_size": args.train_size,
+                "val_size": args.val_size, "random_init": args.random_init, "source": str(src.resolve())}
+    saved = out / SETTINGS_FILE
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        diff = [k for k in settings if old.get(k) != settings[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(f"{out} holds a linear probe with other settings ({k}: {old.get(k)!r} there, "
+                            f"{settings[k]!r} now); pass --out for a new folder")
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write(saved, json.dumps(settings, indent=1).encode())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # Our runs log beside their run folder (runs/mlflow.db); external checkpoints beside the output.
     uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)

@@ -97,6 +97,11 @@ def test_lincls_on_a_moco_format_checkpoint_end_to_end_and_resume(tmp_path, fast
     assert lincls.main(args + ["--epochs", "3"]) == 0
     hist = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2]
+    # The same folder with other settings is refused before anything in it changes.
+    before = (out / "lincls.json").read_bytes()
+    with pytest.raises(UserError, match="holds a linear probe with other settings \\(lr: "):
+        lincls.main(args + ["--epochs", "3", "--lr", "0.5"])
+    assert (out / "lincls.json").read_bytes() == before
 
 
 def test_lincls_on_a_checkpoint_file_of_a_run_writes_beside_the_run(tmp_path):
