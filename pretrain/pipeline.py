@@ -83,11 +83,12 @@ def gpu_decodable(header: tuple[int, int, int, bool] | None) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Workers: encoded bytes only
 class EncodedImages(torch.utils.data.Dataset):
-    """(payload, label, index, size) for keys (epoch, index) from ``data.ResumableSampler``.
+    """(payload, label, index, header) for keys (epoch, index) from ``data.ResumableSampler``.
 
     payload: the file's bytes (uint8 [n]) for image folders; the pixels (uint8 [h, w]) for
-    in-memory arrays such as Fashion-MNIST, which have nothing to decode. size: (h, w) from the
-    JPEG header, (0, 0) where there is none.
+    in-memory arrays such as Fashion-MNIST, which have nothing to decode. header: (h, w, nvjpeg
+    can take it) from the JPEG header, (0, 0, 0) where there is none; parsed here so the decoding
+    thread does not spend its time (and the GIL) on it.
     """
 
     def __init__(self, base: torch.utils.data.Dataset):
@@ -104,7 +105,7 @@ class EncodedImages(torch.utils.data.Dataset):
         i = self.indices[index] if self.indices is not None else index
         if isinstance(self.base, data.ArrayImages):
             img = self.base.images[i]
-            return torch.from_numpy(np.ascontiguousarray(img)), int(self.base.labels[i]), index, img.shape[:2]
+            return torch.from_numpy(np.ascontiguousarray(img)), int(self.base.labels[i]), index, (*img.shape[:2], 0)
         path, label = self.base.samples[i]
         try:
             payload = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
@@ -112,12 +113,12 @@ class EncodedImages(torch.utils.data.Dataset):
             log.warning("unreadable file %s: %s", path, e)
             payload = torch.empty(0, dtype=torch.uint8)
         header = jpeg_header(payload.numpy()) if payload.numel() else None
-        return payload, label, index, header[:2] if header else (0, 0)
+        return payload, label, index, (*header[:2], int(gpu_decodable(header))) if header else (0, 0, 0)
 
 
 def collate_encoded(batch):
-    payloads, labels, index, sizes = zip(*batch)
-    return list(payloads), torch.tensor(labels), torch.tensor(index), torch.tensor(sizes)
+    payloads, labels, index, headers = zip(*batch)
+    return list(payloads), torch.tensor(labels), torch.tensor(index), torch.tensor(headers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +172,8 @@ class Decoder:
                 out.append(None)
         return out
 
-    def __call__(self, payloads: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    def __call__(self, payloads: list[torch.Tensor], gpu_ok: list[bool] | None = None) -> list[torch.Tensor | None]:
+        """``gpu_ok[b]``: payload b is a JPEG nvjpeg takes (``gpu_decodable``); parsed here if not given."""
         out: list[torch.Tensor | None] = [None] * len(payloads)
         todo_cpu = []
         gpu_idx = []
@@ -180,7 +182,10 @@ class Decoder:
             if pix is not None:
                 out[b] = pix.to(self.device, non_blocking=True)
                 self.counts["pixels"] += 1
-            elif self.device.type == "cuda" and gpu_decodable(jpeg_header(p.numpy())):
+                continue
+            if self.device.type == "cuda" and (
+                gpu_ok[b] if gpu_ok is not None else gpu_decodable(jpeg_header(p.numpy()))
+            ):
                 gpu_idx.append(b)
             else:
                 todo_cpu.append(b)
@@ -340,7 +345,8 @@ class DeviceBatches:
         self._t = now
 
     def process(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        payloads, labels, index, sizes = batch
+        payloads, labels, index, headers = batch
+        sizes = headers[:, :2]
         B = len(payloads)
         self._t = time.perf_counter()
         gen = self.batch_generator(index)
@@ -356,7 +362,7 @@ class DeviceBatches:
                 skipped = 0
                 self.decoder.counts["dali"] += B
         if x is None:
-            images = self.decoder(payloads)
+            images = self.decoder(payloads, headers[:, 2].bool().tolist())
             self._mark("decode")
             src = refill(images)
             skipped = sum(s != b for b, s in enumerate(src))

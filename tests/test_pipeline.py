@@ -5,6 +5,7 @@ CUDA-only parts where a GPU exists."""
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,12 +68,12 @@ def test_decoder_falls_back_to_cpu_and_counts_skipped(jpeg_dir):
     dec = pipeline.Decoder(torch.device("cpu"))
     out = dec([payload(good)] + [payload(odd(jpeg_dir, k)) for k in kinds] + [torch.zeros(0, dtype=torch.uint8)])
     with Image.open(good) as im:
-        assert torch.equal(out[0], torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1))
+        assert torch.equal(out[0], torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
     for img in out[1:5]:
         assert img.shape == (3, 240, 320) and img.dtype == torch.uint8
     # CMYK converted to RGB: a real photo, not the raw ink channels.
     with Image.open(odd(jpeg_dir, "cmyk")) as im:
-        ref = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).float()
+        ref = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float()
     assert (out[2].float() - ref).abs().mean() < 3
     assert out[6] is None  # an unreadable file
     skipped = dec.counts["skipped"]
@@ -220,3 +221,17 @@ def test_cuda_prefetch_equals_inline(jpeg_dir):
 
     for (q, k), (q2, k2) in zip(run(0), run(2)):
         assert torch.allclose(q, q2, atol=1e-5) and torch.allclose(k, k2, atol=1e-5)
+
+
+def test_workers_read_bytes_and_header_only(jpeg_dir):
+    from pretrain import data
+
+    ds = pipeline.EncodedImages(data.image_folder(str(jpeg_dir), None))
+    kinds = {}
+    for i, (path, label) in enumerate(ds.base.samples):
+        p, lab, index, header = ds[(0, i)]
+        assert torch.equal(p, payload(path)) and lab == label and index == i  # the file's bytes, undecoded
+        kinds[Path(path).stem] = header
+    assert kinds["odd_progressive"] == (240, 320, 0) and kinds["odd_cmyk"] == (240, 320, 0)
+    assert kinds["odd_png"] == (0, 0, 0)
+    assert all(h[2] == 1 and h[0] > 0 for k, h in kinds.items() if k.startswith("img"))
