@@ -18,7 +18,7 @@ waits on the host and a seed fixes every view. The operations then run on the de
   per-position dispatch below.
 - RandomGrayscale(p=0.2), GaussianBlur (sigma in [0.1, 2], p=0.5, kernel 10% of the side,
   reflect padding: ``kornia.filters.gaussian_blur2d`` with one sigma per sample), horizontal
-  flip, ImageNet mean/std; output fp32 or bf16, channels_last.
+  flip, ImageNet mean/std; output fp32 or bf16, channels_last where the model is.
 """
 
 from __future__ import annotations
@@ -210,12 +210,12 @@ def color_blur_flip(x: torch.Tensor, p: AugParams, image_size: int) -> torch.Ten
     return x
 
 
-def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """ImageNet mean/std, cast to ``dtype``, channels_last."""
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = True) -> torch.Tensor:
+    """ImageNet mean/std, cast to ``dtype``, channels_last or contiguous."""
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean).div_(std)
-    return x.to(dtype=dtype, memory_format=torch.channels_last)
+    return x.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def two_views(images: list[torch.Tensor], gen: torch.Generator, image_size: int, min_scale: float = 0.2,

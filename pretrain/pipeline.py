@@ -313,11 +313,13 @@ class DeviceBatches:
     """
 
     def __init__(self, loader, seed: int, image_size: int, min_scale: float, blur: bool, device: torch.device,
-                 dtype: torch.dtype = torch.float32, prefetch: int = 2, dali: DaliCrops | None = None):
+                 dtype: torch.dtype = torch.float32, prefetch: int = 2, dali: DaliCrops | None = None,
+                 channels_last: bool = True):
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())  # the prefetch thread sets it by index
         self.loader, self.seed, self.size, self.min_scale, self.blur = loader, seed, image_size, min_scale, blur
         self.device, self.dtype, self.prefetch, self.dali = device, dtype, prefetch, dali
+        self.channels_last = channels_last
         self.decoder = Decoder(device)
         self.epoch = 0
         self.profile: dict[str, float] | None = None
@@ -377,7 +379,7 @@ class DeviceBatches:
             self._mark("crop+resize")
         x = gpu_aug.color_blur_flip(x, p, self.size)
         self._mark("jitter+gray+blur+flip")
-        x = gpu_aug.normalize(x, self.dtype)
+        x = gpu_aug.normalize(x, self.dtype, self.channels_last)
         self._mark("normalize")
         return x[:B], x[B:], labels.to(self.device, non_blocking=True), index, skipped
 
@@ -468,7 +470,8 @@ def train_loader(cfg, rank: int = 0, world: int = 1, device: torch.device | None
     if device.type != "cuda":
         log.info("data.pipeline=%s runs on the CPU here (no CUDA device)", cfg.data.pipeline)
     batches = DeviceBatches(loader, cfg.run.seed, cfg.data.image_size, cfg.data.min_scale, cfg.data.blur, device,
-                            _dtype(cfg, device), cfg.data.prefetch, dali)
+                            _dtype(cfg, device), cfg.data.prefetch, dali,
+                            channels_last=device.type == "cuda" and cfg.run.channels_last)  # as train.py's model
     return batches, sampler
 
 
