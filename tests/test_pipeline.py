@@ -235,3 +235,28 @@ def test_workers_read_bytes_and_header_only(jpeg_dir):
     assert kinds["odd_progressive"] == (240, 320, 0) and kinds["odd_cmyk"] == (240, 320, 0)
     assert kinds["odd_png"] == (0, 0, 0)
     assert all(h[2] == 1 and h[0] > 0 for k, h in kinds.items() if k.startswith("img"))
+
+
+def _ddp_worker(rank, port, out):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    model = train(tiny_cfg(out, "optim.epochs=1", "data.subset=256", "data.pipeline=gpu", "data.num_workers=1"))
+    torch.save({"queue": model.queue, "q": model.encoder_q.state_dict()}, out.parent / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gpu_pipeline_under_ddp_keeps_replicas_identical(tmp_path):
+    import torch.multiprocessing as mp
+
+    from .conftest import free_port
+
+    mp.spawn(_ddp_worker, args=(free_port(), tmp_path / "run"), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["queue"], r1["queue"])
+    for k in r0["q"]:
+        if k.endswith(("weight", "bias")):
+            assert torch.equal(r0["q"][k], r1["q"][k]), k
