@@ -78,6 +78,16 @@ def time_mixing(B: int, K: int, N: int, s: int, s_prime: int, dev, reps: int = 5
     return 1000 * (time.perf_counter() - t) / reps
 
 
+def write_json(path: str | None, result: dict) -> None:
+    """Write a benchmark's figures (skipped for an empty path) and say where."""
+    if not path:
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def add_size_args(p) -> None:
     """The model and MoCHi sizes both benchmarks take (defaults: PAPER on a GPU, SMALL on a CPU)."""
     p.add_argument("--arch")
@@ -187,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['variant']:<10} {r['mocov2_img_s']:>14.1f} {r['mochi_img_s']:>12.1f} {r['ratio']:>11.3f} "
               f"{100 * r['mixing_share']:>12.2f}%")
     print(f"mixing alone: {mix_ms:.3f} ms per step")
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+    write_json(args.json, result)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
-import json
 import os
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import config, pipeline
-from .bench import add_size_args, device_name, fast_math, resolve_size, time_steps
+from .bench import add_size_args, device_name, fast_math, resolve_size, time_steps, write_json
 from .cli import ArgumentParser, run, setup_logging
 from .errors import UserError
 from .jpegs import make_jpegs
@@ -212,11 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  on JPEGs (gpu pipeline): {train['jpeg_img_s']:9.1f} img/s")
     print(f"  on synthetic images:     {train['synthetic_img_s']:9.1f} img/s")
     print(f"  JPEG / synthetic:        {train_ratio:9.3f}")
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+    write_json(args.json, result)
     if tmp is not None:
         tmp.cleanup()
     return 0
