@@ -47,7 +47,7 @@ def _cfg(args, size: dict, name: str) -> config.Config:
 def _endless(batches, sampler):
     epoch = 0
     while True:
-        pipeline.set_epoch(batches, sampler, epoch)
+        sampler.set_epoch(epoch)
         yield from batches
         epoch += 1
 
@@ -77,7 +77,7 @@ def gpu_profile(cfg, dev, batches_n: int) -> dict[str, float]:
     """Milliseconds per batch in each stage of the gpu pipeline, stages synchronised, no prefetch."""
     cfg.data.prefetch = 0
     batches, sampler = pipeline.train_loader(cfg, device=dev)
-    pipeline.set_epoch(batches, sampler, 0)
+    sampler.set_epoch(0)
     it = iter(batches.loader)
     next(it)  # worker start-up
     batches.profile = {}

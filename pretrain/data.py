@@ -266,8 +266,13 @@ def collate(batch):
     )
 
 
-def train_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False):
-    """(loader, sampler) for pretraining; call ``sampler.set_epoch`` before each epoch."""
+def train_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False, wrap=None, collate_fn=collate):
+    """(loader, sampler) for pretraining; call ``sampler.set_epoch`` before each epoch.
+
+    ``wrap`` turns the labelled training images into the dataset the workers read, keyed by the
+    sampler's (epoch, index): by default ``TwoViews`` with aug+ (the ``cpu`` pipeline); the device
+    pipelines pass their byte reader and its ``collate_fn``.
+    """
     base = base_dataset(cfg.data, "train")
     bpr = cfg.optim.batch_size // world
     sampler = ResumableSampler(len(base), bpr, rank, world, cfg.run.seed)
@@ -275,13 +280,14 @@ def train_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False):
         raise UserError(
             f"{len(base)} training images make no full batch of optim.batch_size={cfg.optim.batch_size}"
         )
-    ds = TwoViews(base, aug_plus(cfg.data.image_size, cfg.data.min_scale, cfg.data.blur), cfg.run.seed)
+    ds = wrap(base) if wrap else TwoViews(base, aug_plus(cfg.data.image_size, cfg.data.min_scale, cfg.data.blur),
+                                         cfg.run.seed)
     loader = torch.utils.data.DataLoader(
         ds,
         batch_size=bpr,
         sampler=sampler,
         num_workers=cfg.data.num_workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=cfg.data.num_workers > 0,

@@ -218,14 +218,32 @@ def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last
     return x.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def finish_views(x: torch.Tensor, p: AugParams, image_size: int, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = True, mark=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour, blur, flip and normalise 2B crops x [2B, 3, S, S] in [0, 1] (the q views, then the k
+    views): (view_q, view_k), each [B, 3, S, S] ``dtype``. ``mark(stage)``, if given, is called
+    after each stage (the benchmark's profile)."""
+    mark = mark or (lambda stage: None)
+    x = color_blur_flip(x, p, image_size)
+    mark("jitter+gray+blur+flip")
+    x = normalize(x, dtype, channels_last)
+    mark("normalize")
+    B = x.shape[0] // 2
+    return x[:B], x[B:]
+
+
 def two_views(images: list[torch.Tensor], gen: torch.Generator, image_size: int, min_scale: float = 0.2,
-              blur: bool = True, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """aug+ twice per image: (view_q, view_k), each [B, 3, S, S] ``dtype``, channels_last."""
+              blur: bool = True, dtype: torch.dtype = torch.float32, channels_last: bool = True,
+              mark=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """aug+ twice per image of uint8 [3, h, w] ``images``: (view_q, view_k), each [B, 3, S, S]
+    ``dtype``, channels_last or contiguous. ``mark`` as in ``finish_views``."""
+    mark = mark or (lambda stage: None)
     B = len(images)
     hs = torch.tensor([int(im.shape[1]) for im in images])
     ws = torch.tensor([int(im.shape[2]) for im in images])
     image_of = torch.arange(B).repeat(2)
     p = sample_params(hs[image_of], ws[image_of], gen, min_scale, blur)
+    mark("sample parameters")
     x = resized_crops(images, image_of, p.box, image_size)
-    x = normalize(color_blur_flip(x, p, image_size), dtype)
-    return x[:B], x[B:]
+    mark("crop+resize")
+    return finish_views(x, p, image_size, dtype, channels_last, mark)

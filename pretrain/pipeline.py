@@ -83,7 +83,7 @@ def gpu_decodable(header: tuple[int, int, int, bool] | None) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Workers: encoded bytes only
 class EncodedImages(torch.utils.data.Dataset):
-    """(payload, label, index, header) for keys (epoch, index) from ``data.ResumableSampler``.
+    """(payload, label, index, header, epoch) for keys (epoch, index) from ``data.ResumableSampler``.
 
     payload: the file's bytes (uint8 [n]) for image folders; the pixels (uint8 [h, w]) for
     in-memory arrays such as Fashion-MNIST, which have nothing to decode. header: (h, w, nvjpeg
@@ -101,11 +101,12 @@ class EncodedImages(torch.utils.data.Dataset):
         return len(self.indices) if self.indices is not None else len(self.base)
 
     def __getitem__(self, key: tuple[int, int]):
-        _, index = key
+        epoch, index = key
         i = self.indices[index] if self.indices is not None else index
         if isinstance(self.base, data.ArrayImages):
             img = self.base.images[i]
-            return torch.from_numpy(np.ascontiguousarray(img)), int(self.base.labels[i]), index, (*img.shape[:2], 0)
+            pixels = torch.from_numpy(np.ascontiguousarray(img))
+            return pixels, int(self.base.labels[i]), index, (*img.shape[:2], 0), epoch
         path, label = self.base.samples[i]
         try:
             payload = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
@@ -113,12 +114,12 @@ class EncodedImages(torch.utils.data.Dataset):
             log.warning("unreadable file %s: %s", path, e)
             payload = torch.empty(0, dtype=torch.uint8)
         header = jpeg_header(payload.numpy()) if payload.numel() else None
-        return payload, label, index, (*header[:2], int(gpu_decodable(header))) if header else (0, 0, 0)
+        return payload, label, index, (*header[:2], int(gpu_decodable(header))) if header else (0, 0, 0), epoch
 
 
 def collate_encoded(batch):
-    payloads, labels, index, headers = zip(*batch)
-    return list(payloads), torch.tensor(labels), torch.tensor(index), torch.tensor(headers)
+    payloads, labels, index, headers, epochs = zip(*batch)
+    return list(payloads), torch.tensor(labels), torch.tensor(index), torch.tensor(headers), epochs[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +322,6 @@ class DeviceBatches:
         self.device, self.dtype, self.prefetch, self.dali = device, dtype, prefetch, dali
         self.channels_last = channels_last
         self.decoder = Decoder(device)
-        self.epoch = 0
         self.profile: dict[str, float] | None = None
         self._t = 0.0
 
@@ -332,8 +332,8 @@ class DeviceBatches:
     def counts(self) -> Counter:
         return self.decoder.counts
 
-    def batch_generator(self, index: torch.Tensor) -> torch.Generator:
-        return torch.Generator().manual_seed(data.sample_seed(self.seed, self.epoch, *index.tolist()))
+    def batch_generator(self, epoch: int, index: torch.Tensor) -> torch.Generator:
+        return torch.Generator().manual_seed(data.sample_seed(self.seed, epoch, *index.tolist()))
 
     def _mark(self, stage: str) -> None:
         """With ``self.profile`` a dict, add the time since the last mark to ``stage`` (synchronising
@@ -347,41 +347,26 @@ class DeviceBatches:
         self._t = now
 
     def process(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        payloads, labels, index, headers = batch
-        sizes = headers[:, :2]
+        payloads, labels, index, headers, epoch = batch
         B = len(payloads)
         self._t = time.perf_counter()
-        gen = self.batch_generator(index)
-        x = None
-        if self.dali is not None and all(as_pixels(p) is None for p in payloads) and (sizes > 0).all():
+        if self.dali is not None and all(as_pixels(p) is None for p in payloads) and (headers[:, :2] > 0).all():
             image_of = torch.arange(B).repeat(2)
-            p = gpu_aug.sample_params(sizes[image_of, 0], sizes[image_of, 1], gen, self.min_scale, self.blur)
+            p = gpu_aug.sample_params(headers[image_of, 0], headers[image_of, 1], self.batch_generator(epoch, index),
+                                      self.min_scale, self.blur)
             x = self.dali(payloads, p.box)
             self._mark("dali decode+crop")
-            if x is None:
-                gen = self.batch_generator(index)
-            else:
-                skipped = 0
+            if x is not None:
                 self.decoder.counts["dali"] += B
-        if x is None:
-            images = self.decoder(payloads, headers[:, 2].bool().tolist())
-            self._mark("decode")
-            src = refill(images)
-            skipped = sum(s != b for b, s in enumerate(src))
-            labels, index = labels[src], index[src]
-            images = [images[s] for s in src]
-            image_of = torch.arange(B).repeat(2)
-            hs = torch.tensor([int(im.shape[1]) for im in images])
-            ws = torch.tensor([int(im.shape[2]) for im in images])
-            p = gpu_aug.sample_params(hs[image_of], ws[image_of], gen, self.min_scale, self.blur)
-            self._mark("sample parameters")
-            x = gpu_aug.resized_crops(images, image_of, p.box, self.size)
-            self._mark("crop+resize")
-        x = gpu_aug.color_blur_flip(x, p, self.size)
-        self._mark("jitter+gray+blur+flip")
-        x = gpu_aug.normalize(x, self.dtype, self.channels_last)
-        self._mark("normalize")
-        return x[:B], x[B:], labels.to(self.device, non_blocking=True), index, skipped
+                q, k = gpu_aug.finish_views(x, p, self.size, self.dtype, self.channels_last, self._mark)
+                return q, k, labels.to(self.device, non_blocking=True), index, 0
+        images = self.decoder(payloads, headers[:, 2].bool().tolist())
+        self._mark("decode")
+        src = refill(images)
+        q, k = gpu_aug.two_views([images[s] for s in src], self.batch_generator(epoch, index), self.size,
+                                 self.min_scale, self.blur, self.dtype, self.channels_last, self._mark)
+        skipped = sum(s != b for b, s in enumerate(src))
+        return q, k, labels[src].to(self.device, non_blocking=True), index[src], skipped
 
     def __iter__(self):
         if self.prefetch <= 0:
@@ -452,34 +437,19 @@ def _dtype(cfg, device: torch.device) -> torch.dtype:
 
 def train_loader(cfg, rank: int = 0, world: int = 1, device: torch.device | None = None):
     """(batches, sampler) for pretraining as ``data.pipeline`` says; call ``sampler.set_epoch``
-    (and for device pipelines ``batches.epoch``, through ``set_epoch`` below) before each epoch."""
+    before each epoch."""
     device = device or torch.device("cpu")
     if cfg.data.pipeline == "cpu":
         return data.train_loader(cfg, rank, world, pin_memory=device.type == "cuda")
-    base = data.base_dataset(cfg.data, "train")
-    bpr = cfg.optim.batch_size // world
-    sampler = data.ResumableSampler(len(base), bpr, rank, world, cfg.run.seed)
-    if sampler.steps_per_epoch == 0:
-        raise UserError(f"{len(base)} training images make no full batch of optim.batch_size={cfg.optim.batch_size}")
-    dali = DaliCrops(bpr, cfg.data.image_size, device) if cfg.data.pipeline == "dali" else None
-    loader = torch.utils.data.DataLoader(
-        EncodedImages(base), batch_size=bpr, sampler=sampler, num_workers=cfg.data.num_workers,
-        collate_fn=collate_encoded, pin_memory=device.type == "cuda", drop_last=True,
-        persistent_workers=cfg.data.num_workers > 0, prefetch_factor=4 if cfg.data.num_workers else None,
-    )
+    loader, sampler = data.train_loader(cfg, rank, world, pin_memory=device.type == "cuda", wrap=EncodedImages,
+                                        collate_fn=collate_encoded)
+    dali = DaliCrops(sampler.bpr, cfg.data.image_size, device) if cfg.data.pipeline == "dali" else None
     if device.type != "cuda":
         log.info("data.pipeline=%s runs on the CPU here (no CUDA device)", cfg.data.pipeline)
     batches = DeviceBatches(loader, cfg.run.seed, cfg.data.image_size, cfg.data.min_scale, cfg.data.blur, device,
                             _dtype(cfg, device), cfg.data.prefetch, dali,
                             channels_last=device.type == "cuda" and cfg.run.channels_last)  # as train.py's model
     return batches, sampler
-
-
-def set_epoch(batches, sampler, epoch: int, start_step: int = 0) -> None:
-    """Position the sampler (and a device pipeline's parameter seeds) at (epoch, step)."""
-    sampler.set_epoch(epoch, start_step)
-    if isinstance(batches, DeviceBatches):
-        batches.epoch = epoch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,7 +469,7 @@ def show(cfg, pipelines: list[str], n: int, out: str | Path, device: torch.devic
         c = copy.deepcopy(cfg)
         c.data.pipeline, c.data.num_workers, c.optim.batch_size, c.data.prefetch = name, 0, n, 0
         batches, sampler = train_loader(c, device=device)
-        set_epoch(batches, sampler, 0)
+        sampler.set_epoch(0)
         q, k, _, index, _ = next(iter(batches))
         first_index = index if first_index is None else first_index
         for v in (q, k):

@@ -232,7 +232,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
             mix = epoch >= cfg.mochi.mix_start
             N, s, s_prime = (cfg.mochi.N, cfg.mochi.s, cfg.mochi.s_prime) if mix else (0, 0, 0)
             step_in_epoch = start_step if epoch == start_epoch else 0
-            pipeline.set_epoch(loader, sampler, epoch, step_in_epoch)
+            sampler.set_epoch(epoch, step_in_epoch)
             model.train()
             for im_q, im_k, labels, _idx, skipped in loader:
                 # Stateless randomness: each step's shuffle and mixing depend on (seed, rank, step)

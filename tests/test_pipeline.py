@@ -91,7 +91,7 @@ def test_refill_keeps_batch_size_and_raises_when_nothing_decodes():
 
 def _epoch(cfg):
     batches, sampler = pipeline.train_loader(cfg)
-    pipeline.set_epoch(batches, sampler, 0)
+    sampler.set_epoch(0)
     return list(batches), batches
 
 
@@ -107,7 +107,7 @@ def test_gpu_pipeline_on_cpu_batches_are_deterministic_whatever_workers_and_pref
     assert batches.counts["cpu"] + batches.counts["skipped"] == 45
     # Another epoch draws other views.
     batches2, sampler = pipeline.train_loader(cfg_for(jpeg_dir))
-    pipeline.set_epoch(batches2, sampler, 1)
+    sampler.set_epoch(1)
     assert not torch.equal(next(iter(batches2))[0], a[0][0])
 
 
@@ -119,7 +119,7 @@ def test_gpu_pipeline_views_follow_aug_plus_statistics(jpeg_dir):
         views = []
         for epoch in range(6):
             batches, sampler = pipeline.train_loader(cfg)
-            pipeline.set_epoch(batches, sampler, epoch)
+            sampler.set_epoch(epoch)
             views += [torch.cat([q, k]).float() for q, k, *_ in batches]
         x = torch.cat(views)
         stats[name] = (x.mean((0, 2, 3)), x.std((0, 2, 3)), (x[:, 0] - x[:, 1]).abs().mean())
@@ -216,7 +216,7 @@ def test_cuda_prefetch_equals_inline(jpeg_dir):
     def run(prefetch):
         cfg = cfg_for(jpeg_dir, f"data.prefetch={prefetch}", "run.device=cuda")
         batches, sampler = pipeline.train_loader(cfg, device=torch.device("cuda"))
-        pipeline.set_epoch(batches, sampler, 0)
+        sampler.set_epoch(0)
         return [(q.float().cpu(), k.float().cpu()) for q, k, *_ in batches]
 
     for (q, k), (q2, k2) in zip(run(0), run(2)):
@@ -229,8 +229,9 @@ def test_workers_read_bytes_and_header_only(jpeg_dir):
     ds = pipeline.EncodedImages(data.image_folder(str(jpeg_dir), None))
     kinds = {}
     for i, (path, label) in enumerate(ds.base.samples):
-        p, lab, index, header = ds[(0, i)]
+        p, lab, index, header, epoch = ds[(3, i)]
         assert torch.equal(p, payload(path)) and lab == label and index == i  # the file's bytes, undecoded
+        assert epoch == 3  # the sampler's epoch travels with the batch and seeds its views
         kinds[Path(path).stem] = header
     assert kinds["odd_progressive"] == (240, 320, 0) and kinds["odd_cmyk"] == (240, 320, 0)
     assert kinds["odd_png"] == (0, 0, 0)
