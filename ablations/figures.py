@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ablations.collect import METRICS
+from ablations.summary import baseline_row
+
 CURVES = {
     # metric: (file stem, y label, title)
     "acc_moco": ("proxy_task_difficulty", "proxy-task top-1 (%)",
@@ -27,6 +30,7 @@ PERCENT = {"acc_moco", "false_neg_share"}
 
 
 def _plt():
+    """pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,6 +40,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> list[Path]:
+    """Write ``path`` as PNG and PDF; return both."""
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=120)
     fig.savefig(path.with_suffix(".pdf"))
@@ -56,7 +61,31 @@ def histories(client, runs: pd.DataFrame, metrics) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", "seed", "metric", "step", "value"])
 
 
-def curves(hist: pd.DataFrame, order: list[str], out_dir: Path) -> list[Path]:
+def linear_top1_bars(summary: pd.DataFrame, title: str, out_dir: Path, metric: str = "linear_top1") -> list[Path]:
+    """Bar chart of a metric per cell with std error bars over seeds, the baseline row grey and dashed."""
+    if summary[f"{metric}_mean"].isna().all():
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(summary) + 1.5), 3.6))
+    means, stds = summary[f"{metric}_mean"], summary[f"{metric}_std"].fillna(0.0)
+    base = baseline_row(summary)
+    colors = ["tab:gray" if base is not None and c == base["cell"] else "tab:blue" for c in summary["cell"]]
+    ax.bar(range(len(summary)), means, yerr=stds, color=colors, capsize=4)
+    ax.set_xticks(range(len(summary)), [c.replace("_", "\n") for c in summary["cell"]], fontsize=8)
+    ax.set_ylabel(f"{METRICS[metric].label} (%)")
+    lo = (means - stds).min()
+    ax.set_ylim(max(0.0, lo - 2.0), min(100.0, (means + stds).max() + 1.0))
+    if base is not None:
+        ax.axhline(base[f"{metric}_mean"], color="tab:gray", lw=1, ls="--", label="MoCo v2 baseline (s = s' = 0)")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("cell: MoCHi (N, s, s'); grey: MoCo baseline. Error bars: std over seeds")
+    return _save(fig, out_dir / metric)
+
+
+def curves(hist: pd.DataFrame, order: list[str], plain: set[str], out_dir: Path) -> list[Path]:
+    """The training-curve figures of ``CURVES``: one line per cell (mean over seeds, +- std band),
+    dashed for the plain-MoCo cells in ``plain``."""
     plt = _plt()
     files: list[Path] = []
     for metric, (stem, ylabel, title) in CURVES.items():
@@ -69,7 +98,7 @@ def curves(hist: pd.DataFrame, order: list[str], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.4, 3.8))
         for cell in [c for c in order if c in set(h["cell"])]:
             g = h[h["cell"] == cell].groupby("step")["value"].agg(["mean", "std"]).sort_index() * scale
-            style = "--" if cell.startswith("N0-") or cell.startswith("N0_") or cell == "N0" else "-"
+            style = "--" if cell in plain else "-"
             ax.plot(g.index, g["mean"], style, label=cell, lw=1.4)
             ax.fill_between(g.index, g["mean"] - g["std"].fillna(0), g["mean"] + g["std"].fillna(0), alpha=0.15)
         ax.set_xlabel("training step")
@@ -81,6 +110,7 @@ def curves(hist: pd.DataFrame, order: list[str], out_dir: Path) -> list[Path]:
 
 
 def alignment_uniformity(seeds: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """End-of-training alignment against uniformity per cell, std error bars over seeds."""
     if seeds[["alignment", "uniformity"]].isna().all().any():
         return []
     plt = _plt()
@@ -101,10 +131,8 @@ def heatmap_N_s(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     need = {"N", "s", "s_prime"}
     if not need <= set(summary) or summary["linear_top1_mean"].isna().all():
         return []
-    d = summary.dropna(subset=["linear_top1_mean"]).copy()
-    for a in need:
-        d[a] = pd.to_numeric(d[a])
-    d = d[d["N"] > 0]
+    d = summary.dropna(subset=["linear_top1_mean"])
+    d = d[~d["plain_moco"].astype(bool)]
     if d["N"].nunique() < 2 or d["s"].nunique() < 2:
         return []
     plt = _plt()
@@ -134,16 +162,13 @@ def accuracy_vs_K(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Linear top-1 against the memory size K, one line per (N, s, s') (needs >= 2 values of K)."""
     if "K" not in summary or summary["linear_top1_mean"].isna().all():
         return []
-    d = summary.dropna(subset=["linear_top1_mean"]).copy()
-    d["K"] = pd.to_numeric(d["K"])
+    d = summary.dropna(subset=["linear_top1_mean"])
     if d["K"].nunique() < 2:
         return []
     plt = _plt()
-    keys = [a for a in ("N", "s", "s_prime") if a in d]
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    for key, g in (d.groupby(keys, sort=False) if keys else [((), d)]):
+    for name, g in d.groupby("method", sort=False):
         g = g.sort_values("K")
-        name = "MoCo" if keys and all(str(v) == "0" for v in np.atleast_1d(key)) else f"MoCHi {tuple(key)}"
         ax.errorbar(g["K"], g["linear_top1_mean"], yerr=g["linear_top1_std"].fillna(0), marker="o", capsize=3,
                     label=name)
     ax.set_xscale("log", base=2)

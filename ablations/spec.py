@@ -1,11 +1,11 @@
-"""What a grid is: a base pretraining preset, overrides, a list of cells (axis values) and seeds.
+"""What a grid is: a base pretraining preset, typed overrides, a list of cells (axis values) and seeds.
 
 Grid presets live in ``ablations/presets/NAME.yaml`` (one per paper table or figure):
 
     description: ...
     paper: Table 1                # what it reproduces
     base: imagenet100             # pretraining preset (pretrain/configs/)
-    set: [optim.epochs=200]       # overrides for every cell
+    set: {optim.epochs: 200}      # overrides for every cell (a list of KEY=VALUE works too)
     axes: {N: [256, 512], ...}    # values per axis; --sweep crosses the named ones
     cells: [{N: 0, s: 0, s_prime: 0}, ...]   # the paper's rows, used when --sweep is not given
     seeds: 1
@@ -14,93 +14,148 @@ Grid presets live in ``ablations/presets/NAME.yaml`` (one per paper table or fig
     table: {rows: [N, s, s_prime]}
 
 Axis names follow the paper (N, s, s_prime, K, tau, m, epochs, mix_start, ...); any dotted config
-key (``optim.base_lr``) is an axis too.
+key (``optim.base_lr``) is an axis too. ``axis(name)`` is the one registry: it gives each axis one
+name, its config key and its type, and every value that enters a grid (from a preset, the command
+line or a saved ``grid.json``) is restored to that type through it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from pretrain import config
-from pretrain.errors import UserError
+from pretrain.method.mochi import Mixing
+from pretrain.run import config, rundir
+from pretrain.run.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+# Paper symbols and other short names -> config keys.
 AXES = {
     "N": "mochi.N", "s": "mochi.s", "s_prime": "mochi.s_prime", "mix_start": "mochi.mix_start",
     "K": "moco.K", "tau": "moco.tau", "m": "moco.m",
     "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.base_lr",
     "arch": "model.arch", "image_size": "data.image_size",
 }
+# How a cell name abbreviates an axis: N1024-s1024-sp128, lr0.03.
 SHORT = {"s_prime": "sp", "base_lr": "lr"}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer"}
+MIXING_AXES = ("N", "s", "s_prime")
 
 
-def config_key(axis: str) -> str:
-    """Axis name -> dotted config key; raises UserError for an unknown one."""
-    key = AXES.get(axis, axis)
-    sec, _, leaf = key.partition(".")
-    probe = config.Config()
-    if not leaf or not hasattr(probe, sec) or not hasattr(getattr(probe, sec), leaf):
-        raise UserError(
-            f"unknown axis {axis!r}; axes: {', '.join(AXES)} or any config key like optim.base_lr"
-        )
-    return key
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a grid: its name (the paper's symbol where it has one), its config key, its type."""
+
+    name: str
+    key: str
+
+    @property
+    def type(self) -> type:
+        """The type every value of this axis has (the config leaf's)."""
+        return config.leaf_type(self.key)
+
+    def coerce(self, value: object) -> object:
+        """``value`` as this axis holds it; UserError naming the axis for a value of the wrong type."""
+        try:
+            return config.coerce(self.key, value, where=f"axis {self.name}")
+        except UserError:
+            raise UserError(f"axis {self.name}: {value!r} is not a valid {self.type.__name__} for {self.key}") from None
+
+    def parse(self, text: str) -> list:
+        """``"256,512"`` -> [256, 512]: a comma list typed on a command line, each value typed."""
+        items = [t.strip() for t in str(text).split(",")]
+        if not items or any(not t for t in items):
+            raise UserError(f"axis {self.name}: empty value in {text!r}; give a comma list like 256,512")
+        return [self.coerce(yaml.safe_load(t)) for t in items]
+
+    def label(self, value: object) -> str:
+        """The axis and value in a cell name: ``sp128``, ``K16384``, ``lr0.03``."""
+        leaf = self.name.rsplit(".", 1)[-1]
+        return f"{SHORT.get(leaf, leaf)}{value}"
 
 
-def parse_values(axis: str, text: str) -> list:
-    """``"256,512"`` -> [256, 512], each checked against the config key's type."""
-    key = config_key(axis)
-    items = [t.strip() for t in str(text).split(",")]
-    if not items or any(not t for t in items):
-        raise UserError(f"axis {axis}: empty value in {text!r}; give a comma list like 256,512")
-    values = [yaml.safe_load(t) for t in items]
-    for v in values:
-        check_value(axis, key, v)
-    return values
-
-
-def check_value(axis: str, key: str, value) -> None:
-    cfg = config.Config()
+def axis(name: str) -> Axis:
+    """The axis called ``name`` (a short name or any dotted config key), under its one name: a config
+    key that has a short name is that axis (``mochi.s_prime`` is ``s_prime``). UserError for a name
+    that is neither."""
+    key = AXES.get(name, name)
     try:
-        config.set_key(cfg, key, value, where=f"axis {axis}")
+        config.leaf_type(key)
     except UserError:
-        default = config.Config().flat()[key]
-        kind = type(default).__name__ if default is not None else "value"
-        raise UserError(f"axis {axis}: {value!r} is not a valid {kind} for {key}") from None
+        raise UserError(f"unknown axis {name!r}; axes: {', '.join(AXES)} or any config key like optim.base_lr") from None
+    canonical = next((a for a, k in AXES.items() if k == key), key)
+    return Axis(canonical, key)
 
 
-def label(axis: str, value) -> str:
-    leaf = axis.rsplit(".", 1)[-1]
-    return f"{SHORT.get(leaf, leaf)}{value}"
+def parse_values(name: str, text: str) -> list:
+    """``parse_values("N", "256,512")`` -> [256, 512]."""
+    return axis(name).parse(text)
+
+
+def typed_values(values: Mapping[str, object]) -> dict[str, object]:
+    """{axis name: value} under each axis's one name, each value restored to its type."""
+    out: dict[str, object] = {}
+    for name, value in values.items():
+        a = axis(name)
+        if a.name in out:
+            raise UserError(f"axis {a.name} is given twice ({name!r} and {a.name!r})")
+        out[a.name] = a.coerce(value)
+    return out
 
 
 @dataclass
 class Cell:
-    values: dict  # axis -> value, in axis order
+    """One row of a grid: typed values of its axes, in axis order."""
+
+    values: dict[str, object]
 
     @property
     def id(self) -> str:
         """A name a person can read in a queue: N1024-s1024-sp128_K16384."""
-        triple = [label(a, self.values[a]) for a in ("N", "s", "s_prime") if a in self.values]
-        rest = [label(a, v) for a, v in self.values.items() if a not in ("N", "s", "s_prime")]
+        triple = [axis(a).label(self.values[a]) for a in MIXING_AXES if a in self.values]
+        rest = [axis(a).label(v) for a, v in self.values.items() if a not in MIXING_AXES]
         return "_".join(filter(None, ["-".join(triple), *rest])) or "base"
 
-    def overrides(self) -> list[str]:
-        return [f"{config_key(a)}={v}" for a, v in self.values.items()]
+    def settings(self) -> dict[str, object]:
+        """{config key: value}: what this cell sets."""
+        return {axis(a).key: v for a, v in self.values.items()}
+
+
+def parse_set(items: list[str] | Mapping[str, object] | None) -> dict[str, object]:
+    """Overrides for every cell, typed: a mapping {key: value} (preset) or ``KEY=VALUE`` texts
+    (command line, or a preset's list form)."""
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        return {k: config.coerce(k, v, where="set") for k, v in items.items()}
+    return dict(config.parse_override(str(t)) for t in items)
+
+
+def _argv(value) -> list[str] | None:
+    """A stage's argument list from a preset or the command line (None, False or 'none': no stage)."""
+    if value in (None, False, "none"):
+        return None
+    if isinstance(value, str):
+        return value.split()
+    return [str(v) for v in value]
 
 
 @dataclass
 class Grid:
+    """A grid of cells x seeds on one base preset, with its probe and transfer stages."""
+
     name: str
     base: str
-    set: list[str]
+    set: dict[str, object]  # typed overrides for every cell: {"optim.epochs": 3, ...}
     cells: list[Cell]
     seeds: int
     lincls: list[str] | None  # arguments of python -m pretrain.lincls; None = no linear probe
@@ -118,53 +173,103 @@ class Grid:
 
     @property
     def grid_id(self) -> str:
+        """The grid's name and a digest of its identity: the MLflow tag its runs carry."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.name}-{digest}"
 
     @property
-    def transfer_task(self) -> str | None:
-        if not self.transfer:
-            return None
-        argv = " ".join(self.transfer).replace("=", " ").split()
-        return argv[argv.index("--task") + 1] if "--task" in argv else None
+    def experiment(self) -> str:
+        """The MLflow experiment that holds the grid's runs."""
+        return f"grid-{self.name}"
 
-    def cfg(self, cell: Cell, seed: int, out: Path, extra: list[str] = ()) -> config.Config:
-        return config.load(self.base, None, [*self.set, *cell.overrides(), f"run.seed={seed}",
-                                             f"run.out={out}", *extra])
+    def base_config(self) -> config.Config:
+        """The base preset with the grid's overrides, validated (cached)."""
+        return _base_config(self.base, tuple(self.set.items()))
+
+    def cfg(self, cell: Cell, seed: int, out: Path, extra: Mapping[str, object] | None = None) -> config.Config:
+        """The validated pretraining config of one cell x seed, written to ``out``."""
+        return config.with_values(self.base_config(), {**cell.settings(), "run.seed": seed, "run.out": str(out),
+                                                        **(extra or {})})
+
+    def mixing(self, cell: Cell) -> Mixing:
+        """The (N, s, s') a cell trains with (its own axes, else the base preset's)."""
+        return self.cfg(cell, 0, Path("runs/x")).mochi.mixing
+
+    def probe(self, run_dir: Path, seed: int):
+        """The linear probe of one cell x seed (``ProbeSettings``), or None without a probe stage."""
+        if self.lincls is None:
+            return None
+        from pretrain import lincls
+
+        try:
+            s = lincls.settings([str(run_dir), *self.lincls])
+        except UserError as e:
+            raise UserError(f"--lincls {' '.join(self.lincls)!r}: {e}") from None
+        # The run folder may not exist yet: its probe's folder is placed by the rule, not by looking.
+        return dataclasses.replace(s, seed=seed, out=s.out or str(rundir.lincls_dir(run_dir, s.fast, s.random_init)))
+
+    def transfer_stage(self, run_dir: Path):
+        """The transfer stage of one cell x seed (``FinetuneSettings``), or None without one."""
+        if self.transfer is None:
+            return None
+        from transfer import finetune
+
+        try:
+            s = finetune.settings([str(run_dir), *self.transfer])
+        except UserError as e:
+            raise UserError(f"--transfer {' '.join(self.transfer)!r}: {e} (e.g. --task voc-c4 --data "
+                            f"/datasets/VOCdevkit)") from None
+        return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init)))
+
+    @property
+    def transfer_task(self) -> str | None:
+        """The transfer stage's task (``voc-c4``, ...), or None without one."""
+        stage = self.transfer_stage(Path("runs/x"))
+        return None if stage is None else stage.task
 
     def to_json(self) -> str:
+        """``grid.json``: the identity plus where and how the grid runs."""
         d = self.identity()
         d.update(grid_id=self.grid_id, profile=self.profile, table_rows=self.table_rows, paper=self.paper,
                  dropped=self.dropped, preset=self.preset)
         return json.dumps(d, indent=1)
 
 
-def _lincls(value) -> list[str] | None:
-    if value in (None, False, "none"):
-        return None
-    if isinstance(value, str):
-        return value.split()
-    return [str(v) for v in value]
+@functools.lru_cache(maxsize=16)
+def _base_config(base: str, items: tuple) -> config.Config:
+    return config.load(base, None, values=items)
 
 
 def presets() -> list[str]:
+    """Names of the shipped grid presets."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
 def load_preset(name: str) -> dict:
+    """A grid preset by name or path, as its YAML tree; UserError for a missing, malformed or unknown-keyed one."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown grid preset {name!r}; available: {', '.join(presets())} (or a .yaml path)")
-    tree = yaml.safe_load(path.read_text()) or {}
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"grid preset {path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"grid preset {path}: expected a mapping of preset keys, got {type(tree).__name__}")
     bad = sorted(set(tree) - PRESET_KEYS)
     if bad:
         raise UserError(f"grid preset {path}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(PRESET_KEYS))}")
+    for key, kind in (("cells", list), ("axes", dict)):
+        if tree.get(key) is not None and not isinstance(tree[key], kind):
+            raise UserError(f"grid preset {path}: {key} must be a {kind.__name__}")
+    if any(not isinstance(c, dict) for c in tree.get("cells") or []):
+        raise UserError(f"grid preset {path}: each cell must be a mapping of axis values, like {{N: 0, s: 0}}")
     tree["name"] = path.stem
     return tree
 
 
 def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds: int | None,
-          extra_set: list[str], lincls: list[str] | None, name: str | None = None,
+          extra_set: list[str] | Mapping[str, object], lincls: list[str] | str | None, name: str | None = None,
           transfer: list[str] | str | None = None) -> Grid:
     """Cells from ``--sweep`` (cross product of the named axes) or the preset's cells/axes.
 
@@ -172,10 +277,14 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     whose config does not validate (s > 0 with N = 0, N > K, ...) are dropped with the reason;
     a grid with no valid cell is refused.
     """
-    axes_default = {a: list(v) for a, v in (preset.get("axes") or {}).items()}
+    axes_default = {axis(a).name: [axis(a).coerce(v) for v in (vals if isinstance(vals, list) else [vals])]
+                    for a, vals in (preset.get("axes") or {}).items()}
+    values = {axis(a).name: v for a, v in values.items()}
     if sweep:
-        for a in sweep:
-            config_key(a)
+        sweep = [axis(a).name for a in sweep]
+        repeated = sorted({a for a in sweep if sweep.count(a) > 1})
+        if repeated:
+            raise UserError(f"--sweep names axis {repeated[0]} more than once")
         unknown = sorted(set(values) - set(sweep))
         if unknown:
             raise UserError(f"values given for {unknown[0]!r}, which is not in --sweep {','.join(sweep)}")
@@ -194,29 +303,26 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
         raw = [dict(zip(axes_default, combo)) for combo in itertools.product(*axes_default.values())]
     else:
         raw = [{}]
-    for cell in raw:
-        for a, v in cell.items():
-            check_value(a, config_key(a), v)
-    if preset.get("baseline") and not any(all(c.get(k) == 0 for k in ("N", "s", "s_prime")) for c in raw):
-        raw.insert(0, {**{k: v for k, v in (raw[0] if raw else {}).items() if k not in ("N", "s", "s_prime")},
+    raw = [typed_values(c) for c in raw]
+    if preset.get("baseline") and not any(all(c.get(k) == 0 for k in MIXING_AXES) for c in raw):
+        raw.insert(0, {**{k: v for k, v in (raw[0] if raw else {}).items() if k not in MIXING_AXES},
                        "N": 0, "s": 0, "s_prime": 0})
 
     grid = Grid(
         name=name or preset["name"], base=preset.get("base", "demo"),
-        set=[*(preset.get("set") or []), *extra_set],
+        set={**parse_set(preset.get("set")), **parse_set(extra_set)},
         cells=[], seeds=seeds if seeds is not None else int(preset.get("seeds", 1)),
-        lincls=_lincls(preset.get("lincls", []) if lincls is None else lincls),
+        lincls=_argv(preset.get("lincls", []) if lincls is None else lincls),
         profile=preset.get("profile", "local-cpu"),
-        table_rows=list(sweep or (preset.get("table") or {}).get("rows") or []), paper=str(preset.get("paper", "")),
-        preset=preset["name"],
-        transfer=_lincls(preset.get("transfer") if transfer is None else transfer),
+        table_rows=[axis(a).name for a in (sweep or (preset.get("table") or {}).get("rows") or [])],
+        paper=str(preset.get("paper", "")), preset=preset["name"],
+        transfer=_argv(preset.get("transfer") if transfer is None else transfer),
     )
-    if grid.transfer is not None and grid.transfer_task is None:
-        raise UserError(f"transfer arguments {' '.join(grid.transfer)!r} name no --task (e.g. --task voc-c4 "
-                        f"--data /datasets/VOCdevkit)")
     if grid.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {grid.seeds}")
-    config.load(grid.base, None, grid.set)  # the base itself must be valid
+    grid.base_config()  # the base itself must be valid
+    grid.probe(Path("runs/x"), 0)  # and the stages' arguments must parse
+    grid.transfer_stage(Path("runs/x"))
     seen = set()
     for values_ in raw:
         cell = Cell(values_)
@@ -240,11 +346,11 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     return grid
 
 
-
 def from_json(text: str) -> Grid:
-    """The grid a folder's ``grid.json`` describes."""
+    """The grid a folder's ``grid.json`` describes, every value restored to its type."""
     d = json.loads(text)
-    return Grid(name=d["name"], base=d["base"], set=list(d["set"]), cells=[Cell(v) for v in d["cells"]],
+    cells = [Cell(typed_values(v)) for v in d["cells"]]
+    return Grid(name=d["name"], base=d["base"], set=parse_set(d["set"]), cells=cells,
                 seeds=int(d["seeds"]), lincls=d["lincls"], dropped=[tuple(x) for x in d.get("dropped", [])],
-                profile=d.get("profile", "local-cpu"), table_rows=list(d.get("table_rows", [])),
+                profile=d.get("profile", "local-cpu"), table_rows=[axis(a).name for a in d.get("table_rows", [])],
                 paper=d.get("paper", ""), preset=d.get("preset", ""), transfer=d.get("transfer"))

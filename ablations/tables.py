@@ -15,35 +15,40 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations import results, spec
-from pretrain.checkpoint import atomic_write
-from pretrain.cli import ArgumentParser, run, setup_logging
-from pretrain.errors import UserError
-from pretrain.tracking import default_uri
+from ablations import collect, report, spec
+from ablations.summary import fmt
+from pretrain.run import rundir
+from pretrain.run.checkpoint import atomic_write
+from pretrain.run.cli import ArgumentParser, execute, setup_logging
+from pretrain.run.errors import UserError
+from pretrain.run.tracking import default_uri
 
 
 def pivot(seeds: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> pd.DataFrame:
-    """'mean ± std (n)' of ``metric`` over seeds, rows x columns chosen among the grid's axes."""
+    """'mean ± std (n)' of ``metric`` over seeds, rows x columns chosen among the grid's axes, each
+    sorted by its typed values (0, 32, 128, not "0", "128", "32")."""
     d = seeds.dropna(subset=[metric])
     if d.empty:
         raise UserError(f"no run of this grid has {metric}")
-    g = d.groupby(rows + cols)[metric].agg(["mean", "std", "count"]).reset_index()
-    g["cell"] = [results.fmt(m, s, int(n)) for m, s, n in zip(g["mean"], g["std"], g["count"])]
+    g = d.groupby(rows + cols, dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
+    g = g.sort_values(rows + cols, kind="stable")
+    g["cell"] = [fmt(m, s, int(n)) for m, s, n in zip(g["mean"], g["std"], g["count"])]
     if not cols:
-        return g[rows + ["cell"]].rename(columns={"cell": results.METRICS[metric][2]})
-    return g.pivot_table(index=rows, columns=cols, values="cell", aggfunc="first", fill_value="")
+        return g[rows + ["cell"]].rename(columns={"cell": collect.METRICS[metric].label}).reset_index(drop=True)
+    return g.pivot_table(index=rows, columns=cols, values="cell", aggfunc="first", fill_value="").sort_index()
 
 
 def grid_dirs(paths: list[str]) -> list[Path]:
+    """The grid folders named, or every one under runs/grids/; UserError for a folder without grid.json."""
     if paths:
         out = [Path(p) for p in paths]
         for p in out:
-            if not (p / "grid.json").is_file():
-                raise UserError(f"{p} is not a grid folder (no grid.json)")
+            if not (p / rundir.GRID_FILE).is_file():
+                raise UserError(f"{p} is not a grid folder (no {rundir.GRID_FILE})")
         return out
-    found = sorted(p.parent for p in Path("runs/grids").glob("*/grid.json"))
+    found = sorted(p.parent for p in rundir.GRIDS.glob(f"*/{rundir.GRID_FILE}"))
     if not found:
-        raise UserError("no grids under runs/grids/; run python ablations/grid.py first or name a grid folder")
+        raise UserError(f"no grids under {rundir.GRIDS}/; run python ablations/grid.py first or name a grid folder")
     return found
 
 
@@ -54,46 +59,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", help="output folder (default: results/NAME)")
     p.add_argument("--rows", help="pivot: comma list of axes for the rows")
     p.add_argument("--cols", default="", help="pivot: comma list of axes for the columns")
-    p.add_argument("--metric", default="linear_top1", help=f"pivot metric: {', '.join(results.METRICS)}")
+    p.add_argument("--metric", default="linear_top1", help=f"pivot metric: {', '.join(collect.METRICS)}")
     args = p.parse_args(argv)
-    if args.metric not in results.METRICS:
-        raise UserError(f"--metric {args.metric!r}: choose one of {', '.join(results.METRICS)}")
+    if args.metric not in collect.METRICS:
+        raise UserError(f"--metric {args.metric!r}: choose one of {', '.join(collect.METRICS)}")
     dirs = grid_dirs(args.grids)
     if args.results and len(dirs) > 1:
         raise UserError("--results needs exactly one grid folder")
     setup_logging()
     code = 0
     for d in dirs:
-        grid = spec.from_json((d / "grid.json").read_text())
+        grid = spec.from_json((d / rundir.GRID_FILE).read_text())
         uri = args.tracking_uri or _uri(d)
         out = Path(args.results or Path("results") / grid.name)
         print(f"== {grid.name} ({d})")
-        code |= results.report(grid, d, uri, out, complete=False)
+        code |= report.report(grid, d, uri, out, complete=False)
         if args.rows:
-            rows = [a.strip() for a in args.rows.split(",") if a.strip()]
-            cols = [a.strip() for a in args.cols.split(",") if a.strip()]
             axes = list(dict.fromkeys(a for c in grid.cells for a in c.values))
-            bad = [a for a in rows + cols if a not in axes]
-            if bad:
-                raise UserError(f"--rows/--cols: {bad[0]!r} is not an axis of grid {grid.name} ({', '.join(axes)})")
-            runs = results.runs_frame(uri, grid.grid_id, f"grid-{grid.name}")
-            t = pivot(results.per_seed(runs, axes), rows, cols, args.metric)
+
+            def names(text: str) -> list[str]:
+                chosen = [spec.axis(a.strip()).name for a in text.split(",") if a.strip()]
+                bad = [a for a in chosen if a not in axes]
+                if bad:
+                    raise UserError(f"--rows/--cols: {bad[0]!r} is not an axis of grid {grid.name} ({', '.join(axes)})")
+                return chosen
+
+            rows, cols = names(args.rows), names(args.cols)
+            runs = collect.runs_frame(uri, grid.grid_id, grid.experiment)
+            t = pivot(collect.per_seed(runs, grid, axes), rows, cols, args.metric)
             stem = f"pivot_{args.metric}_{'-'.join(rows)}" + (f"_by_{'-'.join(cols)}" if cols else "")
             flat = t.reset_index() if cols else t
             atomic_write(out / f"{stem}.md", flat.to_markdown(index=False, disable_numparse=True).encode())
             atomic_write(out / f"{stem}.csv", flat.to_csv(index=False).encode())
             atomic_write(out / f"{stem}.tex", flat.to_latex(index=False).encode())
-            print(f"\n{results.METRICS[args.metric][2]}, rows {rows}, columns {cols}:\n{t.to_string()}")
+            print(f"\n{collect.METRICS[args.metric].label}, rows {rows}, columns {cols}:\n{t.to_string()}")
             print(f"wrote {out}/{stem}.md, .csv, .tex")
     return code
 
 
 def _uri(grid_dir: Path) -> str:
-    """The store the grid logged to: its parent run's store, else the default beside runs/grids."""
+    """The store the grid logged to (as its first run folder was opened with), else the default
+    beside runs/grids."""
     src = grid_dir.resolve()
-    meta = next((src / "cells").glob("*/seed*/tracking.json"), None)
-    return json.loads(meta.read_text())["uri"] if meta else default_uri(src.parent)
+    folders = rundir.grid_tracked_folders(src)
+    return json.loads((folders[0] / rundir.TRACKING_FILE).read_text())["uri"] if folders else default_uri(src.parent)
 
 
 if __name__ == "__main__":
-    run(main)
+    execute(main)

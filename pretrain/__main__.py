@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from . import config
-from .cli import ArgumentParser, run, setup_logging
+from .run import config
+from .run.cli import ArgumentParser, execute, setup_logging
 
 
 def parser() -> ArgumentParser:
+    """The command line of ``python -m pretrain``."""
     p = ArgumentParser(
         prog="python -m pretrain",
         description="MoCo v2 / MoCHi pretraining. Config = defaults <- preset <- --config file <- overrides.",
@@ -20,6 +21,7 @@ def parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse into the typed config, then train (``pretrain.train.train``)."""
     args = parser().parse_args(argv)
     cfg = config.load(args.preset, args.config, args.overrides)
     if args.show_config:
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point (``mochi-pretrain``)."""
-    run(main)
+    execute(main)
 
 
 if __name__ == "__main__":

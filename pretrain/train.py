@@ -1,17 +1,17 @@
-"""MoCo v2 / MoCHi pretraining loop: DDP, bf16 autocast, atomic checkpoints, exact resume.
+"""MoCo v2 / MoCHi pretraining: set-up, resume and the loop; DDP, bf16 autocast, atomic checkpoints,
+exact resume.
 
 The loop knows nothing of SLURM or grids: a launcher calls ``train(cfg)``; every start resumes
-from the newest valid checkpoint in ``cfg.run.out``.
+from the newest valid checkpoint in ``cfg.run.out``. ``step`` is the one training step, which the
+step benchmark times as well.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,15 +21,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from . import checkpoint, config, data, dist, pipeline
-from .errors import UserError
-from .moco import MoCo, from_config
-from .monitor import Monitor
-from .tracking import Tracker, default_uri
+from .eval.monitor import Monitor
+from .input import data, pipelines
+from .method.mochi import Mixing
+from .method.moco import MoCo, from_config
+from .run import checkpoint, config, dist, rundir
+from .run.errors import UserError
+from .run.tracking import PRETRAIN, default_uri, open_run
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
 # Keys that may differ between a run and its resumption (they change how, not what, is computed).
 OPERATIONAL = {
     "data.path", "data.num_workers", "data.prefetch", "run.out", "run.device", "run.compile", "run.ckpt_every_minutes",
@@ -47,21 +47,40 @@ def lr_at(cfg: config.Config, epoch: int) -> float:
 
 
 def run_name(cfg: config.Config) -> str:
-    """A name a person can read in a queue: arch, data, batch, epochs, K and the MoCHi triple."""
+    """A name a person can read in a queue: method, arch, batch, epochs, K, data and seed."""
     if cfg.run.run_name:
         return cfg.run.run_name
-    m = cfg.mochi
-    method = f"mochi-N{m.N}-s{m.s}-sp{m.s_prime}" if m.N and (m.s or m.s_prime) else "mocov2"
-    return f"{method}_{cfg.model.arch}_b{cfg.optim.batch_size}-{cfg.optim.epochs}e_K{cfg.moco.K}_{cfg.data.dataset}_seed{cfg.run.seed}"
+    return (f"{cfg.mochi.mixing.slug}_{cfg.model.arch}_b{cfg.optim.batch_size}-{cfg.optim.epochs}e_K{cfg.moco.K}_"
+            f"{cfg.data.dataset}_seed{cfg.run.seed}")
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def stats_due(global_step: int, log_every: int) -> bool:
+    """Whether the step after ``global_step`` computes the statistics (and logs): every ``log_every``
+    steps. Training also logs at each epoch's end; the benchmark follows this cadence alone."""
+    return (global_step + 1) % log_every == 0
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """``run.channels_last`` as the memory format the model and its input use, on any device."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def step(net: torch.nn.Module, opt: torch.optim.Optimizer, im_q: torch.Tensor, im_k: torch.Tensor, mixing: Mixing,
+         generator: torch.Generator, *, labels: torch.Tensor | None = None, oracle: bool = False,
+         with_stats: bool = False, amp: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step of MoCo v2 / MoCHi: forward (the key encoder's momentum update and the
+    enqueue included), InfoNCE over the fp32 logits, backward, SGD.
+
+    im_q, im_k: [B, 3, H, W] on the model's device and in its memory format. ``amp``: bf16 autocast
+    on whatever device the images are. Returns the detached loss and the statistics (empty unless
+    ``with_stats``)."""
+    with torch.autocast(im_q.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits, stats = net(im_q, im_k, mixing, generator, labels=labels, oracle=oracle, with_stats=with_stats)
+    loss = F.cross_entropy(logits.float(), torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), stats
 
 
 def _check_same_run(saved: dict, cfg: config.Config, where: Path) -> None:
@@ -98,57 +117,75 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Progress:
-    """A tqdm bar on a terminal, periodic plain log lines otherwise (batch logs)."""
+    """Throughput over each logging window and the ETA; shown as a tqdm bar on a terminal, as
+    periodic plain log lines otherwise (batch logs)."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, batch_size: int):
+        self.total, self.batch_size = total, batch_size
+        self.t_start = self.window_t = time.monotonic()
+        self.steps_at_start, self.window_steps = initial, 0
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
-    def update(self, step: int, total: int, postfix: dict | None, eta_s: float) -> None:
+    def tick(self) -> None:
+        """One more step in this window."""
+        self.window_steps += 1
+
+    def images_per_s(self) -> float:
+        """Images per second since the last call (the logging window), which it closes."""
+        now = time.monotonic()
+        ips = self.window_steps * self.batch_size / max(now - self.window_t, 1e-9)
+        self.window_t, self.window_steps = now, 0
+        return ips
+
+    def update(self, step: int, postfix: dict) -> None:
+        """Show the position, the postfix values and the ETA from the rate since start."""
+        rate = (step - self.steps_at_start) / max(time.monotonic() - self.t_start, 1e-9)
+        eta_s = (self.total - step) / max(rate, 1e-9)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-        elif postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        else:
             items = " ".join(f"{k}={v}" for k, v in postfix.items())
-            log.info("step %d/%d %s eta=%s", step, total, items, time.strftime("%H:%M:%S", time.gmtime(eta_s)))
+            log.info("step %d/%d %s eta=%s", step, self.total, items, time.strftime("%H:%M:%S", time.gmtime(eta_s)))
 
     def close(self) -> None:
+        """Close the bar, if any."""
         if self.bar is not None:
             self.bar.close()
 
 
-def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
+def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | None = None) -> MoCo:
     """Pretrain (or resume pretraining) as ``cfg`` says; returns the unwrapped model.
 
-    ``tags`` are added to the MLflow run (a launcher's grid id, cell, job id, parent run); they are
-    set again when a resumed run continues, so a requeued job's new job id shows.
+    ``tags`` are added to the MLflow run (a launcher's grid id, cell, job id), which is a child of
+    ``parent`` if given; they are set again when a resumed run continues, so a requeued job's new
+    job id shows.
     """
     info = dist.init(cfg.run.device)
     config.validate(cfg, info.world)
     out = Path(cfg.run.out)
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = out / rundir.CHECKPOINTS
 
     # Everything that can fail on user input fails here, before anything is written.
-    loader, sampler = pipeline.train_loader(cfg, info.rank, info.world, info.device)
+    loader, sampler = pipelines.train_loader(cfg, info.rank, info.world, info.device)
     monitor = Monitor(cfg, info.device) if cfg.eval.every and info.main else None
     state, ckpt_path = checkpoint.load_latest(ckpt_dir)
     if state is not None:
         _check_same_run(state["config"], cfg, out)
-    elif (out / CONFIG_FILE).is_file():
-        _check_same_run(yaml.safe_load((out / CONFIG_FILE).read_text()), cfg, out)
+    elif (out / rundir.CONFIG_FILE).is_file():
+        _check_same_run(yaml.safe_load((out / rundir.CONFIG_FILE).read_text()), cfg, out)
 
     dev = info.device
     cuda = dev.type == "cuda"
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     random.seed(cfg.run.seed)
-    model = from_config(cfg).to(dev)
-    if cuda and cfg.run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    fmt = memory_format(cfg.run.channels_last)
+    model = from_config(cfg).to(dev, memory_format=fmt)
     opt = torch.optim.SGD(
         model.encoder_q.parameters(), lr=lr_at(cfg, 0), momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay,
@@ -188,12 +225,11 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
     tracker = None
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write(out / CONFIG_FILE, config.dump(cfg).encode())
-        tags = {"stage": "pretrain", "git_commit": git_commit(), "method": "mochi" if cfg.mochi.N else "mocov2",
-                **(tags or {})}
-        tracker = Tracker(
-            out, cfg.run.tracking_uri or default_uri(out), cfg.run.experiment, run_name(cfg),
-            {**cfg.flat(), "world_size": info.world, "device": str(dev)}, tags, run_id,
+        checkpoint.atomic_write(out / rundir.CONFIG_FILE, config.dump(cfg).encode())
+        tracker = open_run(
+            out, uri=cfg.run.tracking_uri or default_uri(out), experiment=cfg.run.experiment, name=run_name(cfg),
+            stage=PRETRAIN, params={**cfg.flat(), "world_size": info.world, "device": str(dev)},
+            tags={"method": cfg.mochi.mixing.method, **(tags or {})}, parent=parent, run_id=run_id,
             resume_step=global_step,
         )
         run_id = tracker.run_id
@@ -211,14 +247,10 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
             keep=cfg.run.keep_checkpoints,
         )
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.run.amp else contextlib.nullcontext()
-    )
+    mixing = cfg.mochi.mixing
     gen = torch.Generator(device=dev)
-    progress = Progress(total_steps, global_step, info.main)
+    progress = Progress(total_steps, global_step, info.main, cfg.optim.batch_size)
     last_ckpt_time = time.monotonic()
-    window_t, window_steps = time.monotonic(), 0
-    t_start, steps_at_start = time.monotonic(), global_step
     interrupted = False
     last_stats: dict[str, float] = {}
 
@@ -229,8 +261,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
             lr = lr_at(cfg, epoch)
             for g in opt.param_groups:
                 g["lr"] = lr
-            mix = epoch >= cfg.mochi.mix_start
-            N, s, s_prime = (cfg.mochi.N, cfg.mochi.s, cfg.mochi.s_prime) if mix else (0, 0, 0)
+            mix = mixing if epoch >= cfg.mochi.mix_start else Mixing()
             step_in_epoch = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch, step_in_epoch)
             model.train()
@@ -238,43 +269,25 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
                 # Stateless randomness: each step's shuffle and mixing depend on (seed, rank, step)
                 # only, so a resumed run draws exactly what the uninterrupted one drew.
                 gen.manual_seed(data.sample_seed(cfg.run.seed, info.rank, global_step))
-                im_q = im_q.to(dev, non_blocking=True)
-                im_k = im_k.to(dev, non_blocking=True)
-                if cuda and cfg.run.channels_last:
-                    im_q = im_q.contiguous(memory_format=torch.channels_last)
-                    im_k = im_k.contiguous(memory_format=torch.channels_last)
-                log_now = (global_step + 1) % cfg.run.log_every == 0 or step_in_epoch + 1 == steps_per_epoch \
+                im_q = im_q.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+                im_k = im_k.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+                log_now = stats_due(global_step, cfg.run.log_every) or step_in_epoch + 1 == steps_per_epoch \
                     or global_step + 1 >= total_steps
-                with autocast:
-                    logits, stats = net(im_q, im_k, N, s, s_prime, gen, labels=labels.to(dev, non_blocking=True),
-                                        oracle=cfg.moco.oracle, with_stats=log_now)
-                loss = F.cross_entropy(logits.float(), torch.zeros(logits.shape[0], dtype=torch.long, device=dev))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss, stats = step(net, opt, im_q, im_k, mix, gen, labels=labels.to(dev, non_blocking=True),
+                                   oracle=cfg.moco.oracle, with_stats=log_now, amp=cfg.run.amp)
                 global_step += 1
                 step_in_epoch += 1
-                window_steps += 1
+                progress.tick()
                 skipped_total += skipped
 
                 if log_now:
-                    stats["loss"] = loss.detach()
-                    last_stats = dist.mean_over_ranks(stats)
-                    if cuda:
-                        torch.cuda.synchronize()
-                    now = time.monotonic()
-                    ips = window_steps * cfg.optim.batch_size / max(now - window_t, 1e-9)
-                    window_t, window_steps = now, 0
-                    metrics = {**last_stats, "lr": lr, "images_per_s": ips, "skipped_images": skipped_total}
-                    rate = (global_step - steps_at_start) / max(now - t_start, 1e-9)
+                    last_stats = dist.mean_over_ranks({**stats, "loss": loss})  # (waits for the device)
+                    ips = progress.images_per_s()
                     if tracker is not None:
-                        tracker.log(metrics, global_step, epoch=epoch)
-                    progress.update(
-                        global_step, total_steps,
-                        {"epoch": epoch, "loss": f"{last_stats['loss']:.3f}", "acc": f"{last_stats['acc_moco']:.3f}",
-                         "img/s": f"{ips:.0f}"},
-                        (total_steps - global_step) / max(rate, 1e-9),
-                    )
+                        tracker.log({**last_stats, "lr": lr, "images_per_s": ips, "skipped_images": skipped_total},
+                                    global_step, epoch=epoch)
+                    progress.update(global_step, {"epoch": epoch, "loss": f"{last_stats['loss']:.3f}",
+                                                  "acc": f"{last_stats['acc_moco']:.3f}", "img/s": f"{ips:.0f}"})
                 if global_step >= total_steps:
                     break
                 if step_in_epoch < steps_per_epoch and (
@@ -306,7 +319,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None) -> MoCo:
             done = global_step >= total_steps
             if done:
                 checkpoint.atomic_write(
-                    out / SUMMARY_FILE,
+                    out / rundir.SUMMARY_FILE,
                     json.dumps({"global_step": global_step, "run_id": run_id, **last_stats}).encode(),
                 )
             tracker.finish("FINISHED" if done else ("KILLED" if interrupted else "FAILED"))

@@ -1,15 +1,11 @@
-"""submitit executors from cluster profiles, and the job callables that wrap pretraining and evaluation.
+"""Cluster profiles, the submitit executors they make, and what SLURM says of submitted jobs.
 
-Training knows nothing of SLURM: a job here loads a config, calls ``pretrain.train.train`` and
-returns. Every job is checkpointable: on preemption or a time limit submitit calls
-``checkpoint`` (on global rank 0 only) and requeues the job, and every start resumes from the
-newest checkpoint in the run folder, so the other ranks need do nothing but die and restart.
+The jobs themselves (typed payloads around the stage functions) are in ``slurm.jobs``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import subprocess
@@ -19,7 +15,7 @@ from pathlib import Path
 import submitit
 import yaml
 
-from pretrain.errors import UserError
+from pretrain.run.errors import UserError
 
 log = logging.getLogger(__name__)
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -116,9 +112,11 @@ def make_executor(cluster: str, folder: Path, profile: Profile, *, name: str, st
     gpus = profile.gpus_per_node if stage == "pretrain" else profile.eval_gpus
     nodes = profile.nodes if stage == "pretrain" else 1
     params: dict = dict(
-        name=name, timeout_min=profile.timeout_min, nodes=nodes, gpus_per_node=gpus,
-        tasks_per_node=max(gpus, 1), cpus_per_task=profile.cpus_per_task, mem_gb=profile.mem_gb,
+        name=name, timeout_min=profile.timeout_min, nodes=nodes, tasks_per_node=max(gpus, 1),
+        cpus_per_task=profile.cpus_per_task, mem_gb=profile.mem_gb,
     )
+    if gpus:  # a CPU job asks for no GPU resource at all (clusters without GRES refuse --gpus-per-node=0)
+        params["gpus_per_node"] = gpus
     if cluster == "slurm":
         extra = dict(profile.extra_sbatch)
         if dependency:
@@ -136,68 +134,6 @@ def make_executor(cluster: str, folder: Path, profile: Profile, *, name: str, st
                       gpus_per_node=min(gpus, 1), local_setup=list(profile.setup))
     ex.update_parameters(**params)
     return ex
-
-
-def _job_id() -> str:
-    try:
-        return str(submitit.JobEnvironment().job_id)
-    except RuntimeError:  # not inside a submitit job (called directly)
-        return ""
-
-
-class PretrainJob(submitit.helpers.Checkpointable):
-    """Pretrain one run folder: ``config.load(preset, overrides=...)`` then ``train``; resumable."""
-
-    def __init__(self, preset: str | None, overrides: list[str], tags: dict[str, str]):
-        self.preset, self.overrides, self.tags = preset, list(overrides), dict(tags)
-
-    def __call__(self) -> dict:
-        from pretrain import config
-        from pretrain.cli import setup_logging
-        from pretrain.train import SUMMARY_FILE, train
-
-        setup_logging()
-        cfg = config.load(self.preset, None, self.overrides)
-        train(cfg, tags={**self.tags, "slurm_job_id": _job_id()})
-        summary = Path(cfg.run.out) / SUMMARY_FILE
-        return json.loads(summary.read_text()) if summary.is_file() else {}
-
-
-class LinclsJob(submitit.helpers.Checkpointable):
-    """The linear probe of a finished run folder (``pretrain.lincls``); resumes from its own checkpoints."""
-
-    def __init__(self, run_dir: str, args: list[str], parent_run: str | None, tags: dict[str, str]):
-        self.run_dir, self.args, self.parent_run, self.tags = run_dir, list(args), parent_run, dict(tags)
-
-    def argv(self) -> list[str]:
-        tags = {**self.tags, "slurm_job_id": _job_id()}
-        argv = [self.run_dir, *self.args, *[f"--tag={k}={v}" for k, v in tags.items()]]
-        return argv + ([f"--parent-run={self.parent_run}"] if self.parent_run else [])
-
-    def __call__(self) -> dict:
-        from pretrain import lincls
-
-        code = lincls.main(self.argv())
-        if code:
-            raise RuntimeError(f"pretrain.lincls exited with {code}")
-        out = next(
-            (Path(a.split("=", 1)[1]) for a in self.args if a.startswith("--out=")), None
-        ) or Path(self.run_dir) / ("lincls-fast" if "--fast" in self.args else "lincls-full")
-        return json.loads((out / "lincls.json").read_text())
-
-
-class CellJob(submitit.helpers.Checkpointable):
-    """Pretraining then its evaluations in one job, where no scheduler chains them (local, debug)."""
-
-    def __init__(self, pretrain: PretrainJob | None, evals: list):
-        self.pretrain, self.evals = pretrain, list(evals)
-
-    def __call__(self) -> dict:
-        out = {"pretrain": self.pretrain() if self.pretrain is not None else {}}
-        if int(os.environ.get("RANK", "0")) == 0:
-            for job in self.evals:
-                out["lincls" if isinstance(job, LinclsJob) else "transfer"] = job()
-        return out
 
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -239,19 +175,3 @@ def local_state(pid: str) -> str:
     except OSError:
         pass
     return "RUNNING"
-
-
-class TransferJob(submitit.helpers.Checkpointable):
-    """Detection fine-tuning trials of one source and task (``transfer.finetune``); resumable."""
-
-    def __init__(self, argv: list[str]):
-        self.argv = list(argv)
-
-    def __call__(self) -> dict:
-        from transfer import finetune
-
-        code = finetune.main([*self.argv, f"--tag=slurm_job_id={_job_id()}"])
-        if code:
-            raise RuntimeError(f"transfer.finetune exited with {code}")
-        out = Path(next(a.split("=", 1)[1] for a in self.argv if a.startswith("--out=")))
-        return json.loads((out / "summary.json").read_text())

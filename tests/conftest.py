@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain import config
+from pretrain.run import config
 
 # Real Fashion-MNIST, real ResNet-18 steps, sized for 2 CPU cores: 8 steps per epoch.
 TINY = [

@@ -15,11 +15,11 @@ import pickle
 import re
 from pathlib import Path
 
-from pretrain.checkpoint import atomic_write
-from pretrain.cli import ArgumentParser, run
-from pretrain.config import Config
-from pretrain.errors import UserError
-from pretrain.lincls import load_backbone, read_source
+from pretrain.run.checkpoint import atomic_write
+from pretrain.run.cli import ArgumentParser, execute
+from pretrain.eval.backbone import load_backbone, read_source
+from pretrain.run.config import Config
+from pretrain.run.errors import UserError
 
 
 def d2_name(key: str) -> str:
@@ -65,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    execute(main)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.errors import UserError
+from pretrain.run.errors import UserError
 
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -141,7 +141,8 @@ def make_synthetic(out: str | Path, n_train: int = 200, n_test: int = 50, size: 
     """
     from pycocotools import mask as mask_util
 
-    from pretrain import config, data
+    from pretrain.input import data
+    from pretrain.run import config
 
     rng = np.random.default_rng(seed)
     out = Path(out)

@@ -21,17 +21,16 @@ import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pretrain import checkpoint, dist
-from pretrain.cli import ArgumentParser, run, setup_logging
-from pretrain.errors import UserError
-from pretrain.lincls import run_home
-from pretrain.tracking import Tracker, default_uri
+from pretrain.run import checkpoint, dist, rundir
+from pretrain.run.cli import ArgumentParser, parse_tags, execute, setup_logging
+from pretrain.run.errors import UserError
+from pretrain.run.tracking import Tracker, default_uri, open_run, transfer_stage
 
 from . import data, metrics
 from .convert import resnet50_state
@@ -80,7 +79,47 @@ TASKS = {
 }
 
 
+@dataclass
+class FinetuneSettings:
+    """One transfer stage (N trials of one task on one source), as ``python -m transfer.finetune``
+    and a grid's transfer job describe it."""
+
+    source: str | None  # run folder, checkpoint or MoCo-format checkpoint (its arch only, with random_init)
+    task: str
+    data: str  # VOCdevkit folder (VOC tasks) or COCO root with annotations/ (COCO tasks)
+    trials: int = 5  # seeds 0..trials-1, as MoCo reports
+    iters: int | None = None  # default: the recipe's; steps and warm-up scale with it
+    batch: int | None = None  # default: the recipe's; lr scales with it
+    ckpt_every: int = 1000
+    random_init: bool = False
+    out: str | None = None  # default: SOURCE_RUN/transfer-TASK[-random-init]
+    parent_run: str | None = None  # default: the source run's pretraining run
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        """Where this stage writes."""
+        return Path(self.out) if self.out else rundir.transfer_dir(rundir.run_home(self.source), self.task,
+                                                                    self.random_init)
+
+    def recipe(self) -> Task:
+        """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""
+        if self.task not in TASKS:
+            raise UserError(f"unknown transfer task {self.task!r}; tasks: {', '.join(sorted(TASKS))}")
+        if self.trials < 1 or (self.iters is not None and self.iters < 1) or (self.batch is not None and self.batch < 1):
+            raise UserError("--trials, --iters and --batch must be >= 1")
+        task = TASKS[self.task]
+        if self.iters:
+            f = self.iters / task.iters
+            task = dataclasses.replace(task, iters=self.iters, steps=tuple(max(1, int(s * f)) for s in task.steps),
+                                       warmup=max(1, int(task.warmup * f)))
+        if self.batch:
+            task = dataclasses.replace(task, batch=self.batch, lr=task.lr * self.batch / task.batch)
+        return task
+
+
 def datasets(task: Task, root: Path):
+    """(train, test, class names) of a task's data under ``root``."""
     if task.data == "voc":
         names = data.voc_class_names(root, task.test.split(":")[0])
         parts = [data.VOCDetection(root, [y], s, names) for y, s in (t.split(":") for t in task.train)]
@@ -93,6 +132,7 @@ def datasets(task: Task, root: Path):
 
 
 def flip(img: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    """Horizontal flip of an image and its boxes (and masks)."""
     w = img.shape[-1]
     t = dict(target)
     b = target["boxes"].clone()
@@ -114,6 +154,7 @@ def lr_at(task: Task, lr: float, it: int) -> float:
 
 @torch.no_grad()
 def evaluate(model, task: Task, test, names: list[str], device) -> dict[str, float]:
+    """VOC AP50/AP/AP75 or COCO box (and mask) AP of ``model`` on the test set, in percent."""
     model.eval()
     if task.data == "voc":
         preds, gts = {}, {}
@@ -153,7 +194,7 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
     Under DDP each rank draws ``task.batch / world`` images per iteration (seeded by seed, iteration
     and rank), BatchNorm becomes SyncBatchNorm (on GPUs), and rank 0 checkpoints and evaluates.
     """
-    result_file = out / "result.json"
+    result_file = out / rundir.RESULT_FILE
     if result_file.is_file():
         return json.loads(result_file.read_text())
     device = info.device
@@ -168,7 +209,7 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
                                                         else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=task.lr, momentum=0.9, weight_decay=1e-4)
-    saved, _ = checkpoint.load_latest(out / "checkpoints")
+    saved, _ = checkpoint.load_latest(out / rundir.CHECKPOINTS)
     start = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -198,7 +239,7 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
             tracker.log({"loss": float(loss), **{k: float(v) for k, v in losses.items()},
                          "lr": opt.param_groups[0]["lr"]}, it + 1)
         if info.main and ((it + 1) % ckpt_every == 0 or it + 1 == task.iters):
-            checkpoint.save(out / "checkpoints", it + 1,
+            checkpoint.save(out / rundir.CHECKPOINTS, it + 1,
                             {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1}, keep=1)
     if info.world > 1:
         # DDP keeps replicas identical; a divergence here would mean the ranks trained different models.
@@ -216,7 +257,58 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
     return json.loads(result_file.read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(s: FinetuneSettings) -> dict:
+    """Run (or resume) every trial of ``s``; returns the summary also written to ``OUT/summary.json``
+    (on the main rank; other ranks return an empty dict). UserError before anything runs for a bad
+    task, source or data folder."""
+    task = s.recipe()
+    state, cfg, parent = resnet50_state(s.source, load=not s.random_init)
+    root = Path(s.data)
+    if not root.is_dir():
+        raise UserError(f"--data {root} does not exist")
+    train, test, names = datasets(task, root)
+
+    src = Path(s.source)
+    home = rundir.run_home(src)
+    out = s.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    info = dist.init("auto")
+    if task.batch % info.world:
+        raise UserError(f"batch {task.batch} does not split over {info.world} ranks")
+    uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
+    results = []
+    for t in range(s.trials):
+        trial_dir = rundir.trial_dir(out, t)
+        run_tags = {"task": s.task, "trial": str(t), "random_init": str(s.random_init), "source": str(src.resolve()),
+                    **s.tags}
+        if parent:
+            run_tags["pretrain_run_id"] = parent
+        params = {f"transfer.{k}": v for k, v in dataclasses.asdict(task).items()}
+        saved, _ = checkpoint.load_latest(trial_dir / rundir.CHECKPOINTS)
+        tracker = open_run(trial_dir, uri=uri, experiment=cfg.run.experiment if cfg else "mochi-bench",
+                           name=f"transfer-{s.task}_trial{t}{'_random-init' if s.random_init else ''}",
+                           stage=transfer_stage(task.data), params=params, tags=run_tags,
+                           parent=s.parent_run or parent, resume_step=saved["iteration"] if saved else None) \
+            if info.main else None
+        try:
+            res = run_trial(task, state, train, test, names, trial_dir, t, tracker, info, s.ckpt_every)
+        finally:
+            if tracker is not None:
+                tracker.finish()
+        results.append(res)
+        if info.main:
+            log.info("trial %d: %s", t, ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
+    if not info.main:
+        return {}
+    summary = {"task": s.task, "trials": results, "summary": metrics.summarize_trials(results),
+               "random_init": s.random_init, "source": str(src), "settings": dataclasses.asdict(task),
+               "out": str(out)}
+    checkpoint.atomic_write(out / rundir.SUMMARY_FILE, json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def parser() -> ArgumentParser:
+    """The command line of ``python -m transfer.finetune``."""
     p = ArgumentParser(prog="python -m transfer.finetune", description=__doc__.split("\n\n")[0])
     p.add_argument("source", nargs="?", help="run folder, this project's checkpoint, or a MoCo-format checkpoint")
     p.add_argument("--task", choices=sorted(TASKS), help="recipe")
@@ -230,76 +322,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
     p.add_argument("--make-demo-data", metavar="DIR", help="build the local detection set into DIR and exit")
-    args = p.parse_args(argv)
-    setup_logging()
-    if args.make_demo_data:
-        names = data.make_synthetic(args.make_demo_data)["class_names"]
-        print(f"wrote {args.make_demo_data}: VOCdevkit/VOC2007 and coco/ ({len(names)} classes); "
-              f"--task demo-voc --data {args.make_demo_data}/VOCdevkit or --task demo-coco --data {args.make_demo_data}/coco")
-        return 0
-    if not args.source or not args.task or not args.data:
+    return p
+
+
+def settings(argv: list[str]) -> FinetuneSettings:
+    """The transfer stage an argument list describes (UserError for a malformed one)."""
+    a = parser().parse_args(argv)
+    if not a.source or not a.task or not a.data:
         raise UserError("give SOURCE, --task and --data (or --make-demo-data DIR)")
-    if args.trials < 1 or (args.iters is not None and args.iters < 1) or (args.batch is not None and args.batch < 1):
-        raise UserError("--trials, --iters and --batch must be >= 1")
-    tags = dict(t.split("=", 1) for t in args.tag if "=" in t)
-    if len(tags) != len(args.tag):
-        raise UserError("--tag takes KEY=VALUE")
-    task = TASKS[args.task]
-    if args.iters:
-        f = args.iters / task.iters
-        task = dataclasses.replace(task, iters=args.iters, steps=tuple(max(1, int(s * f)) for s in task.steps),
-                                   warmup=max(1, int(task.warmup * f)))
-    if args.batch:
-        task = dataclasses.replace(task, batch=args.batch, lr=task.lr * args.batch / task.batch)
+    s = FinetuneSettings(source=a.source, task=a.task, data=a.data, trials=a.trials, iters=a.iters, batch=a.batch,
+                         ckpt_every=a.ckpt_every, random_init=a.random_init, out=a.out, parent_run=a.parent_run,
+                         tags=parse_tags(a.tag))
+    s.recipe()  # bad numbers fail here, before anything is read
+    return s
 
-    state, cfg, parent = resnet50_state(args.source, load=not args.random_init)
-    root = Path(args.data)
-    if not root.is_dir():
-        raise UserError(f"--data {root} does not exist")
-    train, test, names = datasets(task, root)
 
-    src = Path(args.source)
-    home = run_home(src)
-    out = Path(args.out) if args.out else home / f"transfer-{args.task}{'-random-init' if args.random_init else ''}"
-    out.mkdir(parents=True, exist_ok=True)
-    info = dist.init("auto")
-    if task.batch % info.world:
-        raise UserError(f"batch {task.batch} does not split over {info.world} ranks")
-    uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
-    stage = f"transfer-{task.data}"
-    results = []
-    for t in range(args.trials):
-        trial_dir = out / f"trial{t}"
-        trial_dir.mkdir(exist_ok=True)
-        run_tags = {"stage": stage, "task": args.task, "trial": str(t), "random_init": str(args.random_init),
-                    "source": str(src.resolve()), **tags}
-        if parent:
-            run_tags["pretrain_run_id"] = parent
-        if args.parent_run or parent:
-            run_tags["mlflow.parentRunId"] = args.parent_run or parent
-        params = {f"transfer.{k}": v for k, v in dataclasses.asdict(task).items()}
-        saved, _ = checkpoint.load_latest(trial_dir / "checkpoints")
-        tracker = Tracker(trial_dir, uri, cfg.run.experiment if cfg else "mochi-bench",
-                          f"transfer-{args.task}_trial{t}{'_random-init' if args.random_init else ''}", params, run_tags,
-                          resume_step=saved["iteration"] if saved else None) if info.main else None
-        try:
-            res = run_trial(task, state, train, test, names, trial_dir, t, tracker, info, args.ckpt_every)
-        finally:
-            if tracker is not None:
-                tracker.finish()
-        results.append(res)
-        if info.main:
-            print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
-    if not info.main:
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run every trial, print the summary (or build the local detection set)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    a = parser().parse_args(argv)
+    setup_logging()
+    if a.make_demo_data:
+        names = data.make_synthetic(a.make_demo_data)["class_names"]
+        print(f"wrote {a.make_demo_data}: VOCdevkit/VOC2007 and coco/ ({len(names)} classes); "
+              f"--task demo-voc --data {a.make_demo_data}/VOCdevkit or --task demo-coco --data {a.make_demo_data}/coco")
         return 0
-    summary = metrics.summarize_trials(results)
-    checkpoint.atomic_write(out / "summary.json", json.dumps(
-        {"task": args.task, "trials": results, "summary": summary, "random_init": args.random_init,
-         "source": str(src), "settings": dataclasses.asdict(task)}, indent=1).encode())
-    print(f"{args.task} over {len(results)} trials: {metrics.format_summary(summary)}")
-    print(f"wrote {out / 'summary.json'}")
+    s = settings(argv)
+    summary = run(s)
+    if not summary:
+        return 0
+    for t, res in enumerate(summary["trials"]):
+        print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
+    print(f"{s.task} over {len(summary['trials'])} trials: {metrics.format_summary(summary['summary'])}")
+    print(f"wrote {Path(summary['out']) / rundir.SUMMARY_FILE}")
     return 0
 
 
 if __name__ == "__main__":
-    run(main)
+    execute(main)

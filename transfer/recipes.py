@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from pretrain.errors import UserError
+from pretrain.run.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 RECIPES = {

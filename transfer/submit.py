@@ -1,99 +1,11 @@
-"""``python transfer/submit.py SOURCE [SOURCE ...] --task TASK=DATA [...]``: transfer jobs via submitit.
+"""``python transfer/submit.py ...``: the old path of ``python slurm/submit_transfer.py ...``, which
+submits transfer jobs. Submission belongs to slurm/ (transfer/ imports nothing above it), so this
+script only hands its arguments over, in a new process."""
 
-    python transfer/submit.py runs/in1k-mochi runs/in1k-mocov2 --task voc-c4=/datasets/VOCdevkit \\
-        --task coco-c4-1x=/datasets/coco --profile gpu-1
-    python transfer/submit.py runs/grids/demo/cells/*/seed0 --task demo-voc=/tmp/det/VOCdevkit --iters 300 --wait
-
-One job per source x task, submitted as an array through the same profiles and clusters as the
-grid (``--cluster auto|slurm|local|debug``); each job runs ``python -m transfer.finetune`` for all
-its trials, resumes from its checkpoints when requeued, and logs every trial as an MLflow child
-of the source's pretraining run. Results land in SOURCE/transfer-TASK/summary.json and in the
-grid tables (VOC and COCO columns). Everything is checked before anything is submitted.
-"""
-
-from __future__ import annotations
-
-import time
+import os
+import sys
 from pathlib import Path
 
-from pretrain.cli import ArgumentParser, run, setup_logging
-from pretrain.errors import UserError
-from pretrain.lincls import run_home
-from slurm import launcher
-from transfer.convert import resnet50_state
-from transfer.finetune import TASKS
-
-
-def jobs_from_args(args) -> list[tuple[str, str, Path, list[str]]]:
-    """(source, task, out, finetune argv) for each source x task; raises UserError on bad input."""
-    pairs = []
-    for item in args.task:
-        task, eq, root = item.partition("=")
-        if not eq or not root:
-            raise UserError(f"--task {item!r}: give TASK=DATA_ROOT, e.g. voc-c4=/datasets/VOCdevkit")
-        if task not in TASKS:
-            raise UserError(f"unknown transfer task {task!r}; tasks: {', '.join(sorted(TASKS))}")
-        if not Path(root).is_dir():
-            raise UserError(f"--task {task}: data folder {root} does not exist")
-        pairs.append((task, Path(root).resolve()))
-    out = []
-    for source in args.sources:
-        resnet50_state(source, load=not args.random_init)  # refuse before anything is submitted
-        src = Path(source).resolve()
-        home = run_home(src)
-        for task, root in pairs:
-            dest = home / f"transfer-{task}{'-random-init' if args.random_init else ''}"
-            argv = [str(src), f"--task={task}", f"--data={root}", f"--trials={args.trials}", f"--out={dest}"]
-            argv += [f"--iters={args.iters}"] if args.iters else []
-            argv += [f"--batch={args.batch}"] if args.batch else []
-            argv += ["--random-init"] if args.random_init else []
-            out.append((str(src), task, dest, argv))
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python transfer/submit.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("sources", nargs="+", help="run folders, checkpoints or MoCo-format checkpoints")
-    p.add_argument("--task", action="append", required=True, metavar="TASK=DATA",
-                   help=f"recipe and its data root (repeatable); tasks: {', '.join(sorted(TASKS))}")
-    p.add_argument("--trials", type=int, default=5)
-    p.add_argument("--iters", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--random-init", action="store_true", help="the random-init baseline for each source's task")
-    p.add_argument("--cluster", default="auto", help="slurm, local, debug or auto")
-    p.add_argument("--profile", default="gpu-1", help="cluster profile (its eval_gpus per job)")
-    p.add_argument("--logs", default="runs/transfer-logs", help="submitit's job folder")
-    p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
-    args = p.parse_args(argv)
-    if args.trials < 1:
-        raise UserError("--trials must be >= 1")
-    profile = launcher.load_profile(args.profile)
-    todo = jobs_from_args(args)
-    cluster = launcher.resolve_cluster(args.cluster)
-    setup_logging()
-    todo = [t for t in todo if not (t[2] / "summary.json").is_file()]
-    if not todo:
-        print("every source x task already has its summary.json; nothing to submit")
-        return 0
-    ex = launcher.make_executor(cluster, Path(args.logs), profile, name="transfer", stage="eval")
-    with ex.batch():
-        jobs = [ex.submit(launcher.TransferJob(argv)) for *_, argv in todo]
-    for (src, task, dest, _), job in zip(todo, jobs):
-        print(f"{task} of {src}: {cluster} job {job.job_id} -> {dest}/summary.json")
-    if not args.wait:
-        return 0
-    failed = 0
-    for (src, task, _, _), job in zip(todo, jobs):
-        while not job.done():
-            time.sleep(5)
-        try:
-            summary = job.result()["summary"]
-            print(f"{task} of {src}: " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in summary.items()))
-        except Exception as e:  # noqa: BLE001 - report every job, then fail
-            failed += 1
-            print(f"{task} of {src}: FAILED ({str(e).strip().splitlines()[-1][:200]})")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    run(main)
+    script = Path(__file__).resolve().parent.parent / "slurm" / "submit_transfer.py"
+    os.execv(sys.executable, [sys.executable, str(script), *sys.argv[1:]])

@@ -14,9 +14,9 @@ import json
 import os
 from pathlib import Path
 
-from pretrain.checkpoint import atomic_write
-from pretrain.cli import ArgumentParser, run
-from pretrain.errors import UserError
+from pretrain.run.checkpoint import atomic_write
+from pretrain.run.cli import ArgumentParser, execute
+from pretrain.run.errors import UserError
 from transfer.metrics import format_summary, summarize_trials
 from transfer.recipes import CONFIG_DIR, RECIPES, resolve, scale_for_gpus
 
@@ -130,4 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    execute(main)

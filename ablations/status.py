@@ -1,0 +1,146 @@
+"""What a grid costs before it runs (``--dry-run``), where each of its cells stands (``--status``),
+and stopping it (``--cancel``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablations.griddir import GridDir, finish, unit_key
+from ablations.submit import slurm_job_states
+from pretrain.run import config, rundir
+from pretrain.run.tracking import read_metrics
+from slurm import launcher
+
+# Images per epoch for --dry-run estimates when the data is not on this machine.
+DATASET_SIZE = {"fashion-mnist": 60000, "imagenet100": 126689, "imagenet1k": 1281167}
+QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
+
+
+def images_per_epoch(cfg: config.Config) -> int:
+    """Training images per epoch of a config's data (its subset, else the full set's known size)."""
+    if cfg.data.dataset == "fashion-mnist":
+        n = DATASET_SIZE["fashion-mnist"]
+    else:
+        n = DATASET_SIZE["imagenet100" if cfg.data.class_list else "imagenet1k"]
+    return min(n, cfg.data.subset) if cfg.data.subset else n
+
+
+def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
+    """Print the cells, the dropped cells with their reasons, and the estimated GPU-hours."""
+    grid = gd.grid
+    rows, total = [], 0.0
+    for cell in grid.cells:
+        cfg = grid.cfg(cell, 0, gd.run_dir(cell, 0))
+        images = cfg.optim.epochs * images_per_epoch(cfg)
+        rate = profile.img_per_s * launcher.ARCH_SPEED.get(cfg.model.arch, 1.0) * (224 / cfg.data.image_size) ** 2
+        devices = max(profile.gpus_per_job, 1)
+        hours = images / (rate * devices) / 3600
+        total += hours * devices * grid.seeds
+        m = cfg.mochi.mixing
+        rows.append((cell.id, m.N, m.s, m.s_prime, cfg.moco.K, cfg.optim.epochs, images_per_epoch(cfg), hours))
+    unit = "GPU-hours" if profile.gpus_per_job else "CPU-job-hours"
+    print(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
+          f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs per job), folder {gd.out}")
+    head = ("cell", "N", "s", "s'", "K", "epochs", "images/epoch", "h/job")
+    widths = [max(len(str(r[i])) if i < 7 else 6 for r in [head, *rows]) for i in range(8)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print("  ".join([*(str(v).rjust(w) for v, w in zip(r[:7], widths)), f"{r[7]:6.2f}".rjust(widths[7])]))
+    for cell_id, reason in grid.dropped:
+        print(f"dropped {cell_id}: {reason}")
+    print(f"estimated pretraining cost: {total:.2f} {unit} at {profile.img_per_s:g} img/s per "
+          f"{'GPU' if profile.gpus_per_job else 'job'} (ResNet-50, 224 px; profile img_per_s), linear probes not "
+          f"included; nothing submitted")
+
+
+def tail(path: str, n: int = 3) -> str:
+    """The last ``n`` non-empty lines of a log, on one line."""
+    try:
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(ln.strip()[:160] for ln in lines[-n:])
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """Where one cell x seed stands: ``kind`` is done, queued, running, failed or not submitted."""
+
+    kind: str
+    detail: str = ""
+    log: str = ""  # a failed job's last log lines
+
+    def __str__(self) -> str:
+        text = f"{self.kind} ({self.detail})" if self.detail else self.kind
+        return f"{text}: {self.log}" if self.log else text
+
+
+def unit_state(gd: GridDir, cell, seed: int, run_dir: Path, recs: dict, states: dict) -> UnitState:
+    """The state of one cell x seed from its folder and its jobs' scheduler states."""
+    pre_done, evals_done = gd.stage_done(run_dir, seed)
+    if pre_done and evals_done:
+        probe = gd.grid.probe(run_dir, seed)
+        if probe is not None:
+            top1 = json.loads((probe.out_dir / rundir.LINCLS_FILE).read_text())["top1_best"]
+            return UnitState("done", f"linear top-1 {top1:.2f}")
+        return UnitState("done")
+    for stage in ("pretrain", "cell", "lincls", "transfer"):
+        rec = recs.get(stage)
+        if rec is None or (stage == "pretrain" and pre_done):
+            continue
+        st = states.get(rec["job_id"]) if rec["cluster"] == "slurm" else launcher.local_state(rec["job_id"])
+        if st in QUEUED:
+            return UnitState("queued", f"{stage}, job {rec['job_id']}")
+        if st in launcher.ACTIVE:
+            if pre_done:
+                where = "linear probe"
+            else:
+                metrics = read_metrics(run_dir)
+                epochs = gd.grid.cfg(cell, seed, run_dir).optim.epochs
+                where = f"epoch {metrics[-1].get('epoch', 0) + 1}/{epochs}" if metrics else "starting"
+            return UnitState("running", f"{where}, job {rec['job_id']}")
+        if stage in ("lincls", "transfer") and not pre_done and st in ("CANCELLED", "UNKNOWN"):
+            continue
+        return UnitState("failed", f"{stage}, job {rec['job_id']} {st}", tail(rec["stderr"]))
+    return UnitState("not submitted")
+
+
+def status(gd: GridDir, uri: str) -> int:
+    """Print each cell x seed's state; write the tables once every one is done."""
+    jobs = gd.jobs()
+    states = slurm_job_states(jobs)
+    print(f"grid {gd.grid.name} ({gd.grid.grid_id}) in {gd.out}")
+    n_done = 0
+    for cell, seed, run_dir in gd.units():
+        st = unit_state(gd, cell, seed, run_dir, jobs.get(unit_key(cell, seed), {}), states)
+        n_done += st.kind == "done"
+        print(f"  {unit_key(cell, seed):<40} {st}")
+    total = len(gd.grid.cells) * gd.grid.seeds
+    print(f"{n_done}/{total} done")
+    if n_done == total:
+        return finish(gd, uri)
+    return 0  # partial tables would mislead; they are written once every cell is done
+
+
+def cancel(gd: GridDir) -> int:
+    """Stop the grid's queued and running jobs (scancel; local jobs get SIGTERM)."""
+    jobs = gd.jobs()
+    states = slurm_job_states(jobs)
+    slurm_ids, n_local = [], 0
+    for recs in jobs.values():
+        for rec in recs.values():
+            if rec["cluster"] == "slurm" and states.get(rec["job_id"]) in launcher.ACTIVE:
+                slurm_ids.append(rec["job_id"])
+            elif rec["cluster"] == "local" and launcher.local_state(rec["job_id"]) == "RUNNING":
+                os.kill(int(rec["job_id"]), signal.SIGTERM)
+                n_local += 1
+    if slurm_ids:
+        subprocess.run(["scancel", *slurm_ids], check=False)
+    print(f"cancelled {len(slurm_ids)} SLURM jobs and {n_local} local jobs of grid {gd.grid.name}; "
+          f"run the same command without --cancel to resume")
+    return 0

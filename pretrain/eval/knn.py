@@ -1,0 +1,105 @@
+"""Weighted kNN classification on frozen features (InstDisc / DINO's monitor: k=200, T=0.07).
+
+``run`` evaluates a run folder's newest checkpoint and, for comparison, the same backbone
+randomly initialised; the result goes to ``knn.json`` and to the run's MLflow run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..input import data
+from ..method.moco import from_config
+from ..run import checkpoint, rundir
+from ..run.tracking import default_uri
+from .backbone import features, load_run, query_backbone, val_transform
+
+log = logging.getLogger(__name__)
+
+
+def knn_predict(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    T: float = 0.07,
+    chunk: int = 512,
+) -> torch.Tensor:
+    """Class scores [n_test, C]: sum over the k nearest training points of exp(cos / T).
+
+    train_f: [n, D] and test_f: [m, D], both L2-normalised; train_y: [n] int64.
+    """
+    k = min(k, train_f.shape[0])
+    out = []
+    for start in range(0, test_f.shape[0], chunk):
+        sim = test_f[start : start + chunk] @ train_f.T  # [c, n]
+        top_sim, top_idx = sim.topk(k, dim=1)
+        w = (top_sim / T).exp()
+        votes = torch.zeros(sim.shape[0], num_classes, dtype=w.dtype, device=w.device)
+        votes.scatter_add_(1, train_y[top_idx], w)
+        out.append(votes)
+    return torch.cat(out)
+
+
+def extract(net: nn.Module, dataset, image_size: int, device, workers: int = 0):
+    """(L2-normalised centre-crop features [n, D], labels [n]): what kNN compares."""
+    f, y = features(net, dataset, val_transform(image_size), device, workers=workers)
+    return F.normalize(f, dim=1), y
+
+
+def top1(net: nn.Module, memory, queries, num_classes: int, image_size: int, device, k: int = 200,
+         T: float = 0.07) -> float:
+    """kNN top-1 (%) of ``net``: labelled ``memory`` images vote for each of the ``queries``."""
+    mf, my = extract(net, memory, image_size, device)
+    qf, qy = extract(net, queries, image_size, device)
+    pred = knn_predict(mf, my, qf, num_classes, k, T).argmax(dim=1)
+    return 100.0 * (pred == qy).float().mean().item()
+
+
+def evaluate(net: nn.Module, data_cfg, device, train_size: int = 0, test_size: int = 0, k: int = 200,
+             T: float = 0.07) -> float:
+    """kNN top-1 (%) of ``net`` on a run's data (``cfg.data``): memory = train split, queries = test
+    split, each cut to its first ``*_size`` images (0 = all)."""
+    train = data.base_dataset(data_cfg, "train")
+    test = data.base_dataset(data_cfg, "test")
+    num_classes = len(test.classes)
+    if train_size:
+        train = torch.utils.data.Subset(train, range(min(train_size, len(train))))
+    if test_size:
+        test = torch.utils.data.Subset(test, range(min(test_size, len(test))))
+    return top1(net, train, test, num_classes, data_cfg.image_size, device, k, T)
+
+
+def run(run_dir: Path, k: int = 200, T: float = 0.07, train_size: int = 10000, test_size: int = 2000,
+        baseline: bool = True) -> dict[str, float]:
+    """kNN top-1 of a run folder's newest checkpoint (and, with ``baseline``, of the same backbone
+    randomly initialised as the run was); writes ``knn.json`` and logs to the run's MLflow run."""
+    run_dir = Path(run_dir)
+    cfg, model = load_run(run_dir)
+    data_cfg = dataclasses.replace(cfg.data, subset=0)  # the memory bank comes from the whole split
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kw = dict(train_size=train_size, test_size=test_size, k=k, T=T)
+    result = {"knn_top1": evaluate(query_backbone(model), data_cfg, device, **kw)}
+    if baseline:
+        torch.manual_seed(cfg.run.seed)
+        result["knn_top1_random_init"] = evaluate(query_backbone(from_config(cfg)), data_cfg, device, **kw)
+    checkpoint.atomic_write(run_dir / rundir.KNN_FILE, json.dumps({**result, **kw}).encode())
+    run_id_file = run_dir / rundir.RUN_ID_FILE
+    if run_id_file.is_file():
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(cfg.run.tracking_uri or default_uri(run_dir))
+            for name, v in result.items():
+                client.log_metric(run_id_file.read_text().strip(), name, v)
+        except Exception as e:  # noqa: BLE001 - knn.json keeps the result
+            log.warning("could not log to MLflow: %s", e)
+    return result

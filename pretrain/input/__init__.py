@@ -1,0 +1,1 @@
+"""Input pipelines: datasets, aug+ per image (cpu) or batched on the device (gpu, dali)."""

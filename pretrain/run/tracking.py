@@ -1,0 +1,272 @@
+"""Metrics to a JSON-lines file in the run folder (the source of truth) and to MLflow.
+
+The MLflow run id is kept in the run folder and in every checkpoint, so a restarted or requeued
+job continues the same MLflow run instead of opening a new one. If the tracking store is
+unreachable, training goes on and the JSON-lines file still holds every point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+from .checkpoint import atomic_write
+from .rundir import METRICS_FILE, RUN_ID_FILE, TRACKING_FILE
+
+log = logging.getLogger(__name__)
+# The ``stage`` tag of each kind of run; a grid's tables pick their columns by it.
+PRETRAIN, LINCLS, GRID = "pretrain", "lincls", "grid"
+# MLflow's HTTP client retries a dead server for minutes by default (7 retries, backoff 2); a
+# training job should notice within seconds and carry on with the JSON-lines file. Users' own
+# settings of these variables win.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+NOT_METRICS = {"step", "time", "epoch"}
+# A shared sqlite store answers "database is locked" while another job writes; such calls are
+# retried for up to this long before the tracker falls back to the JSON-lines file.
+LOCK_RETRY_S = float(os.environ.get("MOCHI_MLFLOW_LOCK_RETRY_S", "120"))
+
+
+def retry_locked(fn, *args, **kwargs):
+    """Call ``fn``; retry with jittered back-off while the store reports a lock."""
+    deadline = time.monotonic() + LOCK_RETRY_S
+    delay = 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - MlflowException wraps sqlalchemy's OperationalError
+            text = str(e).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of MLflow experiment ``name``, created if missing (or read back if a concurrent job
+    created it first)."""
+    exp = retry_locked(client.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return retry_locked(client.create_experiment, name)
+    except Exception:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS from a race
+        exp = retry_locked(client.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def transfer_stage(data: str) -> str:
+    """The ``stage`` tag of a transfer trial on ``voc`` or ``coco`` data."""
+    return f"transfer-{data}"
+
+
+def default_uri(out: Path) -> str:
+    """$MLFLOW_TRACKING_URI, else a sqlite store beside the run folder ``out``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(out).resolve().parent / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    """The commit of this checkout, for a run's ``git_commit`` tag ("unknown" outside git)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of a folder's ``metrics.jsonl`` (a line cut by a kill is skipped)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line cut by a kill mid-write
+            continue
+    return out
+
+
+def open_run(run_dir: Path, *, uri: str, experiment: str, name: str, stage: str, params: dict,
+             tags: dict[str, str] | None = None, parent: str | None = None, run_id: str | None = None,
+             resume_step: int | None = None) -> "Tracker":
+    """The one way a stage opens its tracked run in ``run_dir``: the MLflow run the folder already
+    logs to (or ``run_id``), else a new one in ``experiment`` at ``uri``, named ``name``; tagged with
+    its stage, the git commit and ``tags``, a child of ``parent`` if given. ``resume_step``: the
+    step the stage resumes from (points after it are logged again, each once)."""
+    tags = {"stage": stage, "git_commit": git_commit(), **(tags or {})}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return Tracker(run_dir, uri, experiment, name, params, tags, run_id, resume_step)
+
+
+class Tracker:
+    """Logs scalars of one run. Only the main rank makes one (through ``open_run``)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        params: dict,
+        tags: dict | None = None,
+        run_id: str | None = None,
+        resume_step: int | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.client = None
+        self.run_id = run_id or self._saved_run_id()
+        dropped = self._truncate(resume_step) if resume_step is not None else []
+        # Steps replayed after a resume reproduce the same values, and MLflow cannot delete points:
+        # the (metric, step) pairs it already holds are not sent again.
+        self._in_mlflow: dict[str, set[int]] = {}
+        self._meta = {"uri": uri, "experiment": experiment, "run_name": run_name, "tags": tags or {},
+                      "params": {k: str(v) for k, v in params.items()}, "status": "RUNNING"}
+        self._write_meta()
+        self._file = open(self.run_dir / METRICS_FILE, "a")
+        try:
+            self._start_mlflow(uri, experiment, run_name, params, tags or {})
+            keys = {k for r in dropped for k in r if k not in NOT_METRICS}
+            self._in_mlflow = {k: {m.step for m in retry_locked(self.client.get_metric_history, self.run_id, k)}
+                               for k in keys}
+        except Exception as e:  # noqa: BLE001 - any store failure: keep training, keep the file
+            log.warning("MLflow unavailable (%s: %s); metrics go to %s only", type(e).__name__, e, METRICS_FILE)
+            self.client = None
+
+    def _write_meta(self) -> None:
+        atomic_write(self.run_dir / TRACKING_FILE, json.dumps(self._meta, indent=1).encode())
+
+    def _saved_run_id(self) -> str | None:
+        p = self.run_dir / RUN_ID_FILE
+        return p.read_text().strip() or None if p.is_file() else None
+
+    def _truncate(self, step: int) -> list[dict]:
+        """Drop points after ``step`` (a resumed run logs them again); return the dropped ones."""
+        records = read_metrics(self.run_dir)
+        keep = [r for r in records if r.get("step", 0) <= step]
+        atomic_write(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        return [r for r in records if r.get("step", 0) > step]
+
+    def _start_mlflow(self, uri, experiment, run_name, params, tags) -> None:
+        from mlflow.entities import Param, RunTag
+        from mlflow.tracking import MlflowClient
+
+        for k, v in HTTP_DEFAULTS.items():
+            os.environ.setdefault(k, v)
+        client = MlflowClient(tracking_uri=uri)
+        tags = {**tags, "run_dir": str(self.run_dir.resolve())}
+        if self.run_id is not None:
+            retry_locked(client.update_run, self.run_id, status="RUNNING")
+            retry_locked(client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        else:
+            exp_id = experiment_id(client, experiment)
+            run = retry_locked(client.create_run, exp_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            atomic_write(self.run_dir / RUN_ID_FILE, self.run_id.encode())
+            items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+            for i in range(0, len(items), 100):
+                retry_locked(client.log_batch, self.run_id, params=items[i : i + 100])
+        self.client = client
+        log.info("MLflow run %s at %s", self.run_id, uri)
+
+    def log(self, metrics: dict[str, float], step: int, **fields) -> None:
+        rec = {"step": step, "time": time.time(), **fields, **metrics}
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(rec["time"] * 1000)
+        points = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                  if math.isfinite(float(v)) and step not in self._in_mlflow.get(k, ())]
+        if not points:
+            return
+        try:
+            retry_locked(self.client.log_batch, self.run_id, metrics=points)
+        except Exception as e:  # noqa: BLE001
+            log.warning("MLflow logging failed (%s); continuing with %s only", e, METRICS_FILE)
+            self.client = None
+
+    def log_artifact(self, path: Path) -> None:
+        if self.client is None:
+            return
+        try:
+            retry_locked(self.client.log_artifact, self.run_id, str(path))
+        except Exception as e:  # noqa: BLE001
+            log.warning("MLflow artifact upload failed: %s", e)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._file.close()
+        self._meta["status"] = status
+        self._write_meta()
+        if self.client is not None:
+            try:
+                retry_locked(self.client.set_terminated, self.run_id, status=status)
+            except Exception as e:  # noqa: BLE001
+                log.warning("MLflow could not close the run: %s", e)
+
+
+def sync(run_dir: Path, uri: str | None = None) -> str:
+    """Make the MLflow store hold everything ``run_dir`` holds; return the run id.
+
+    Creates the run (with its tags and params) if the store never saw it, adds every point of
+    ``metrics.jsonl`` the store lacks (matched by metric and step) and sets the final status.
+    Idempotent: a second call logs nothing.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / TRACKING_FILE).read_text())
+    client = MlflowClient(tracking_uri=uri or meta["uri"])
+    run_id = (run_dir / RUN_ID_FILE).read_text().strip() if (run_dir / RUN_ID_FILE).is_file() else ""
+    try:
+        run = retry_locked(client.get_run, run_id) if run_id else None
+    except MlflowException:
+        run = None
+    if run is None:
+        exp_id = experiment_id(client, meta["experiment"])
+        tags = {**meta["tags"], "run_dir": str(run_dir.resolve())}
+        run_id = retry_locked(client.create_run, exp_id, run_name=meta["run_name"], tags=tags).info.run_id
+        atomic_write(run_dir / RUN_ID_FILE, run_id.encode())
+        items = [Param(k, v[:6000]) for k, v in meta["params"].items()]
+        for i in range(0, len(items), 100):
+            retry_locked(client.log_batch, run_id, params=items[i : i + 100])
+        log.info("created MLflow run %s for %s", run_id, run_dir)
+        run = retry_locked(client.get_run, run_id)
+    records = read_metrics(run_dir)
+    keys = {k for r in records for k in r if k not in NOT_METRICS}
+    have = {k: {m.step for m in retry_locked(client.get_metric_history, run_id, k)} for k in keys}
+    missing = [
+        Metric(k, float(v), int(r["time"] * 1000), r["step"])
+        for r in records for k, v in r.items()
+        if k not in NOT_METRICS and r["step"] not in have[k] and math.isfinite(float(v))
+    ]
+    for i in range(0, len(missing), 500):
+        retry_locked(client.log_batch, run_id, metrics=missing[i : i + 500])
+    if missing:
+        log.info("added %d missing metric points to MLflow run %s", len(missing), run_id)
+    if meta.get("status") in ("FINISHED", "FAILED", "KILLED") and run.info.status != meta["status"]:
+        retry_locked(client.set_terminated, run_id, status=meta["status"])
+    retry_locked(client.log_batch, run_id, tags=[RunTag("synced_points", str(len(missing)))])
+    return run_id

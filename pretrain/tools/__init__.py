@@ -1,0 +1,1 @@
+"""Benchmarks and tools: the step and input-pipeline benchmarks, a JPEG generator, a picture of a batch."""

@@ -1,0 +1,99 @@
+"""The jobs a grid or a transfer submission hands to submitit: typed payloads around the stage
+functions.
+
+Training knows nothing of SLURM: a job holds the typed settings of its stage (a pretraining
+``Config``, a linear probe's ``ProbeSettings``, a transfer stage's ``FinetuneSettings``), calls the
+stage function and returns its result. Every job is checkpointable: on preemption or a time limit
+submitit calls ``checkpoint`` (on global rank 0 only) and requeues the job, and every start resumes
+from the newest checkpoint in its folder, so the other ranks need do nothing but die and restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import submitit
+
+from pretrain.eval import lincls
+from pretrain.run import rundir
+from pretrain.run.cli import setup_logging
+from pretrain.run.config import Config
+from transfer import finetune
+
+
+def job_id() -> str:
+    """The scheduler's id of the job this process belongs to ("" outside a submitit job)."""
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:  # not inside a submitit job (called directly)
+        return ""
+
+
+class PretrainJob(submitit.helpers.Checkpointable):
+    """Pretrain one run folder (``pretrain.train.train``); resumable. Returns the run's summary."""
+
+    stage = "pretrain"
+
+    def __init__(self, cfg: Config, tags: dict[str, str], parent: str | None = None):
+        self.cfg, self.tags, self.parent = cfg, dict(tags), parent
+
+    def __call__(self) -> dict:
+        from pretrain.train import train
+
+        setup_logging()
+        train(self.cfg, tags={**self.tags, "slurm_job_id": job_id()}, parent=self.parent)
+        summary = Path(self.cfg.run.out) / rundir.SUMMARY_FILE
+        return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """An evaluation stage's job: its typed settings, handed to the stage function with this job's id
+    added to its MLflow tags; resumable (the stage resumes from its own checkpoints)."""
+
+    stage = ""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    @staticmethod
+    def run(settings) -> dict:
+        """The stage function."""
+        raise NotImplementedError
+
+    def __call__(self) -> dict:
+        setup_logging()
+        return self.run(dataclasses.replace(self.settings, tags={**self.settings.tags, "slurm_job_id": job_id()}))
+
+
+class LinclsJob(StageJob):
+    """The linear probe of a finished run folder (``pretrain.eval.lincls.run``): its result record."""
+
+    stage = "lincls"
+    run = staticmethod(lincls.run)
+
+
+class TransferJob(StageJob):
+    """Detection fine-tuning trials of one source and task (``transfer.finetune.run``): its summary."""
+
+    stage = "transfer"
+    run = staticmethod(finetune.run)
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """Pretraining then its evaluations in one job, where no scheduler chains them (local, debug).
+    Returns ``{stage: result}``."""
+
+    stage = "cell"
+
+    def __init__(self, pretrain: PretrainJob | None, evals: list[StageJob]):
+        self.pretrain, self.evals = pretrain, list(evals)
+
+    def __call__(self) -> dict:
+        out = {"pretrain": self.pretrain() if self.pretrain is not None else {}}
+        if int(os.environ.get("RANK", "0")) == 0:
+            for job in self.evals:
+                out[job.stage] = job()
+        return out

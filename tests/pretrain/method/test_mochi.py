@@ -1,0 +1,198 @@
+"""synthesize() against its definition, on inputs where every synthetic point can be decoded."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.method import mochi
+from pretrain.method.mochi import Mixing
+
+
+def orthonormal_setup(B=6, K=24, N=4, extra=3, seed=0):
+    """Queue = K orthonormal rows in D = K + extra dims; each query has its own known top-N.
+
+    Query b is most similar to queue rows hard[b] (disjoint between queries), and has a component
+    outside span(queue) so the query's share in h' can be read off.
+    """
+    g = torch.Generator().manual_seed(seed)
+    D = K + extra
+    basis = torch.linalg.qr(torch.randn(D, D, generator=g))[0]
+    queue = basis[:K].contiguous()
+    outside = basis[K]
+    perm = torch.randperm(K, generator=g)
+    hard = perm[: B * N].view(B, N)  # disjoint hard sets
+    q = torch.zeros(B, D)
+    for b in range(B):
+        weights = torch.linspace(1.0, 0.6, N)
+        q[b] = weights @ queue[hard[b]] + 0.05 * torch.rand(K, generator=g) @ queue + 0.7 * outside
+    return F.normalize(q, dim=1), queue, hard, outside
+
+
+def decode_pair(h, queue):
+    """For h = normalize(a n_i + (1 - a) n_j) with orthonormal n: (i, j, a)."""
+    coef = h @ queue.T
+    top = coef.abs().topk(2).indices
+    i, j = top[0].item(), top[1].item()
+    rest = coef.clone()
+    rest[[i, j]] = 0
+    assert rest.abs().max() < 1e-5, "a mixed pair lies in the span of two queue rows"
+    a = coef[i] / (coef[i] + coef[j])
+    return i, j, a.item()
+
+
+def test_shapes_norms_detached_and_queue_untouched():
+    q, queue, _, _ = orthonormal_setup()
+    q.requires_grad_(True)
+    before = queue.clone()
+    h = mochi.synthesize(q, queue, Mixing(N=4, s=7, s_prime=5))
+    assert h.shape == (6, 12, q.shape[1])
+    assert torch.allclose(h.norm(dim=-1), torch.ones(6, 12), atol=1e-5)
+    assert not h.requires_grad
+    assert torch.equal(queue, before)
+
+
+@pytest.mark.parametrize("N,s,sp", [(0, 0, 0), (8, 0, 0), (16, 0, 0)])
+def test_empty(N, s, sp):
+    q, queue, _, _ = orthonormal_setup()
+    h = mochi.synthesize(q, queue, Mixing(N, s, sp))
+    assert h.shape == (6, 0, q.shape[1])
+
+
+def test_pairs_come_from_each_querys_own_hardest_and_differ():
+    q, queue, hard, _ = orthonormal_setup(N=4)
+    h = mochi.synthesize(q, queue, Mixing(N=4, s=64, s_prime=0), generator=torch.Generator().manual_seed(1))
+    alphas = []
+    for b in range(q.shape[0]):
+        own = set(hard[b].tolist())
+        for p in h[b]:
+            i, j, a = decode_pair(p, queue)
+            assert {i, j} <= own, f"query {b} mixed rows {i, j} outside its own hard set {own}"
+            assert i != j
+            alphas.append(min(a, 1 - a))
+    # Per-query independence: different queries draw different hard sets, so no two agree.
+    assert all(0 <= x <= 0.5 for x in alphas)
+
+
+def test_query_mixes_carry_b_below_one_half():
+    q, queue, hard, outside = orthonormal_setup(N=4)
+    h = mochi.synthesize(q, queue, Mixing(N=4, s=0, s_prime=200), generator=torch.Generator().manual_seed(2))
+    bs = []
+    for b in range(q.shape[0]):
+        own = set(hard[b].tolist())
+        q_out = (q[b] @ outside).item()
+        for p in h[b]:
+            cb = (p @ outside).item() / q_out  # c * b: the query's share, read outside span(queue)
+            rest = p - cb * q[b]  # = c (1 - b) n_j
+            coef = rest @ queue.T
+            j = coef.abs().argmax().item()
+            assert j in own
+            c1b = coef[j].item()
+            assert c1b > 0
+            others = coef.clone()
+            others[j] = 0
+            assert others.abs().max() < 1e-4
+            bs.append(cb / (cb + c1b))
+    bs = torch.tensor(bs)
+    assert bs.min() >= 0 and bs.max() <= 0.5
+    assert abs(bs.mean().item() - 0.25) < 0.02  # U(0, 0.5)
+    assert bs.max() > 0.45 and bs.min() < 0.05
+
+
+def test_alpha_is_uniform_on_0_1():
+    B, K, D = 4, 16, 32
+    q, queue, _, _ = orthonormal_setup(B=B, K=K, N=2, extra=D - K)
+    h = mochi.synthesize(q, queue, Mixing(N=2, s=2000, s_prime=0), generator=torch.Generator().manual_seed(3))
+    # With N = 2 the pair is always (i, j) = the two hard rows in some order: a is read directly.
+    coef = torch.einsum("bsd,kd->bsk", h, queue)
+    hard2 = q @ queue.T
+    top = hard2.topk(2, dim=1).indices  # [B, 2]
+    c0 = coef.gather(2, top[:, None, 0:1].expand(B, 2000, 1)).squeeze(-1)
+    c1 = coef.gather(2, top[:, None, 1:2].expand(B, 2000, 1)).squeeze(-1)
+    a = (c0 / (c0 + c1)).flatten().sort().values
+    # Kolmogorov-Smirnov distance to U(0, 1); critical value at 8000 draws, alpha=0.001: 0.022.
+    ecdf = torch.arange(1, a.numel() + 1) / a.numel()
+    assert (ecdf - a).abs().max() < 0.022
+
+
+def test_different_queries_use_different_hard_sets():
+    """The MaugrimEP bug: every query mixing the FIRST query's hard negatives."""
+    q, queue, hard, _ = orthonormal_setup(B=5, N=3)
+    h = mochi.synthesize(q, queue, Mixing(N=3, s=10, s_prime=0))
+    used = [{decode_pair(p, queue)[0] for p in h[b]} | {decode_pair(p, queue)[1] for p in h[b]} for b in range(5)]
+    for b in range(1, 5):
+        assert used[b].isdisjoint(used[0])
+
+
+def test_seeded_reproducibility():
+    q, queue, _, _ = orthonormal_setup()
+    a = mochi.synthesize(q, queue, Mixing(4, 5, 3), generator=torch.Generator().manual_seed(7))
+    b = mochi.synthesize(q, queue, Mixing(4, 5, 3), generator=torch.Generator().manual_seed(7))
+    c = mochi.synthesize(q, queue, Mixing(4, 5, 3), generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_precomputed_logits_give_the_same_points():
+    q, queue, _, _ = orthonormal_setup()
+    a = mochi.synthesize(q, queue, Mixing(4, 5, 3), generator=torch.Generator().manual_seed(7))
+    b = mochi.synthesize(q, queue, Mixing(4, 5, 3), generator=torch.Generator().manual_seed(7), l_neg=q @ queue.T)
+    assert torch.equal(a, b)
+
+
+def test_hardest_matches_a_brute_force_sort():
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(9, 16, generator=g), dim=1)
+    queue = F.normalize(torch.randn(100, 16, generator=g), dim=1)
+    got = mochi.hardest(q, queue, 10)
+    for b in range(9):
+        want = set((q[b] @ queue.T).argsort(descending=True)[:10].tolist())
+        assert set(got[b].tolist()) == want
+
+
+def test_synthetic_logits_are_dot_products_and_carry_grad_to_q_only():
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(3, 8, generator=g), dim=1).requires_grad_(True)
+    h = F.normalize(torch.randn(3, 5, 8, generator=g), dim=-1)
+    out = mochi.synthetic_logits(q, h)
+    want = torch.stack([h[b] @ q[b] for b in range(3)])
+    assert torch.allclose(out, want, atol=1e-6)
+    out.sum().backward()
+    assert torch.allclose(q.grad, h.sum(dim=1), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "N,s,sp,K,msg",
+    [
+        (50, 1, 0, 40, "cannot be taken"),
+        (0, 4, 0, 40, "needs N >= 2"),
+        (1, 4, 0, 40, "needs N >= 2"),
+        (0, 0, 3, 40, "needs N >= 1"),
+        (4, -1, 0, 40, "non-negative"),
+        (4, 1.5, 0, 40, "non-negative integer"),
+        (True, 0, 0, 40, "non-negative integer"),
+    ],
+)
+def test_bad_parameters(N, s, sp, K, msg):
+    """A setting that cannot be trained is refused where it is made (or checked against its queue),
+    not inside the training step."""
+    with pytest.raises(ValueError, match=msg):
+        Mixing(N, s, sp).check_queue(K)
+
+
+@pytest.mark.parametrize("N,s,sp,plain,label", [
+    (0, 0, 0, True, "MoCo v2"),
+    (64, 0, 0, True, "MoCo v2"),  # N alone selects nothing to mix: the step is MoCo v2's
+    (64, 8, 0, False, "MoCHi (64, 8, 0)"),
+    (64, 0, 4, False, "MoCHi (64, 0, 4)"),
+    (1024, 1024, 128, False, "MoCHi (1024, 1024, 128)"),
+])
+def test_the_one_definition_of_plain_moco_and_its_names(N, s, sp, plain, label):
+    m = Mixing(N, s, sp)
+    assert m.is_plain_moco is plain and m.synthetic == s + sp
+    assert m.label == label
+    assert m.method == ("mocov2" if plain else "mochi")
+    assert m.slug == ("mocov2" if plain else f"mochi-N{N}-s{s}-sp{sp}")
+    q = F.normalize(torch.randn(3, 8), dim=1)
+    queue = F.normalize(torch.randn(2048, 8), dim=1)
+    assert mochi.synthesize(q, queue, m).shape == (3, s + sp, 8)
+    assert Mixing(N, s, sp) == m and hash(Mixing(N, s, sp)) == hash(m)  # a value: compared and hashed by its fields

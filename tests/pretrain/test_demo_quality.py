@@ -1,0 +1,35 @@
+"""On the demo data, a short pretraining run beats a randomly initialised backbone on both probes."""
+
+import json
+
+import pytest
+import torch
+
+from pretrain import lincls
+from pretrain.eval import knn
+from pretrain.eval.backbone import query_backbone
+from pretrain.method.moco import from_config
+from pretrain.run import config
+from pretrain.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_short_pretraining_beats_random_init_on_knn_and_linear(tmp_path):
+    out = tmp_path / "run"
+    cfg = config.load("demo", overrides=[f"run.out={out}", "eval.every=0"])
+    model = train(cfg)
+    eval_cfg = config.load("demo", overrides=["data.subset=0"])
+    kw = dict(train_size=10000, test_size=2000)
+    knn_trained = knn.evaluate(query_backbone(model), eval_cfg.data, torch.device("cpu"), **kw)
+    torch.manual_seed(cfg.run.seed)  # the very initialisation the run started from
+    knn_random = knn.evaluate(query_backbone(from_config(cfg)), eval_cfg.data, torch.device("cpu"), **kw)
+
+    common = ["--fast", "--train-size", "10000", "--val-size", "2000", "--workers", "0"]
+    assert lincls.main([str(out), *common, "--out", str(tmp_path / "lin")]) == 0
+    assert lincls.main([str(out), *common, "--random-init", "--out", str(tmp_path / "lin-rand")]) == 0
+    lin_trained = json.loads((tmp_path / "lin" / "lincls.json").read_text())["top1_best"]
+    lin_random = json.loads((tmp_path / "lin-rand" / "lincls.json").read_text())["top1_best"]
+    print(f"kNN {knn_trained:.2f} vs {knn_random:.2f} random; linear {lin_trained:.2f} vs {lin_random:.2f} random")
+    assert knn_trained > knn_random
+    assert lin_trained > lin_random

@@ -1,0 +1,60 @@
+"""python -m pretrain: bad input gets one clear line on stderr, exit code 2, and nothing written; the
+resolved config prints and reads back."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pretrain.run import config
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pretrain", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["mochi.N=5000"], "cannot be taken from a queue of K=512"),
+        (["mochi.s=-1"], "non-negative"),
+        (["mochi.N=0", "mochi.s=8", "mochi.s_prime=0"], "needs N >= 2"),
+        (["moco.K=1000"], "multiple of the global batch"),
+        (["optim.lr=0.1"], "unknown config key 'optim.lr'"),
+        (["model.arch=vgg16"], "unknown architecture 'vgg16'"),
+        (["data.dataset=imagefolder", "data.path=/nonexistent/imagenet"], "/nonexistent/imagenet is not a folder"),
+        (["data.dataset=imagefolder"], "needs data.path"),
+        (["mochi.N=many"], "is not a valid int"),
+        (["--preset", "nope"], "invalid choice"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
+    out = tmp_path / "run"
+    if args[0] != "--preset":
+        args = ["--preset", "demo", f"run.out={out}", *args]
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_different_config_in_an_existing_run_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(config.dump(config.load("demo", overrides=[f"run.out={out}"])))
+    before = (out / "config.yaml").read_text()
+    r = run_cli("--preset", "demo", f"run.out={out}", "mochi.N=64")
+    assert r.returncode == 2 and "different config (mochi.N: 128 there, 64 now)" in r.stderr
+    assert (out / "config.yaml").read_text() == before and sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+
+
+def test_show_config_round_trips(tmp_path):
+    r = run_cli("--preset", "imagenet100", "--show-config", "mochi.N=512")
+    assert r.returncode == 0
+    f = tmp_path / "c.yaml"
+    f.write_text(r.stdout)
+    cfg = config.load(path=str(f))
+    assert cfg.mochi.N == 512 and cfg.moco.K == 16384 and cfg.data.class_list == "imagenet100.txt"

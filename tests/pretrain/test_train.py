@@ -1,0 +1,221 @@
+"""Real pretraining runs on Fashion-MNIST: MLflow logging, idempotent restart, SIGKILL resume, DDP."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from mlflow.tracking import MlflowClient
+
+from pretrain.run import checkpoint
+from pretrain.run.tracking import read_metrics
+from pretrain.train import train
+
+from tests.conftest import TINY, free_port, tiny_cfg
+
+pytestmark = pytest.mark.slow
+
+
+def test_end_to_end_logs_to_mlflow_and_restart_is_idempotent(tmp_path, mlflow_server):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, f"run.tracking_uri={mlflow_server}", "run.experiment=e2e-test", "eval.every=1",
+                   "eval.knn_train_size=256", "eval.heldout_size=128")
+    train(cfg)
+    client = MlflowClient(mlflow_server)
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["mochi.N"] == "32" and run.data.tags["stage"] == "pretrain"
+    loss = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in loss] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert all(0 < m.value < 20 for m in loss)
+    assert {"acc_moco", "acc_all", "lr", "images_per_s", "syn_s_cos", "syn_top1_share", "syn_top10_share",
+            "neg_top1_cos", "neg_top10_cos", "neg_topN_cos", "false_neg_share"} <= set(run.data.metrics)
+    # The monitor ran after each of the two epochs.
+    knn = client.get_metric_history(run_id, "knn_top1")
+    assert [m.step for m in knn] == [8, 16] and all(10 <= m.value <= 100 for m in knn)
+    assert 0 <= run.data.metrics["alignment"] <= 4 and run.data.metrics["uniformity"] <= 0
+    # Mixing starts at epoch 1 (step 9 on): synthetic stats only from then on.
+    assert min(m.step for m in client.get_metric_history(run_id, "syn_s_cos")) == 10
+    # The JSON-lines file holds the same points.
+    assert sorted({r["step"] for r in read_metrics(out)}) == [2, 4, 6, 8, 10, 12, 14, 16]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 16 and summary["run_id"] == run_id
+    # The linear probe logs as a child of the pretraining run.
+    from pretrain import lincls
+
+    assert lincls.main([str(out), "--fast", "--train-size", "256", "--val-size", "128", "--epochs", "1",
+                        "--workers", "0"]) == 0
+    child_id = (out / "lincls-fast" / "mlflow_run_id").read_text()
+    child = client.get_run(child_id)
+    assert child.data.tags["mlflow.parentRunId"] == run_id and child.data.tags["mode"] == "fast"
+    assert "top1_best" in child.data.metrics
+    # Running the same command again changes nothing and opens no second MLflow run.
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    train(cfg)
+    exp = client.get_experiment_by_name("e2e-test")
+    assert len(client.search_runs([exp.experiment_id], "tags.stage = 'pretrain'")) == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ckpts
+
+
+def test_tracking_store_down_keeps_training_and_the_jsonl(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "run.tracking_uri=http://127.0.0.1:9", "run.max_steps=4"))
+    assert [r["step"] for r in read_metrics(out)] == [2, 4]
+    assert checkpoint.load_latest(out / "checkpoints")[0]["global_step"] == 4
+
+
+def test_class_oracle_variant_trains(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "moco.oracle=true", "run.max_steps=12", "run.log_every=4"))
+    last = read_metrics(out)[-1]
+    assert last["step"] == 12 and 0 < last["loss"] < 20
+    # Once the queue holds labelled keys, the oracle statistic is measured (on the unmasked queue).
+    assert 0 <= last["false_neg_share"] <= 1
+
+
+def _cli(out, *extra):
+    args = ["--preset=demo", *TINY, f"run.out={out}", "optim.epochs=3", "data.num_workers=1",
+            "run.ckpt_every_steps=3", "eval.every=2", "eval.knn_train_size=256", "eval.heldout_size=128", *extra]
+    return [sys.executable, "-m", "pretrain", *args]
+
+
+def _final_state(out):
+    state, path = checkpoint.load_latest(out / "checkpoints")
+    return state
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    ref_out, out = tmp_path / "ref" / "run", tmp_path / "killed" / "run"
+    subprocess.run(_cli(ref_out), check=True, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(_cli(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    killed_after = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        cands = checkpoint.candidates(out / "checkpoints")
+        # Wait for a mid-epoch checkpoint inside the mixing phase (epoch 1: steps 9-16).
+        if cands and int(cands[0].stem.split("-")[1]) >= 9:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_after = cands[0].name
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_after is not None, "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+
+    r = subprocess.run(_cli(out), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr
+
+    ref, got = _final_state(ref_out), _final_state(out)
+    assert got["global_step"] == ref["global_step"] == 24
+    assert ref["model"].keys() == got["model"].keys()
+    for k in ref["model"]:
+        assert torch.equal(ref["model"][k], got["model"][k]), k
+    # One MLflow run, continued, with each training and each monitor point once in the JSON-lines file.
+    assert (out / "mlflow_run_id").read_text() == got["mlflow_run_id"]
+    records = read_metrics(out)
+    assert [r["step"] for r in records if "loss" in r] == list(range(2, 25, 2))
+    assert [r["step"] for r in records if "knn_top1" in r] == [16, 24]
+    # MLflow holds each point once too: the replayed steps are not sent again.
+    client = MlflowClient(f"sqlite:///{out.parent}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(got["mlflow_run_id"], "loss")] == list(range(2, 25, 2))
+    assert sorted(m.step for m in client.get_metric_history(got["mlflow_run_id"], "knn_top1")) == [16, 24]
+    # The monitor's numbers do not depend on the interruption either.
+    ref_knn = [r["knn_top1"] for r in read_metrics(ref_out) if "knn_top1" in r]
+    assert [r["knn_top1"] for r in records if "knn_top1" in r] == ref_knn
+
+
+def _ddp_worker(rank, world, port, out, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    model = train(tiny_cfg(out, "optim.epochs=1", "data.subset=512"))
+    torch.save({"queue": model.queue, "ptr": model.queue_ptr, "q": model.encoder_q.state_dict()},
+               result_dir / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_cpu_processes_keep_identical_queues(tmp_path):
+    torch.manual_seed(0)
+    mp.spawn(_ddp_worker, args=(2, free_port(), tmp_path / "run", tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["queue"], r1["queue"]) and torch.equal(r0["ptr"], r1["ptr"])
+    # 512 images / global batch 32 = 16 steps: every step enqueued the gathered global batch.
+    assert int(r0["ptr"]) == (16 * 32) % 256
+    for k in r0["q"]:
+        if k.endswith(("weight", "bias")):
+            assert torch.equal(r0["q"][k], r1["q"][k]), k
+
+
+def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tmp_path):
+    eager = train(tiny_cfg(tmp_path / "eager", "run.max_steps=2", "mochi.mix_start=0"))
+    compiled = train(tiny_cfg(tmp_path / "compiled", "run.max_steps=2", "mochi.mix_start=0", "run.compile=true"))
+    state = checkpoint.load_latest(tmp_path / "compiled" / "checkpoints")[0]
+    assert not any("_orig_mod" in k for k in state["model"])
+    assert state["model"].keys() == eager.state_dict().keys()
+    for k, v in eager.state_dict().items():
+        assert torch.allclose(v.float(), compiled.state_dict()[k].float(), atol=1e-4), k
+
+
+def test_step_runs_bf16_autocast_and_channels_last_on_the_cpu_too():
+    """run.amp and run.channels_last take the same code path on any device: no CUDA-only branch."""
+    from pretrain.method.mochi import Mixing
+    from pretrain.method.moco import MoCo
+    from pretrain.train import memory_format, step
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+
+    def run(amp, channels_last):
+        torch.manual_seed(0)
+        fmt = memory_format(channels_last)
+        model = MoCo("resnet18", dim=16, K=64, shuffle_bn_groups=2).to(memory_format=fmt)
+        seen = []
+        model.encoder_q.conv1.register_forward_hook(lambda m, i, o: seen.append((o.dtype, o.is_contiguous())))
+        opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1)
+        losses = [step(model, opt, x.contiguous(memory_format=fmt), x.flip(-1).contiguous(memory_format=fmt),
+                       Mixing(16, 8, 4), torch.Generator().manual_seed(1), amp=amp)[0].item() for _ in range(2)]
+        return model, seen, losses
+
+    ref, seen, ref_losses = run(False, False)
+    assert seen[0] == (torch.float32, True)
+    cl, seen, cl_losses = run(False, True)
+    assert seen[0] == (torch.float32, False)  # channels_last activations, so not contiguous
+    assert cl.encoder_q.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert cl_losses == pytest.approx(ref_losses, rel=1e-4)
+    for a, b in zip(ref.encoder_q.parameters(), cl.encoder_q.parameters()):
+        assert torch.allclose(a, b, atol=2e-3), (a - b).abs().max()
+    amp, seen, amp_losses = run(True, True)
+    assert seen[0][0] == torch.bfloat16  # autocast ran the convolutions in bf16 on the CPU
+    assert amp_losses == pytest.approx(ref_losses, rel=0.05) and all(math.isfinite(v) for v in amp_losses)
+    assert amp.queue.dtype == torch.float32  # the queue stays fp32 under autocast
+
+
+@pytest.mark.parametrize("extra", [["run.amp=true"], ["run.channels_last=true"]])
+def test_a_few_training_steps_with_amp_or_channels_last_on_the_cpu(tmp_path, extra):
+    out = tmp_path / "run"
+    model = train(tiny_cfg(out, "run.max_steps=4", "mochi.mix_start=0", *extra))
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert len(losses) == 2 and all(0 < v < 20 for v in losses)
+    assert model.encoder_q.conv1.weight.is_contiguous(memory_format=torch.channels_last) == \
+        ("run.channels_last=true" in extra)
+
+
+def test_a_setting_that_synthesises_nothing_is_mocov2_everywhere(tmp_path):
+    """N = 32 with s = s' = 0: named, tagged and trained as MoCo v2 (one definition, Mixing.is_plain_moco)."""
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "run.max_steps=2", "mochi.mix_start=0", "mochi.s=0", "mochi.s_prime=0"))
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run((out / "mlflow_run_id").read_text())
+    assert run.data.tags["method"] == "mocov2" and run.info.run_name.startswith("mocov2_resnet18")
+    assert not any(k.startswith("syn_") for k in run.data.metrics)
+    assert run.data.metrics["acc_all"] == run.data.metrics["acc_moco"]  # no synthetic column to compete

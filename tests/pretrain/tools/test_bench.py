@@ -1,0 +1,93 @@
+"""The step benchmark times the training step itself, at training's statistics cadence, for both
+methods side by side (its figures are not asserted: speed is measured, not tested)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pretrain import bench
+from pretrain import train as train_module
+from pretrain.method.mochi import Mixing
+from pretrain.run.errors import UserError
+from pretrain.tools import bench as tools_bench
+from tests.conftest import REPO
+
+
+def test_bench_times_the_training_step_at_the_training_cadence(tmp_path, capsys, monkeypatch):
+    calls = []
+    real_step = train_module.step
+
+    def spy(*args, **kwargs):  # the real step, counted: which mixing, and whether statistics were asked
+        calls.append((args[4], kwargs["with_stats"]))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tools_bench, "step", spy)
+    out = tmp_path / "b.json"
+    code = bench.main(["--arch", "resnet18", "--batch", "8", "--image-size", "32", "--K", "64", "--N", "16",
+                       "--s", "8", "--s-prime", "4", "--steps", "4", "--warmup", "2", "--variants", "eager",
+                       "--stats-every", "3", "--json", str(out)])
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["device"].startswith("CPU") and r["N"] == 16 and r["batch"] == 8 and r["dtype"] == "fp32, contiguous"
+    row = r["results"][0]
+    assert row["variant"] == "eager" and row["mocov2_img_s"] > 0 and row["mochi_img_s"] > 0
+    assert row["ratio"] == pytest.approx(row["mochi_img_s"] / row["mocov2_img_s"])
+    # 2 rounds x (MoCo v2, MoCHi) x (2 warm-up + 4 timed) steps, through train.step itself
+    assert len(calls) == 2 * 2 * 6
+    assert [m for m, _ in calls[:6]] == [Mixing()] * 6 and [m for m, _ in calls[6:12]] == [Mixing(16, 8, 4)] * 6
+    # statistics on every 3rd step, as training logs with run.log_every = 3
+    assert [due for _, due in calls[:6]] == [False, False, True, False, False, True]
+    printed = capsys.readouterr().out
+    assert "MoCHi/MoCo" in printed and r["device"] in printed and f"{row['ratio']:.3f}" in printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--K", "100", "--batch", "32"], "multiple of --batch"),
+    (["--batch", "0"], "--batch must be > 0"),
+    (["--image-size", "-4"], "--image-size must be > 0"),
+    (["--N", "8", "--s", "-1"], "non-negative"),
+    (["--steps", "0"], "--steps"),
+    (["--arch", "vgg16"], "--arch 'vgg16'"),
+])
+def test_bench_rejects_bad_sizes_in_one_line(args, message):
+    with pytest.raises(UserError, match=message):
+        bench.main(["--variants", "eager", *args])
+    r = subprocess.run([sys.executable, "-m", "pretrain.bench", *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pipeline_bench_measures_each_pipeline_and_training_side_by_side(tmp_path, capsys):
+    from pretrain import bench_data
+    from pretrain.tools.jpegs import make_jpegs
+
+    make_jpegs(tmp_path / "jpegs", 48, classes=3)
+    out = tmp_path / "p.json"
+    code = bench_data.main(["--data", str(tmp_path / "jpegs"), "--pipelines", "cpu,gpu", "--arch", "resnet18",
+                            "--batch", "8", "--image-size", "32", "--K", "32", "--N", "8", "--s", "8",
+                            "--s-prime", "4", "--workers", "1", "--batches", "2", "--steps", "1", "--warmup", "1",
+                            "--json", str(out)])
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["device"].startswith("CPU") and r["files"] == 48 and r["batch"] == 8
+    assert r["pipeline_img_s"]["cpu"] > 0 and r["pipeline_img_s"]["gpu"] > 0
+    assert r["gpu_over_cpu"] == pytest.approx(r["pipeline_img_s"]["gpu"] / r["pipeline_img_s"]["cpu"])
+    assert r["jpeg_over_synthetic"] == pytest.approx(r["jpeg_img_s"] / r["synthetic_img_s"])
+    assert {"decode", "crop+resize", "jitter+gray+blur+flip"} <= set(r["gpu_profile_ms_per_batch"])
+    assert r["decode_counts"]["gpu"]["cpu"] >= 24  # warm-up + 2 batches of 8 (decoded on the CPU here), + prefetched
+    printed = capsys.readouterr().out
+    assert "JPEG / synthetic" in printed and r["device"] in printed
+
+
+def test_pipeline_bench_rejects_bad_input(tmp_path):
+    from pretrain import bench_data
+
+    with pytest.raises(UserError, match="--pipelines"):
+        bench_data.main(["--pipelines", "tpu", "--data", str(tmp_path)])
+    with pytest.raises(UserError, match="fewer than one batch"):
+        bench_data.main(["--data", str(tmp_path), "--batch", "8", "--K", "32", "--N", "8", "--s", "8", "--s-prime", "4",
+                         "--pipelines", "cpu"])
+    with pytest.raises(UserError, match="cannot be taken from a queue"):
+        bench_data.main(["--data", str(tmp_path), "--batch", "8", "--K", "32", "--pipelines", "cpu"])

@@ -1,0 +1,68 @@
+"""slurm/submit_transfer.py (and its old path, transfer/submit.py): bad input refused before anything is
+submitted; real jobs on the SLURM cluster."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from tests.conftest import REPO
+from transfer.data import make_synthetic
+
+
+def submit(*args, env=None, script="slurm/submit_transfer.py"):
+    import os
+
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    d = tmp_path_factory.mktemp("src")
+    for arch in ("resnet50", "resnet18"):
+        torch.manual_seed(0)
+        sd = getattr(torchvision.models, arch)().state_dict()
+        torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in sd.items()}}, d / f"{arch}.pth")
+    make_synthetic(d / "det", n_train=6, n_test=2, seed=2)
+    return d
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "voc-c4=/no/such/VOCdevkit"], "data folder /no/such/VOCdevkit does not exist"),
+    (["--task", "voc-fpn=/tmp"], "unknown transfer task 'voc-fpn'"),
+    (["--task", "voc-c4"], "give TASK=DATA_ROOT"),
+    (["--task", "demo-voc={det}", "--profile", "nope"], "unknown cluster profile"),
+])
+def test_bad_input_submits_nothing(sources, tmp_path, args, message):
+    args = [a.replace("{det}", str(sources / "det" / "VOCdevkit")) for a in args]
+    r = submit(sources / "resnet50.pth", *args, "--logs", tmp_path / "logs", env={"SLURM_CONF": "/nonexistent"})
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("script", ["slurm/submit_transfer.py", "transfer/submit.py"])
+def test_a_resnet18_is_refused(sources, tmp_path, script):
+    r = submit(sources / "resnet18.pth", "--task", f"demo-voc={sources / 'det' / 'VOCdevkit'}", "--logs",
+               tmp_path / "logs", env={"SLURM_CONF": "/nonexistent"}, script=script)
+    assert r.returncode == 2 and "does not fit a resnet50" in r.stderr and not (tmp_path / "logs").exists()
+    assert r.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_transfer_jobs_run_on_slurm(sources, tmp_path, slurm_conf):
+    src = tmp_path / "r50.pth"
+    src.write_bytes((sources / "resnet50.pth").read_bytes())
+    r = submit(src, "--task", f"demo-voc={sources / 'det' / 'VOCdevkit'}", "--trials", "1", "--iters", "2",
+               "--batch", "2", "--cluster", "slurm", "--profile", "local-cpu", "--logs", tmp_path / "logs", "--wait")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "slurm job" in r.stdout and "demo-voc of" in r.stdout and "AP50" in r.stdout
+    summary = json.loads((tmp_path / "transfer-demo-voc" / "summary.json").read_text())
+    assert summary["task"] == "demo-voc" and len(summary["trials"]) == 1
+    again = submit(src, "--task", f"demo-voc={sources / 'det' / 'VOCdevkit'}", "--cluster", "slurm",
+                   "--profile", "local-cpu", "--logs", tmp_path / "logs")
+    assert again.returncode == 0 and "nothing to submit" in again.stdout
