@@ -25,26 +25,46 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Metric:
-    """A column of a grid's tables: which runs (stage) and which MLflow metric feed it."""
+    """A column of a grid's tables: which runs (stage) and which MLflow metric feed it.
+
+    ``higher_is_better``: True for a score (verdicts say better/worse), None for a quantity that
+    describes the method (higher/lower). ``late``: a seed's value is the mean of the points logged in
+    the last quarter of its training (one logged batch alone is noisy), else the last point.
+    ``plain``: the value a plain-MoCo run has by definition where it logs nothing (no synthetic
+    points: a share of 0).
+    """
 
     stage: str
     mlflow: str
     label: str
     scale: float = 1.0  # to percent
+    higher_is_better: bool | None = True
+    late: bool = False
+    plain: float | None = None
+    points: bool = True  # values in percent, so differences are in points
 
 
+TRANSFER_VOC, TRANSFER_COCO = transfer_stage("voc"), transfer_stage("coco")
 METRICS = {
     "linear_top1": Metric(LINCLS, "top1_best", "linear top-1"),
     "knn_top1": Metric(PRETRAIN, "knn_top1", "kNN top-1"),
-    "voc_AP50": Metric(transfer_stage("voc"), "AP50", "VOC AP50"),
-    "voc_AP": Metric(transfer_stage("voc"), "AP", "VOC AP"),
-    "voc_AP75": Metric(transfer_stage("voc"), "AP75", "VOC AP75"),
-    "coco_box_AP": Metric(transfer_stage("coco"), "box_AP", "COCO box AP"),
-    "coco_mask_AP": Metric(transfer_stage("coco"), "mask_AP", "COCO mask AP"),
-    "proxy_acc": Metric(PRETRAIN, "acc_moco", "proxy-task acc.", 100.0),
-    "alignment": Metric(PRETRAIN, "alignment", "alignment"),
-    "uniformity": Metric(PRETRAIN, "uniformity", "uniformity"),
+    "voc_AP50": Metric(TRANSFER_VOC, "AP50", "VOC AP50"),
+    "voc_AP": Metric(TRANSFER_VOC, "AP", "VOC AP"),
+    "voc_AP75": Metric(TRANSFER_VOC, "AP75", "VOC AP75"),
+    "coco_box_AP": Metric(TRANSFER_COCO, "box_AP", "COCO box AP"),
+    "coco_mask_AP": Metric(TRANSFER_COCO, "mask_AP", "COCO mask AP"),
+    # The paper's mechanism: how hard the proxy task and the hardest negatives are, late in training.
+    "proxy_acc": Metric(PRETRAIN, "acc_moco", "proxy-task acc. over [positive, queue] (%)", 100.0, None, True),
+    "proxy_acc_all": Metric(PRETRAIN, "acc_all", "proxy-task acc. with the synthetic negatives (%)", 100.0, None,
+                            True),
+    "hardest_cos": Metric(PRETRAIN, "neg_top1_cos_all", "cosine of the hardest negative", 1.0, None, True,
+                          points=False),
+    "syn_top10_share": Metric(PRETRAIN, "syn_top10_share", "synthetic share of the top-10 negatives (%)", 100.0,
+                              None, True, plain=0.0),
+    "alignment": Metric(PRETRAIN, "alignment", "alignment", 1.0, None, points=False),
+    "uniformity": Metric(PRETRAIN, "uniformity", "uniformity", 1.0, None, points=False),
 }
+LATE_FRACTION = 0.25  # the share of training whose logged points a late metric averages
 
 
 def sync_grid(grid_dir: Path, uri: str) -> int:
@@ -102,37 +122,104 @@ def runs_frame(uri: str, grid_id: str, experiment: str) -> pd.DataFrame:
     return df[df.get("tags.stage", pd.Series(dtype=str)).isin({m.stage for m in METRICS.values()})]
 
 
-def cell_columns(grid: spec.Grid, cell: spec.Cell, axes: list[str]) -> dict[str, object]:
-    """A cell's typed axis values (from its config, so an axis the cell leaves to the base preset
-    shows the base's value), its method in words and whether it is plain MoCo."""
-    cfg = grid.cfg(cell, 0, Path("runs/x"))
-    flat, mixing = cfg.flat(), cfg.mochi.mixing
-    return {**{a: flat[spec.axis(a).key] for a in axes}, "method": mixing.label, "plain_moco": mixing.is_plain_moco}
+ROW_COLUMNS = ["cell", "seed", "method", "kind", "plain_moco", "paired"]
+# pandas dtypes that keep an axis's type where a reference row has no value for it
+NULLABLE = {int: "Int64", float: "Float64", bool: "boolean", str: "object"}
 
 
-def per_seed(runs: pd.DataFrame, grid: spec.Grid, axes: list[str]) -> pd.DataFrame:
-    """One row per cell x seed of the grid: typed axis values, the method, and each metric of
-    ``METRICS`` (NaN where absent). Runs of cells the grid does not hold are left out.
+def typed_axes(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """The axis columns of ``df`` in their axis's type, missing values allowed (0, 32, 128, not 0.0)."""
+    for a in axes:
+        if a in df:
+            df[a] = df[a].astype(NULLABLE.get(spec.axis(a).type, "object"))
+    return df
 
-    A transfer stage logs one run per fine-tuning trial; a seed's value is the mean of its trials.
+
+def row_columns(grid: spec.Grid, axes: list[str]) -> dict[str, dict[str, object]]:
+    """{row id: its columns}: a cell's typed axis values (from its config, so an axis the cell leaves
+    to the base preset shows the base's value), its method in words, whether it is plain MoCo; a
+    reference row's kind. ``paired``: whether its seeds pair with the cells' (a released
+    checkpoint's seeds only reseed its probe)."""
+    out = {}
+    for cell in grid.cells:
+        cfg = grid.cfg(cell, 0, Path("runs/x"))
+        flat, mixing = cfg.flat(), cfg.mochi.mixing
+        out[cell.id] = {**{a: flat[spec.axis(a).key] for a in axes}, "method": mixing.label, "kind": "cell",
+                        "plain_moco": mixing.is_plain_moco, "paired": True}
+    for ref in grid.references:
+        out[ref.id] = {**{a: None for a in axes}, "method": ref.label, "kind": ref.kind, "plain_moco": False,
+                       "paired": ref.path is None}
+    return out
+
+
+def histories(client, runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Long table (cell, seed, metric, step, value) of the pretraining runs' histories of the given
+    MLflow metrics; a step logged twice (by an older version's replay) counts once."""
+    rows = []
+    pre = runs[runs["tags.stage"] == PRETRAIN] if len(runs) else runs
+    for _, r in pre.iterrows():
+        for m in metrics:
+            if f"metrics.{m}" not in r or pd.isna(r[f"metrics.{m}"]):
+                continue
+            for point in retry_locked(client.get_metric_history, r["run_id"], m):
+                rows.append((r["tags.cell"], int(r["tags.seed"]), m, point.step, point.value))
+    hist = pd.DataFrame(rows, columns=["cell", "seed", "metric", "step", "value"])
+    return hist.drop_duplicates(["cell", "seed", "metric", "step"], keep="last")
+
+
+def late_means(hist: pd.DataFrame) -> dict[tuple[str, int, str], float]:
+    """{(cell, seed, MLflow metric): mean of its points in the last ``LATE_FRACTION`` of the run's steps}."""
+    out = {}
+    for (cell, seed, metric), g in hist.groupby(["cell", "seed", "metric"]):
+        last = g["step"].max()
+        out[(cell, int(seed), metric)] = float(g.loc[g["step"] >= (1 - LATE_FRACTION) * last, "value"].mean())
+    return out
+
+
+def per_seed(runs: pd.DataFrame, grid: spec.Grid, axes: list[str], hist: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per row x seed of the grid (cells, then reference rows): typed axis values, the
+    method, and each metric of ``METRICS`` (NaN where absent). Runs of rows the grid does not hold
+    are left out. ``hist``: the pretraining histories (``histories``) that late metrics average.
+
+    A transfer stage logs one run per fine-tuning trial; a seed's value is the mean of its trials,
+    and ``METRIC_trial_std`` holds the spread of its trials.
     """
-    cells = {c.id: c for c in grid.cells}
-    columns = {c.id: cell_columns(grid, c, axes) for c in grid.cells}
+    columns = row_columns(grid, axes)
+    late = late_means(hist) if hist is not None else {}
     rows: dict[tuple[str, int], dict] = {}
     for _, r in runs.iterrows():
-        if r.get("tags.cell") not in cells:
+        if r.get("tags.cell") not in columns:
             continue
         key = (r["tags.cell"], int(r["tags.seed"]))
         row = rows.setdefault(key, {"cell": key[0], "seed": key[1], **columns[key[0]]})
         for col, m in METRICS.items():
-            value = r.get(f"metrics.{m.mlflow}")
-            if r["tags.stage"] == m.stage and value is not None and pd.notna(value):
+            if r["tags.stage"] != m.stage:
+                continue
+            value = late.get((*key, m.mlflow)) if m.late else None
+            if value is None:
+                value = r.get(f"metrics.{m.mlflow}")
+            if value is not None and pd.notna(value):
                 row.setdefault(col, []).append(float(value) * m.scale)
-    records = [{k: float(np.mean(v)) if isinstance(v, list) else v for k, v in row.items()} for row in rows.values()]
-    df = pd.DataFrame(records) if records else pd.DataFrame(columns=["cell", "seed", *axes, "method", "plain_moco"])
+            elif m.plain is not None and row["plain_moco"]:
+                row.setdefault(col, []).append(m.plain * m.scale)
+    records = []
+    for row in rows.values():
+        rec = {}
+        for k, v in row.items():
+            if isinstance(v, list):
+                rec[k] = float(np.mean(v))
+                if METRICS[k].stage in (TRANSFER_VOC, TRANSFER_COCO):
+                    rec[f"{k}_trial_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+            else:
+                rec[k] = v
+        records.append(rec)
+    df = pd.DataFrame(records) if records else pd.DataFrame(columns=[*ROW_COLUMNS, *axes])
     for col in METRICS:
         if col not in df:
             df[col] = float("nan")
-    return df
+    order = {r: i for i, r in enumerate(grid.row_ids())}
+    df = df.sort_values(["cell", "seed"], key=lambda s: s.map(order) if s.name == "cell" else s,
+                        kind="stable").reset_index(drop=True)
+    return typed_axes(df, axes)
 
 

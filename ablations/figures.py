@@ -1,8 +1,8 @@
-"""The paper's figures from a grid's MLflow runs (matplotlib, PNG + PDF).
+"""The paper's figures from a grid's runs (matplotlib, PNG + PDF).
 
-Curves over training average the seeds of a cell (line) and shade +- one std; scatter and bar
-points carry std error bars. Every function returns the files it wrote (none when the grid lacks
-the metrics or axes a figure needs).
+Every error bar and band is a 95% t interval over seeds (``ablations.stats.mean_ci``), and every
+figure says n. Curves over training average the seeds of a row per logged step. Each function
+returns the files it wrote (none when the grid lacks the metrics or axes a figure needs).
 """
 
 from __future__ import annotations
@@ -12,21 +12,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ablations import stats
 from ablations.collect import METRICS
-from ablations.summary import baseline_row
 
 CURVES = {
-    # metric: (file stem, y label, title)
-    "acc_moco": ("proxy_task_difficulty", "proxy-task top-1 (%)",
+    # MLflow metric: (file stem, y label, title)
+    "acc_moco": ("proxy_task_difficulty", "proxy-task top-1 over [positive, queue] (%)",
                  "Proxy-task difficulty: share of queries whose positive beats every queue negative"),
+    "acc_all": ("proxy_task_with_synthetic", "proxy-task top-1 with the synthetic negatives (%)",
+                "The task MoCHi trains on: the positive against the queue and the synthetic points"),
+    "neg_top1_cos_all": ("hardness_seen", "cosine of the hardest negative the loss sees",
+                         "Hardest negative, synthetic points included (mean over queries)"),
+    "syn_top10_share": ("synthetic_share_top10", "synthetic points among the top-10 negatives (%)",
+                        "Share of synthetic points among each query's 10 hardest negatives"),
     "false_neg_share": ("class_oracle_false_negatives", "false negatives among the N hardest (%)",
                         "Class oracle: share of each query's hardest negatives with its own label"),
     "neg_top1_cos": ("hardness_top1", "cosine of the hardest queue negative",
-                     "Hardness of the top negative (mean over queries)"),
+                     "Hardness of the top queue negative (mean over queries)"),
     "neg_topN_cos": ("hardness_topN", "mean cosine of the N hardest queue negatives",
-                     "Hardness of the N hardest negatives (mean over queries)"),
+                     "Hardness of the N hardest queue negatives (mean over queries)"),
 }
-PERCENT = {"acc_moco", "false_neg_share"}
+PERCENT = {"acc_moco", "acc_all", "false_neg_share", "syn_top10_share"}
+BAND = "bands: 95% CI over seeds"
 
 
 def _plt():
@@ -48,90 +55,94 @@ def _save(fig, path: Path) -> list[Path]:
     return [path.with_suffix(".png"), path.with_suffix(".pdf")]
 
 
-def histories(client, runs: pd.DataFrame, metrics) -> pd.DataFrame:
-    """Long table (cell, seed, metric, step, value) of the pretraining runs' metric histories."""
-    rows = []
-    pre = runs[runs["tags.stage"] == "pretrain"]
-    for _, r in pre.iterrows():
-        for m in metrics:
-            if f"metrics.{m}" not in r or pd.isna(r[f"metrics.{m}"]):
-                continue
-            for point in client.get_metric_history(r["run_id"], m):
-                rows.append((r["tags.cell"], int(r["tags.seed"]), m, point.step, point.value))
-    return pd.DataFrame(rows, columns=["cell", "seed", "metric", "step", "value"])
+def _yerr(summary: pd.DataFrame, m: str) -> np.ndarray:
+    """[2, rows] distances from the mean to the 95% interval's bounds (0 where n < 2)."""
+    mean = summary[f"{m}_mean"].to_numpy(float)
+    return np.vstack([(mean - summary[f"{m}_low"].to_numpy(float)), (summary[f"{m}_high"].to_numpy(float) - mean)]
+                     ).clip(min=0) if f"{m}_low" in summary else np.zeros((2, len(mean)))
 
 
-def linear_top1_bars(summary: pd.DataFrame, title: str, out_dir: Path, metric: str = "linear_top1") -> list[Path]:
-    """Bar chart of a metric per cell with std error bars over seeds, the baseline row grey and dashed."""
-    if summary[f"{metric}_mean"].isna().all():
+def score_bars(summary: pd.DataFrame, title: str, out_dir: Path, metric: str = "linear_top1") -> list[Path]:
+    """Bars of a score per row with 95% CI error bars over seeds: the baseline grey with a dashed
+    line, reference rows hatched; n per row under its name."""
+    if f"{metric}_mean" not in summary or summary[f"{metric}_mean"].isna().all():
         return []
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(summary) + 1.5), 3.6))
-    means, stds = summary[f"{metric}_mean"], summary[f"{metric}_std"].fillna(0.0)
-    base = baseline_row(summary)
-    colors = ["tab:gray" if base is not None and c == base["cell"] else "tab:blue" for c in summary["cell"]]
-    ax.bar(range(len(summary)), means, yerr=stds, color=colors, capsize=4)
-    ax.set_xticks(range(len(summary)), [c.replace("_", "\n") for c in summary["cell"]], fontsize=8)
+    s = summary[summary[f"{metric}_mean"].notna()].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(s) + 1.5), 3.9))
+    means, err = s[f"{metric}_mean"].to_numpy(float), np.nan_to_num(_yerr(s, metric))
+    colors = ["tab:gray" if b else "tab:orange" if k != "cell" else "tab:blue" for b, k in zip(s["baseline"], s["kind"])]
+    bars = ax.bar(range(len(s)), means, yerr=err, color=colors, capsize=4)
+    for bar, kind in zip(bars, s["kind"]):
+        if kind != "cell":
+            bar.set_hatch("//")
+    names = [f"{c.replace('_', chr(10))}\nn={int(n)}" for c, n in zip(s["cell"], s[f"{metric}_n"])]
+    ax.set_xticks(range(len(s)), names, fontsize=7)
     ax.set_ylabel(f"{METRICS[metric].label} (%)")
-    lo = (means - stds).min()
-    ax.set_ylim(max(0.0, lo - 2.0), min(100.0, (means + stds).max() + 1.0))
-    if base is not None:
-        ax.axhline(base[f"{metric}_mean"], color="tab:gray", lw=1, ls="--", label="MoCo v2 baseline (s = s' = 0)")
+    lo, hi = (means - err[0]).min(), (means + err[1]).max()
+    ax.set_ylim(max(0.0, lo - 2.0), min(100.0, hi + 1.0))
+    if s["baseline"].any():
+        base = s[s["baseline"]].iloc[0]
+        ax.axhline(base[f"{metric}_mean"], color="tab:gray", lw=1, ls="--", label=f"baseline: {base['method']}")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("cell: MoCHi (N, s, s'); grey: MoCo baseline. Error bars: std over seeds")
+    ax.set_xlabel("rows (hatched: measured, not pretrained here); error bars: 95% CI over seeds", fontsize=8)
     return _save(fig, out_dir / metric)
 
 
 def curves(hist: pd.DataFrame, order: list[str], plain: set[str], out_dir: Path) -> list[Path]:
-    """The training-curve figures of ``CURVES``: one line per cell (mean over seeds, +- std band),
-    dashed for the plain-MoCo cells in ``plain``."""
+    """The training-curve figures of ``CURVES``: one line per row (mean over seeds at each logged
+    step, with its 95% CI band), dashed for the plain-MoCo rows in ``plain``."""
     plt = _plt()
     files: list[Path] = []
     for metric, (stem, ylabel, title) in CURVES.items():
         h = hist[hist["metric"] == metric]
         if h.empty:
             continue
-        # Runs from before replayed points were skipped may hold a step twice: keep the last.
-        h = h.drop_duplicates(["cell", "seed", "step"], keep="last")
         scale = 100.0 if metric in PERCENT else 1.0
-        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        fig, ax = plt.subplots(figsize=(6.6, 3.9))
         for cell in [c for c in order if c in set(h["cell"])]:
-            g = h[h["cell"] == cell].groupby("step")["value"].agg(["mean", "std"]).sort_index() * scale
-            style = "--" if cell in plain else "-"
-            ax.plot(g.index, g["mean"], style, label=cell, lw=1.4)
-            ax.fill_between(g.index, g["mean"] - g["std"].fillna(0), g["mean"] + g["std"].fillna(0), alpha=0.15)
+            g = h[h["cell"] == cell].groupby("step")["value"]
+            ivs = [stats.mean_ci((v * scale).tolist()) for _, v in g]
+            steps = list(g.groups)
+            mean = np.array([iv.mean for iv in ivs])
+            low = np.array([iv.low if iv.n > 1 else iv.mean for iv in ivs])
+            high = np.array([iv.high if iv.n > 1 else iv.mean for iv in ivs])
+            n = max(iv.n for iv in ivs)
+            ax.plot(steps, mean, "--" if cell in plain else "-", label=f"{cell} (n={n})", lw=1.4)
+            ax.fill_between(steps, low, high, alpha=0.15)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, title="cell (dashed: MoCo)", title_fontsize=7)
+        ax.legend(fontsize=7, title=f"row (dashed: MoCo v2); {BAND}", title_fontsize=7, loc="best")
         files += _save(fig, out_dir / stem)
     return files
 
 
-def alignment_uniformity(seeds: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """End-of-training alignment against uniformity per cell, std error bars over seeds."""
-    if seeds[["alignment", "uniformity"]].isna().all().any():
+def alignment_uniformity(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """End-of-training alignment against uniformity per row, 95% CI error bars over seeds."""
+    if any(f"{m}_mean" not in summary or summary[f"{m}_mean"].isna().all() for m in ("alignment", "uniformity")):
         return []
     plt = _plt()
-    g = seeds.groupby("cell", sort=False)[["alignment", "uniformity"]].agg(["mean", "std"])
-    fig, ax = plt.subplots(figsize=(5.2, 4.0))
-    for cell, r in g.iterrows():
-        ax.errorbar(r[("uniformity", "mean")], r[("alignment", "mean")], xerr=r[("uniformity", "std")],
-                    yerr=r[("alignment", "std")], fmt="o", capsize=3, label=cell)
+    s = summary[summary["alignment_mean"].notna()].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(5.4, 4.0))
+    xerr, yerr = np.nan_to_num(_yerr(s, "uniformity")), np.nan_to_num(_yerr(s, "alignment"))
+    for i, r in s.iterrows():
+        ax.errorbar(r["uniformity_mean"], r["alignment_mean"], xerr=xerr[:, i:i + 1], yerr=yerr[:, i:i + 1], fmt="o",
+                    capsize=3, label=f"{r['cell']} (n={int(r['alignment_n'])})")
     ax.set_xlabel("uniformity  log E exp(-2 |z - z'|^2)  (lower is more uniform)")
     ax.set_ylabel("alignment  E |z1 - z2|^2  (lower is better aligned)")
-    ax.set_title("Alignment vs uniformity of held-out embeddings (end of training)", fontsize=9)
+    ax.set_title("Alignment vs uniformity of held-out embeddings (end of training; 95% CI)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out_dir / "alignment_uniformity")
 
 
 def heatmap_N_s(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Linear top-1 over N x s, one panel per s' (needs >= 2 values of N and of s)."""
+    """Linear top-1 over N x s, one panel per s' (needs >= 2 values of N and of s); means over seeds."""
     need = {"N", "s", "s_prime"}
-    if not need <= set(summary) or summary["linear_top1_mean"].isna().all():
+    if not need <= set(summary) or "linear_top1_mean" not in summary or summary["linear_top1_mean"].isna().all():
         return []
-    d = summary.dropna(subset=["linear_top1_mean"])
+    d = summary[(summary["kind"] == "cell") & summary["linear_top1_mean"].notna()]
     d = d[~d["plain_moco"].astype(bool)]
     if d["N"].nunique() < 2 or d["s"].nunique() < 2:
         return []
@@ -151,7 +162,8 @@ def heatmap_N_s(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_ylabel("N (hard negatives)")
         ax.set_title(f"s' = {int(sp)}", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), label="linear top-1 (%)")
-    fig.suptitle("Linear top-1 over N x s (mean over seeds)", fontsize=9)
+    n = int(d["linear_top1_n"].min())
+    fig.suptitle(f"Linear top-1 over N x s (mean over n >= {n} seeds; intervals in table.md)", fontsize=9)
     fig.savefig((out_dir / "heatmap_N_s").with_suffix(".png"), dpi=120, bbox_inches="tight")
     fig.savefig((out_dir / "heatmap_N_s").with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
@@ -159,21 +171,22 @@ def heatmap_N_s(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def accuracy_vs_K(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Linear top-1 against the memory size K, one line per (N, s, s') (needs >= 2 values of K)."""
-    if "K" not in summary or summary["linear_top1_mean"].isna().all():
+    """Linear top-1 against the memory size K, one line per method, 95% CI error bars over seeds
+    (needs >= 2 values of K)."""
+    if "K" not in summary or "linear_top1_mean" not in summary or summary["linear_top1_mean"].isna().all():
         return []
-    d = summary.dropna(subset=["linear_top1_mean"])
+    d = summary[(summary["kind"] == "cell") & summary["linear_top1_mean"].notna()]
     if d["K"].nunique() < 2:
         return []
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for name, g in d.groupby("method", sort=False):
         g = g.sort_values("K")
-        ax.errorbar(g["K"], g["linear_top1_mean"], yerr=g["linear_top1_std"].fillna(0), marker="o", capsize=3,
-                    label=name)
+        ax.errorbar(g["K"], g["linear_top1_mean"], yerr=np.nan_to_num(_yerr(g, "linear_top1")), marker="o",
+                    capsize=3, label=f"{name} (n={int(g['linear_top1_n'].min())})")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("memory size K (queue length)")
     ax.set_ylabel("linear top-1 (%)")
-    ax.set_title("Accuracy vs memory size (error bars: std over seeds)", fontsize=9)
+    ax.set_title("Accuracy vs memory size (error bars: 95% CI over seeds)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out_dir / "accuracy_vs_K")

@@ -19,6 +19,7 @@ submission in ``submit``, ``--dry-run``/``--status``/``--cancel`` in ``status``,
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ablations import spec, status
@@ -48,6 +49,14 @@ def parser() -> ArgumentParser:
     p.add_argument("--lincls", help="arguments of python -m pretrain.lincls for each cell, or 'none'")
     p.add_argument("--transfer", help="arguments of python -m transfer.finetune for each cell (e.g. '--task voc-c4 "
                                       "--data /datasets/VOCdevkit'), or 'none'")
+    p.add_argument("--random-init", action=argparse.BooleanOptionalAction,
+                   help="a reference row: the probe (and transfer) of the randomly initialised backbone each seed's "
+                        "cells start from (default: the preset's; on for demo)")
+    p.add_argument("--reference", action="append", default=[], metavar="NAME=PATH",
+                   help="a reference row: a released checkpoint in MoCo's format, evaluated with the grid's probe "
+                        "and transfer stages (repeatable)")
+    p.add_argument("--baseline", metavar="CELL", help="the cell every row is compared with (default: the first "
+                                                      "plain MoCo v2 cell)")
     p.add_argument("--cluster", default="auto", help="slurm, local, debug or auto (slurm where a controller "
                                                      "answers, else local)")
     p.add_argument("--profile", help=f"cluster profile: {', '.join(launcher.profiles())} or a .yaml path "
@@ -89,7 +98,8 @@ def grid_from_args(args) -> spec.Grid:
     if sweep is not None and not all(sweep):
         raise UserError(f"--sweep {args.sweep!r}: empty axis name")
     return spec.build(preset, sweep, axis_values(args), args.seeds, list(args.set),
-                      None if args.lincls is None else args.lincls, args.name, args.transfer)
+                      None if args.lincls is None else args.lincls, args.name, args.transfer, args.random_init,
+                      list(args.reference), args.baseline)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ablations import spec
@@ -15,9 +16,30 @@ from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 
 
-def unit_key(cell: spec.Cell, seed: int) -> str:
-    """How jobs.json and progress lines name one cell x seed: ``N128-s128-sp32/seed0``."""
-    return f"{cell.id}/seed{seed}"
+@dataclass(frozen=True)
+class Unit:
+    """One row x seed of a grid: a cell (pretrained here, then evaluated) or a reference row (only
+    evaluated), and its run folder."""
+
+    seed: int
+    run_dir: Path
+    cell: spec.Cell | None = None
+    ref: spec.Reference | None = None
+
+    @property
+    def row(self) -> str:
+        """The row's id: the cell's, or the reference row's."""
+        return self.cell.id if self.cell is not None else self.ref.id
+
+    @property
+    def key(self) -> str:
+        """How jobs.json and progress lines name the unit: ``N128-s128-sp32/seed0``."""
+        return f"{self.row}/seed{self.seed}"
+
+    @property
+    def pretrains(self) -> bool:
+        """Whether the grid pretrains this unit (a cell) or only evaluates it (a reference row)."""
+        return self.cell is not None
 
 
 class GridDir:
@@ -47,32 +69,36 @@ class GridDir:
         """The run folder of one cell x seed."""
         return rundir.grid_run_dir(self.out, cell.id, seed)
 
-    def units(self):
-        """Every (cell, seed, run folder) of the grid, in grid order."""
-        for cell in self.grid.cells:
-            for seed in range(self.grid.seeds):
-                yield cell, seed, self.run_dir(cell, seed)
+    def units(self) -> list[Unit]:
+        """Every row x seed of the grid, in table order: the cells, then the reference rows."""
+        seeds = range(self.grid.seeds)
+        return ([Unit(s, self.run_dir(c, s), cell=c) for c in self.grid.cells for s in seeds]
+                + [Unit(s, rundir.grid_run_dir(self.out, r.id, s), ref=r) for r in self.grid.references for s in seeds])
 
-    def cell(self, cell_id: str) -> spec.Cell | None:
-        """The grid's cell of that id, or None."""
-        return next((c for c in self.grid.cells if c.id == cell_id), None)
+    def probe(self, u: Unit):
+        """The unit's linear probe (``ProbeSettings``), or None."""
+        return self.grid.probe(u.run_dir, u.seed, u.ref)
 
-    def evals_done(self, run_dir: Path, seed: int) -> dict[str, bool]:
-        """{stage: done} for the evaluation stages this grid runs after pretraining."""
+    def transfer(self, u: Unit):
+        """The unit's transfer stage (``FinetuneSettings``), or None."""
+        return self.grid.transfer_stage(u.run_dir, u.ref)
+
+    def evals_done(self, u: Unit) -> dict[str, bool]:
+        """{stage: done} for the evaluation stages this grid runs on the unit."""
         out = {}
-        if (probe := self.grid.probe(run_dir, seed)) is not None:
+        if (probe := self.probe(u)) is not None:
             out["lincls"] = (probe.out_dir / rundir.LINCLS_FILE).is_file()
-        if (transfer := self.grid.transfer_stage(run_dir)) is not None:
+        if (transfer := self.transfer(u)) is not None:
             out["transfer"] = (transfer.out_dir / rundir.SUMMARY_FILE).is_file()
         return out
 
-    def stage_done(self, run_dir: Path, seed: int) -> tuple[bool, bool]:
-        """(pretraining done, every evaluation stage done)."""
-        return rundir.pretrain_done(run_dir), all(self.evals_done(run_dir, seed).values())
+    def stage_done(self, u: Unit) -> tuple[bool, bool]:
+        """(pretraining done (always, for a reference row), every evaluation stage done)."""
+        return (rundir.pretrain_done(u.run_dir) if u.pretrains else True), all(self.evals_done(u).values())
 
     def complete(self) -> bool:
-        """True when every stage of every cell x seed is done."""
-        return all(all(self.stage_done(d, seed)) for _, seed, d in self.units())
+        """True when every stage of every row x seed is done."""
+        return all(all(self.stage_done(u)) for u in self.units())
 
     def jobs(self) -> dict:
         """{unit key: {stage: job record}} of every job submitted so far."""

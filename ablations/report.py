@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations import figures, spec
-from ablations.collect import close_parent, per_seed, runs_frame, sync_grid
-from ablations.summary import load_reference, summarize, table
+from ablations import figures, spec, stats
+from ablations.collect import METRICS, close_parent, histories, per_seed, runs_frame, sync_grid
+from ablations.summary import conclusions, load_reference, mechanism_table, summarize, table
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 
@@ -24,28 +24,68 @@ def table_axes(grid: spec.Grid) -> list[str]:
     return list(dict.fromkeys([*grid.table_rows, *(a for c in grid.cells for a in c.values)]))
 
 
-def html_report(title: str, t: pd.DataFrame, figures: list[Path], notes: list[str], path: Path) -> None:
-    """One self-contained page: the table and every figure (PNG files beside it)."""
+STATISTICS = (
+    "Values: mean ± sample sd over seeds (n). Δ: the row minus the baseline row, with its 95% t interval; "
+    "seeds pair (seed k gives every cell the same initial weights, data order and augmentation draws), so "
+    "rows are compared on per-seed differences (paired t-test); rows whose seeds do not pair (released "
+    "checkpoints) by Welch's t-test. Each interval is the row's own, not adjusted for the number of rows; "
+    "p: Holm-Bonferroni adjusted over the rows of one column, and the verdicts follow it. Verdicts need "
+    f"at least {stats.MIN_N} seeds and p < {stats.ALPHA}; bold marks the best row only where it is "
+    "significantly better than the baseline. Seeds for 0.5 pt: seeds per row a paired t-test would need "
+    "for 80% power to detect a 0.5-point difference at the observed spread."
+)
+
+
+def _cells_html(t: pd.DataFrame) -> str:
+    """A table as HTML, with Markdown bold turned into <b>."""
     import html
 
-    body = t.to_html(index=False, escape=True).replace("**", "")
-    bold = {f"<td>{c.strip('*')}</td>" for c in t.astype(str).to_numpy().ravel() if c.startswith("**")}
-    for cell in bold:
-        body = body.replace(cell, cell.replace("<td>", "<td><b>").replace("</td>", "</b></td>"))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.columns)
+    rows = []
+    for _, r in t.iterrows():
+        cells = []
+        for v in r:
+            text = html.escape(str(v))
+            cells.append(f"<td><b>{text.strip('*')}</b></td>" if text.startswith("**") else f"<td>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def html_report(title: str, tables: list[tuple[str, pd.DataFrame]], conclusions: list[str], figures: list[Path],
+                notes: list[str], path: Path) -> None:
+    """One self-contained page: the tables, what they let one conclude, and every figure (PNG files beside it)."""
+    import html
+
+    body = "".join(f"<h2>{html.escape(h)}</h2>{_cells_html(t)}" for h, t in tables)
+    words = "".join(f"<li>{html.escape(c)}</li>" for c in conclusions)
     imgs = "\n".join(f'<figure><img src="{f.name}" alt="{html.escape(f.stem)}"><figcaption>{html.escape(f.stem)}'
                      f'</figcaption></figure>' for f in figures if f.suffix == ".png")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:100%}} figure{{margin:1.5em 0}}</style>
-</head><body><h1>{html.escape(title)}</h1>{body}
-<ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>{imgs}</body></html>"""
+</head><body><h1>{html.escape(title)}</h1>{body}<h2>What these runs show</h2><ul>{words}</ul>
+<h2>Notes</h2><ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>{imgs}</body></html>"""
     atomic_write(path, page.encode())
+
+
+def markdown(title: str, tables: list[tuple[str, pd.DataFrame]], conclusions: list[str], notes: list[str]) -> str:
+    """The report as Markdown: the tables, the conclusions in words, the notes."""
+    parts = [f"# {title}\n"]
+    for i, (heading, t) in enumerate(tables):
+        if i:
+            parts.append(f"## {heading}\n")
+        parts.append(t.to_markdown(index=False, disable_numparse=True) + "\n")
+    parts.append("## What these runs show\n")
+    parts += [f"- {c}" for c in conclusions] + [""]
+    parts.append("## Notes\n")
+    parts += [f"- {n}" for n in notes] + [""]
+    return "\n".join(parts)
 
 
 def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complete: bool = True) -> int:
     """Sync (and close the grid's parent run if ``complete``), then write the tables
     (``table.{md,csv,tex}``, ``per_seed.csv``), the figures (PNG + PDF) and ``report.html`` into
-    ``results_dir``; print the table."""
+    ``results_dir``; print the tables and the conclusions."""
     from mlflow.tracking import MlflowClient
 
     results_dir = Path(results_dir)
@@ -60,40 +100,48 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     axes = table_axes(grid)
     try:
         runs = runs_frame(uri, grid.grid_id, experiment)
+        hist = histories(MlflowClient(uri), runs, sorted({*figures.CURVES, *(m.mlflow for m in METRICS.values()
+                                                                            if m.late)})) if len(runs) else None
     except Exception as e:  # noqa: BLE001
         log.warning("cannot read MLflow store %s (%s); no tables written", uri, e)
         return 1
     if runs.empty:
         print("no finished runs in MLflow yet; no tables written")
         return 0
-    seeds = per_seed(runs, grid, axes)
-    order = [c.id for c in grid.cells]
-    summary = summarize(seeds, order, axes)
-    t = table(summary, axes, reference, grid.preset)
+    seeds = per_seed(runs, grid, axes, hist)
+    summary = summarize(seeds, grid, axes)
+    title = f"{grid.name}: {grid.paper}" if grid.paper else grid.name
+    tables = [("Scores", table(summary, axes, reference, grid.preset))]
+    mech = mechanism_table(summary, axes)
+    if mech is not None:
+        tables.append(("Mechanism: how hard the task and the negatives are (last quarter of training)", mech))
+    words = conclusions(summary)
+    notes = [STATISTICS,
+             f"grid {grid.grid_id}, {len(grid.cells)} cells + {len(grid.references)} reference rows x {grid.seeds} "
+             f"seeds, base preset {grid.base}; runs in MLflow experiment {experiment} at {uri}"]
+    notes += [f"reference {r['metric']} {r['value']}: {r['source']}" for r in reference if r["preset"] == grid.preset]
+
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(source, json.dumps({"grid_id": grid.grid_id, "grid_dir": str(Path(grid_dir).resolve()),
                                      "tracking_uri": uri}).encode())
-    title = f"{grid.name}: {grid.paper}" if grid.paper else grid.name
-    md = f"# {title}\n\n" + t.to_markdown(index=False, disable_numparse=True) + "\n"
-    atomic_write(results_dir / "table.md", md.encode())
+    atomic_write(results_dir / "table.md", markdown(title, tables, words, notes).encode())
     atomic_write(results_dir / "table.csv", summary.to_csv(index=False).encode())
     atomic_write(results_dir / "per_seed.csv", seeds.to_csv(index=False).encode())
-    atomic_write(results_dir / "table.tex", t.to_latex(index=False).replace("**", "").encode())
-
-    figs = figures.linear_top1_bars(summary, title, results_dir)
-    hist = figures.histories(MlflowClient(uri), runs, list(figures.CURVES))
-    figs += figures.curves(hist, order, set(summary.loc[summary["plain_moco"].astype(bool), "cell"]), results_dir)
-    figs += figures.alignment_uniformity(seeds, results_dir)
+    atomic_write(results_dir / "table.tex", "\n".join(t.to_latex(index=False).replace("**", "")
+                                                      for _, t in tables).encode())
+    figs = figures.score_bars(summary, title, results_dir)
+    figs += figures.curves(hist, grid.row_ids(), set(summary.loc[summary["plain_moco"].astype(bool), "cell"]),
+                           results_dir)
+    figs += figures.alignment_uniformity(summary, results_dir)
     figs += figures.heatmap_N_s(summary, results_dir)
     figs += figures.accuracy_vs_K(summary, results_dir)
-    notes = ["mean ± sample std over seeds (n = seeds); best value per accuracy column in bold; "
-             "Δ columns: difference to the first MoCo v2 row (no synthetic negatives: s = s' = 0)",
-             f"grid {grid.grid_id}, {len(grid.cells)} cells x {grid.seeds} seeds, base preset {grid.base}; "
-             f"runs in MLflow experiment {experiment} at {uri}"]
-    notes += [f"reference {r['metric']} {r['value']}: {r['source']}" for r in reference if r["preset"] == grid.preset]
-    html_report(title, t, figs, notes, results_dir / "report.html")
+    html_report(title, tables, words, figs, notes, results_dir / "report.html")
     print()
-    print(t.to_string(index=False))
+    for heading, t in tables:
+        print(f"{heading}:\n{t.to_string(index=False)}\n")
+    print("What these runs show:")
+    for c in words:
+        print(f"- {c}")
     print(f"\nwrote {results_dir}/: table.md, table.csv, table.tex, per_seed.csv, report.html"
           + "".join(f", {f.name}" for f in figs if f.suffix == ".png"))
     print(f"browse the runs: make ui (or mlflow ui --backend-store-uri {uri}), open http://127.0.0.1:5000, "

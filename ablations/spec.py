@@ -47,7 +47,7 @@ AXES = {
 # How a cell name abbreviates an axis: N1024-s1024-sp128, lr0.03.
 SHORT = {"s_prime": "sp", "base_lr": "lr"}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
-               "baseline", "transfer"}
+               "baseline", "transfer", "random_init", "reference"}
 MIXING_AXES = ("N", "s", "s_prime")
 
 
@@ -130,6 +130,53 @@ class Cell:
         return {axis(a).key: v for a, v in self.values.items()}
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A row measured with the grid's own probe and transfer stages but not pretrained by it: the
+    architecture randomly initialised (``path`` None), or a released checkpoint in MoCo's format."""
+
+    name: str
+    path: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The row's name in folders, MLflow tags and tables."""
+        return "random-init" if self.path is None else f"released-{self.name}"
+
+    @property
+    def kind(self) -> str:
+        """``random-init`` or ``released``."""
+        return "random-init" if self.path is None else "released"
+
+    @property
+    def label(self) -> str:
+        """How tables name the row."""
+        return "random init" if self.path is None else f"released: {self.name}, evaluated here"
+
+
+RANDOM_INIT = Reference("random-init")
+
+
+def parse_references(items: list[str] | Mapping[str, str] | None) -> list[Reference]:
+    """Released checkpoints as rows: ``NAME=PATH`` texts (command line) or a mapping {NAME: PATH}
+    (preset); UserError for a malformed one or a path that does not exist."""
+    import re
+
+    if not items:
+        return []
+    pairs = list(items.items()) if isinstance(items, Mapping) else [str(i).partition("=")[::2] for i in items]
+    out = []
+    for name, path in pairs:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name)) or not path:
+            raise UserError(f"--reference {name}={path}: give NAME=PATH, NAME of letters, digits, '.', '_' or '-'")
+        if not Path(path).is_file():
+            raise UserError(f"--reference {name}: {path} does not exist (a checkpoint in MoCo's format)")
+        out.append(Reference(str(name), str(Path(path).resolve())))
+    if len({r.name for r in out}) < len(out):
+        raise UserError("--reference names must differ")
+    return out
+
+
 def parse_set(items: list[str] | Mapping[str, object] | None) -> dict[str, object]:
     """Overrides for every cell, typed: a mapping {key: value} (preset) or ``KEY=VALUE`` texts
     (command line, or a preset's list form)."""
@@ -165,11 +212,20 @@ class Grid:
     table_rows: list[str] = field(default_factory=list)
     paper: str = ""
     preset: str = ""  # the grid preset it came from: keys the reference numbers in results/
+    references: list[Reference] = field(default_factory=list)  # rows evaluated but not pretrained here
+    baseline: str | None = None  # the cell every row is compared with (default: the first plain-MoCo cell)
 
     def identity(self) -> dict:
         """What makes two grids the same (and a re-run idempotent): not where or how they run."""
-        return {"name": self.name, "base": self.base, "set": self.set, "seeds": self.seeds,
-                "lincls": self.lincls, "transfer": self.transfer, "cells": [c.values for c in self.cells]}
+        out = {"name": self.name, "base": self.base, "set": self.set, "seeds": self.seeds,
+               "lincls": self.lincls, "transfer": self.transfer, "cells": [c.values for c in self.cells]}
+        if self.references:
+            out["references"] = [[r.name, r.path] for r in self.references]
+        return out
+
+    def row_ids(self) -> list[str]:
+        """Every row of the grid's tables, in order: the cells, then the reference rows."""
+        return [c.id for c in self.cells] + [r.id for r in self.references]
 
     @property
     def grid_id(self) -> str:
@@ -195,30 +251,44 @@ class Grid:
         """The (N, s, s') a cell trains with (its own axes, else the base preset's)."""
         return self.cfg(cell, 0, Path("runs/x")).mochi.mixing
 
-    def probe(self, run_dir: Path, seed: int):
-        """The linear probe of one cell x seed (``ProbeSettings``), or None without a probe stage."""
+    def probe(self, run_dir: Path, seed: int, ref: Reference | None = None):
+        """The linear probe (``ProbeSettings``) of one cell x seed, or of a reference row's seed (its
+        data and architecture from the grid's base), or None without a probe stage."""
         if self.lincls is None:
             return None
         from pretrain import lincls
 
+        source = ref.path if ref is not None and ref.path else str(run_dir)
         try:
-            s = lincls.settings([str(run_dir), *self.lincls])
+            s = dataclasses.replace(lincls.settings([source, *self.lincls]), seed=seed)
         except UserError as e:
             raise UserError(f"--lincls {' '.join(self.lincls)!r}: {e}") from None
+        if ref is not None:
+            base = config.with_values(self.base_config(), {"run.seed": seed})
+            d, model = base.data, base.model
+            s = dataclasses.replace(
+                s, arch=s.arch or model.arch, small_stem=s.small_stem or model.small_stem,
+                dataset=s.dataset or d.dataset, data_path=s.data_path or d.path,
+                class_list=s.class_list or d.class_list, image_size=s.image_size or d.image_size)
+            if ref.path is None:  # the initialisation every cell of this seed starts from
+                s = dataclasses.replace(s, source=None, random_init=True, pretrain_config=base)
         # The run folder may not exist yet: its probe's folder is placed by the rule, not by looking.
-        return dataclasses.replace(s, seed=seed, out=s.out or str(rundir.lincls_dir(run_dir, s.fast, s.random_init)))
+        return dataclasses.replace(s, out=s.out or str(rundir.lincls_dir(run_dir, s.fast, s.random_init)))
 
-    def transfer_stage(self, run_dir: Path):
-        """The transfer stage of one cell x seed (``FinetuneSettings``), or None without one."""
+    def transfer_stage(self, run_dir: Path, ref: Reference | None = None):
+        """The transfer stage (``FinetuneSettings``) of one cell x seed or reference row, or None."""
         if self.transfer is None:
             return None
         from transfer import finetune
 
+        source = ref.path if ref is not None and ref.path else str(run_dir)
         try:
-            s = finetune.settings([str(run_dir), *self.transfer])
+            s = finetune.settings([source, *self.transfer])
         except UserError as e:
             raise UserError(f"--transfer {' '.join(self.transfer)!r}: {e} (e.g. --task voc-c4 --data "
                             f"/datasets/VOCdevkit)") from None
+        if ref is not None and ref.path is None:
+            s = dataclasses.replace(s, source=None, random_init=True)
         return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init)))
 
     @property
@@ -231,7 +301,7 @@ class Grid:
         """``grid.json``: the identity plus where and how the grid runs."""
         d = self.identity()
         d.update(grid_id=self.grid_id, profile=self.profile, table_rows=self.table_rows, paper=self.paper,
-                 dropped=self.dropped, preset=self.preset)
+                 dropped=self.dropped, preset=self.preset, baseline=self.baseline)
         return json.dumps(d, indent=1)
 
 
@@ -270,12 +340,16 @@ def load_preset(name: str) -> dict:
 
 def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds: int | None,
           extra_set: list[str] | Mapping[str, object], lincls: list[str] | str | None, name: str | None = None,
-          transfer: list[str] | str | None = None) -> Grid:
+          transfer: list[str] | str | None = None, random_init: bool | None = None,
+          references: list[str] | None = None, baseline: str | None = None) -> Grid:
     """Cells from ``--sweep`` (cross product of the named axes) or the preset's cells/axes.
 
     Values for a swept axis come from ``values`` (command line), else the preset's ``axes``. Cells
     whose config does not validate (s > 0 with N = 0, N > K, ...) are dropped with the reason;
-    a grid with no valid cell is refused.
+    a grid with no valid cell is refused. Reference rows: the random-init row (``random_init``,
+    else the preset's), then the released checkpoints (the preset's, then ``references``).
+    ``baseline`` names the cell the tables compare every row with (else the preset's, else the
+    first plain-MoCo cell).
     """
     axes_default = {axis(a).name: [axis(a).coerce(v) for v in (vals if isinstance(vals, list) else [vals])]
                     for a, vals in (preset.get("axes") or {}).items()}
@@ -304,7 +378,7 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     else:
         raw = [{}]
     raw = [typed_values(c) for c in raw]
-    if preset.get("baseline") and not any(all(c.get(k) == 0 for k in MIXING_AXES) for c in raw):
+    if preset.get("baseline") is True and not any(all(c.get(k) == 0 for k in MIXING_AXES) for c in raw):
         raw.insert(0, {**{k: v for k, v in (raw[0] if raw else {}).items() if k not in MIXING_AXES},
                        "N": 0, "s": 0, "s_prime": 0})
 
@@ -317,6 +391,9 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
         table_rows=[axis(a).name for a in (sweep or (preset.get("table") or {}).get("rows") or [])],
         paper=str(preset.get("paper", "")), preset=preset["name"],
         transfer=_argv(preset.get("transfer") if transfer is None else transfer),
+        references=([RANDOM_INIT] if (preset.get("random_init", False) if random_init is None else random_init)
+                    else []) + parse_references(preset.get("reference")) + parse_references(references),
+        baseline=baseline or (preset["baseline"] if isinstance(preset.get("baseline"), str) else None),
     )
     if grid.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {grid.seeds}")
@@ -343,6 +420,10 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
         raise UserError(f"every cell of the grid is invalid ({reasons})")
     if not grid.table_rows:
         grid.table_rows = list(dict.fromkeys(a for c in grid.cells for a in c.values))
+    if grid.baseline is not None and grid.baseline not in {c.id for c in grid.cells}:
+        raise UserError(f"--baseline {grid.baseline!r} is not a cell of the grid ({', '.join(c.id for c in grid.cells)})")
+    if grid.references and grid.lincls is None and grid.transfer is None:
+        raise UserError("reference rows need a probe or a transfer stage to measure them (--lincls or --transfer)")
     return grid
 
 
@@ -353,4 +434,5 @@ def from_json(text: str) -> Grid:
     return Grid(name=d["name"], base=d["base"], set=parse_set(d["set"]), cells=cells,
                 seeds=int(d["seeds"]), lincls=d["lincls"], dropped=[tuple(x) for x in d.get("dropped", [])],
                 profile=d.get("profile", "local-cpu"), table_rows=[axis(a).name for a in d.get("table_rows", [])],
-                paper=d.get("paper", ""), preset=d.get("preset", ""), transfer=d.get("transfer"))
+                paper=d.get("paper", ""), preset=d.get("preset", ""), transfer=d.get("transfer"),
+                references=[Reference(n, p) for n, p in d.get("references", [])], baseline=d.get("baseline"))

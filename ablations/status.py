@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.griddir import GridDir, finish, unit_key
+from ablations.griddir import GridDir, Unit, finish
 from ablations.submit import slurm_job_states
 from pretrain.run import config, rundir
 from pretrain.run.tracking import read_metrics
@@ -53,6 +53,8 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
         print("  ".join([*(str(v).rjust(w) for v, w in zip(r[:7], widths)), f"{r[7]:6.2f}".rjust(widths[7])]))
     for cell_id, reason in grid.dropped:
         print(f"dropped {cell_id}: {reason}")
+    for ref in grid.references:
+        print(f"reference row {ref.id}: {ref.label} ({grid.seeds} seeds; probe and transfer only)")
     print(f"estimated pretraining cost: {total:.2f} {unit} at {profile.img_per_s:g} img/s per "
           f"{'GPU' if profile.gpus_per_job else 'job'} (ResNet-50, 224 px; profile img_per_s), linear probes not "
           f"included; nothing submitted")
@@ -80,11 +82,11 @@ class UnitState:
         return f"{text}: {self.log}" if self.log else text
 
 
-def unit_state(gd: GridDir, cell, seed: int, run_dir: Path, recs: dict, states: dict) -> UnitState:
-    """The state of one cell x seed from its folder and its jobs' scheduler states."""
-    pre_done, evals_done = gd.stage_done(run_dir, seed)
+def unit_state(gd: GridDir, u: Unit, recs: dict, states: dict) -> UnitState:
+    """The state of one row x seed from its folder and its jobs' scheduler states."""
+    pre_done, evals_done = gd.stage_done(u)
     if pre_done and evals_done:
-        probe = gd.grid.probe(run_dir, seed)
+        probe = gd.probe(u)
         if probe is not None:
             top1 = json.loads((probe.out_dir / rundir.LINCLS_FILE).read_text())["top1_best"]
             return UnitState("done", f"linear top-1 {top1:.2f}")
@@ -98,10 +100,10 @@ def unit_state(gd: GridDir, cell, seed: int, run_dir: Path, recs: dict, states: 
             return UnitState("queued", f"{stage}, job {rec['job_id']}")
         if st in launcher.ACTIVE:
             if pre_done:
-                where = "linear probe"
+                where = "evaluation"
             else:
-                metrics = read_metrics(run_dir)
-                epochs = gd.grid.cfg(cell, seed, run_dir).optim.epochs
+                metrics = read_metrics(u.run_dir)
+                epochs = gd.grid.cfg(u.cell, u.seed, u.run_dir).optim.epochs
                 where = f"epoch {metrics[-1].get('epoch', 0) + 1}/{epochs}" if metrics else "starting"
             return UnitState("running", f"{where}, job {rec['job_id']}")
         if stage in ("lincls", "transfer") and not pre_done and st in ("CANCELLED", "UNKNOWN"):
@@ -116,11 +118,12 @@ def status(gd: GridDir, uri: str) -> int:
     states = slurm_job_states(jobs)
     print(f"grid {gd.grid.name} ({gd.grid.grid_id}) in {gd.out}")
     n_done = 0
-    for cell, seed, run_dir in gd.units():
-        st = unit_state(gd, cell, seed, run_dir, jobs.get(unit_key(cell, seed), {}), states)
+    units = gd.units()
+    for u in units:
+        st = unit_state(gd, u, jobs.get(u.key, {}), states)
         n_done += st.kind == "done"
-        print(f"  {unit_key(cell, seed):<40} {st}")
-    total = len(gd.grid.cells) * gd.grid.seeds
+        print(f"  {u.key:<40} {st}")
+    total = len(units)
     print(f"{n_done}/{total} done")
     if n_done == total:
         return finish(gd, uri)

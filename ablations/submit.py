@@ -14,10 +14,8 @@ import shlex
 import signal
 import sys
 import time
-from pathlib import Path
 
-from ablations import spec
-from ablations.griddir import GridDir, finish, unit_key
+from ablations.griddir import GridDir, Unit, finish
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.tracking import GRID, experiment_id, git_commit, retry_locked
@@ -50,22 +48,30 @@ def ensure_parent(gd: GridDir, uri: str, profile: str, cluster: str) -> str | No
     return run_.info.run_id
 
 
-def unit_jobs(gd: GridDir, cell: spec.Cell, seed: int, run_dir: Path, uri: str,
-              parent: str | None) -> tuple[grid_jobs.PretrainJob, dict]:
-    """The pretraining job of one cell x seed and its evaluation jobs ({stage: job})."""
+def unit_jobs(gd: GridDir, u: Unit, uri: str, parent: str | None,
+              cores: int | None = None) -> tuple[grid_jobs.PretrainJob | None, dict]:
+    """The pretraining job of one row x seed (None for a reference row) and its evaluation jobs
+    ({stage: job}), all logging to the grid's experiment as children of its parent run, each on
+    ``cores`` threads."""
     grid = gd.grid
-    tags = {"grid_id": grid.grid_id, "grid": grid.name, "cell": cell.id, "seed": str(seed),
-            **{f"axis.{a}": str(v) for a, v in cell.values.items()}}
-    cfg = grid.cfg(cell, seed, run_dir, {"run.run_name": f"{cell.id}_seed{seed}_pretrain",
-                                          "run.tracking_uri": uri, "run.experiment": grid.experiment})
-    pre = grid_jobs.PretrainJob(cfg, tags, parent)
+    tags = {"grid_id": grid.grid_id, "grid": grid.name, "cell": u.row, "seed": str(u.seed)}
+    if u.cell is not None:
+        tags.update({f"axis.{a}": str(v) for a, v in u.cell.values.items()})
+    else:
+        tags["reference"] = u.ref.kind
+    where = {"tracking_uri": uri, "experiment": grid.experiment, "parent_run": parent}
+    pre = None
+    if u.cell is not None:
+        cfg = grid.cfg(u.cell, u.seed, u.run_dir, {"run.run_name": f"{u.row}_seed{u.seed}_pretrain",
+                                                   "run.tracking_uri": uri, "run.experiment": grid.experiment})
+        pre = grid_jobs.PretrainJob(cfg, tags, parent, cores)
     evals: dict = {}
-    if (probe := grid.probe(run_dir, seed)) is not None:
+    if (probe := gd.probe(u)) is not None:
         evals["lincls"] = grid_jobs.LinclsJob(dataclasses.replace(
-            probe, run_name=f"{cell.id}_seed{seed}_lincls", parent_run=parent, tags={**probe.tags, **tags}))
-    if (transfer := grid.transfer_stage(run_dir)) is not None:
+            probe, run_name=f"{u.row}_seed{u.seed}_lincls", tags={**probe.tags, **tags}, **where), cores)
+    if (transfer := gd.transfer(u)) is not None:
         evals["transfer"] = grid_jobs.TransferJob(dataclasses.replace(
-            transfer, parent_run=parent, tags={**transfer.tags, **tags}))
+            transfer, tags={**transfer.tags, **tags}, **where), cores)
     return pre, evals
 
 
@@ -99,17 +105,17 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
     jobs = gd.jobs()
     states = slurm_job_states(jobs)
     todo_pre, todo_lin, skipped_done, skipped_active = [], [], 0, 0
-    for cell, seed, run_dir in gd.units():
-        pre_done, lin_done = gd.stage_done(run_dir, seed)
-        recs = jobs.get(unit_key(cell, seed), {})
+    for u in gd.units():
+        pre_done, lin_done = gd.stage_done(u)
+        recs = jobs.get(u.key, {})
         if pre_done and lin_done:
             skipped_done += 1
         elif any(active(r, states) for r in recs.values()):
             skipped_active += 1
         elif pre_done:
-            todo_lin.append((cell, seed, run_dir))
+            todo_lin.append(u)
         else:
-            todo_pre.append((cell, seed, run_dir))
+            todo_pre.append(u)
     for cell_id, reason in grid.dropped:
         print(f"dropped {cell_id}: {reason}")
     print(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
@@ -144,38 +150,39 @@ def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo_pre: l
             submitted = [executor.submit(c) for c in callables]
         return submitted
 
-    def submit_evals(units, dep: str | None, why: str) -> None:
+    def submit_evals(units: list[tuple[Unit, dict]], dep: str | None, why: str) -> None:
         for stage in ("lincls", "transfer"):
-            todo = [(c, s, u[1][stage]) for c, s, u in units if stage in u[1]]
+            todo = [(u, evals[stage]) for u, evals in units if stage in evals]
             if not todo:
                 continue
             ex = launcher.make_executor("slurm", gd.logs, profile, name=f"{gd.grid.name}-{stage}", stage="eval",
                                         dependency=dep)
-            submitted = submit_batch(ex, [t[2] for t in todo])
-            for (c, s, _), j in zip(todo, submitted):
-                jobs.setdefault(unit_key(c, s), {})[stage] = job_record(j, stage, "slurm")
+            submitted = submit_batch(ex, [job for _, job in todo])
+            for (u, _), j in zip(todo, submitted):
+                jobs.setdefault(u.key, {})[stage] = job_record(j, stage, "slurm")
             gd.save_jobs(jobs)
             print(f"submitted {len(submitted)} {stage} jobs: array {submitted[0].job_id.split('_')[0]}{why}")
 
     if todo_pre:
-        units = [(c, s, unit_jobs(gd, c, s, d, uri, parent)) for c, s, d in todo_pre]
+        units = [(u, *unit_jobs(gd, u, uri, parent, profile.cpus_per_task)) for u in todo_pre]
         ex = launcher.make_executor("slurm", gd.logs, profile, name=f"{gd.grid.name}-pretrain", stage="pretrain")
-        pre_jobs = submit_batch(ex, [u[2][0] for u in units])
-        for (c, s, _), j in zip(units, pre_jobs):
-            jobs.setdefault(unit_key(c, s), {})["pretrain"] = job_record(j, "pretrain", "slurm")
+        pre_jobs = submit_batch(ex, [pre for _, pre, _ in units])
+        for (u, _, _), j in zip(units, pre_jobs):
+            jobs.setdefault(u.key, {})["pretrain"] = job_record(j, "pretrain", "slurm")
         gd.save_jobs(jobs)
         array_id = pre_jobs[0].job_id.split("_")[0]
         print(f"submitted {len(pre_jobs)} pretraining jobs: array {array_id} (at most {profile.array_parallelism} "
               f"at once)")
         dep = f"aftercorr:{array_id}" if "_" in pre_jobs[0].job_id else f"afterok:{array_id}"
-        submit_evals(units, dep, f", each after its pretraining task ({dep.split(':')[0]})")
+        submit_evals([(u, evals) for u, _, evals in units], dep, f", each after its pretraining task "
+                                                                f"({dep.split(':')[0]})")
     if todo_lin:
         units = []
-        for c, s, d in todo_lin:
-            pre, evals = unit_jobs(gd, c, s, d, uri, parent)
-            done = gd.evals_done(d, s)
-            units.append((c, s, (pre, {k: v for k, v in evals.items() if not done[k]})))
-        submit_evals(units, None, " (their pretraining is done)")
+        for u in todo_lin:
+            _, evals = unit_jobs(gd, u, uri, parent, profile.cpus_per_task)
+            done = gd.evals_done(u)
+            units.append((u, {k: v for k, v in evals.items() if not done[k]}))
+        submit_evals(units, None, " (no pretraining to wait for)")
 
 
 def wait_slurm(gd: GridDir, poll_s: float = 10.0) -> None:
@@ -208,13 +215,13 @@ def run_local(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: dict, 
     try:
         while pending or running:
             while pending and len(running) < profile.array_parallelism:
-                cell, seed, run_dir = pending.pop(0)
-                pre, evals = unit_jobs(gd, cell, seed, run_dir, uri, parent)
-                done_pre, _ = gd.stage_done(run_dir, seed)
-                done = gd.evals_done(run_dir, seed)
+                u = pending.pop(0)
+                pre, evals = unit_jobs(gd, u, uri, parent, profile.cpus_per_task)
+                done_pre, _ = gd.stage_done(u)
+                done = gd.evals_done(u)
                 job = ex.submit(grid_jobs.CellJob(None if done_pre else pre,
                                                   [v for k, v in evals.items() if not done[k]]))
-                key = unit_key(cell, seed)
+                key = u.key
                 jobs.setdefault(key, {})["cell"] = job_record(job, "cell", cluster)
                 gd.save_jobs(jobs)
                 print(f"[{key}] started ({cluster} job {job.job_id}; log {job.paths.stderr})", flush=True)

@@ -27,7 +27,7 @@ from pretrain.run.tracking import default_uri
 def pivot(seeds: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> pd.DataFrame:
     """'mean ± std (n)' of ``metric`` over seeds, rows x columns chosen among the grid's axes, each
     sorted by its typed values (0, 32, 128, not "0", "128", "32")."""
-    d = seeds.dropna(subset=[metric])
+    d = seeds[seeds["kind"] == "cell"].dropna(subset=[metric])
     if d.empty:
         raise UserError(f"no run of this grid has {metric}")
     g = d.groupby(rows + cols, dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", help="pivot: comma list of axes for the rows")
     p.add_argument("--cols", default="", help="pivot: comma list of axes for the columns")
     p.add_argument("--metric", default="linear_top1", help=f"pivot metric: {', '.join(collect.METRICS)}")
+    p.add_argument("--baseline", metavar="CELL", help="the cell every row is compared with (default: the grid's)")
     args = p.parse_args(argv)
     if args.metric not in collect.METRICS:
         raise UserError(f"--metric {args.metric!r}: choose one of {', '.join(collect.METRICS)}")
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     for d in dirs:
         grid = spec.from_json((d / rundir.GRID_FILE).read_text())
+        if args.baseline:
+            if args.baseline not in {c.id for c in grid.cells}:
+                raise UserError(f"--baseline {args.baseline!r} is not a cell of grid {grid.name} "
+                                f"({', '.join(c.id for c in grid.cells)})")
+            grid.baseline = args.baseline
         uri = args.tracking_uri or _uri(d)
         out = Path(args.results or Path("results") / grid.name)
         print(f"== {grid.name} ({d})")

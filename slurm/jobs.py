@@ -24,6 +24,15 @@ from pretrain.run.config import Config
 from transfer import finetune
 
 
+def use_cores(n: int | None) -> None:
+    """Run this job's math on ``n`` threads (its profile's cpus_per_task): a job that used every core
+    of a shared node would slow the jobs beside it."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def job_id() -> str:
     """The scheduler's id of the job this process belongs to ("" outside a submitit job)."""
     try:
@@ -37,13 +46,14 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
     stage = "pretrain"
 
-    def __init__(self, cfg: Config, tags: dict[str, str], parent: str | None = None):
-        self.cfg, self.tags, self.parent = cfg, dict(tags), parent
+    def __init__(self, cfg: Config, tags: dict[str, str], parent: str | None = None, cores: int | None = None):
+        self.cfg, self.tags, self.parent, self.cores = cfg, dict(tags), parent, cores
 
     def __call__(self) -> dict:
         from pretrain.train import train
 
         setup_logging()
+        use_cores(self.cores)
         train(self.cfg, tags={**self.tags, "slurm_job_id": job_id()}, parent=self.parent)
         summary = Path(self.cfg.run.out) / rundir.SUMMARY_FILE
         return json.loads(summary.read_text()) if summary.is_file() else {}
@@ -55,8 +65,8 @@ class StageJob(submitit.helpers.Checkpointable):
 
     stage = ""
 
-    def __init__(self, settings):
-        self.settings = settings
+    def __init__(self, settings, cores: int | None = None):
+        self.settings, self.cores = settings, cores
 
     @staticmethod
     def run(settings) -> dict:
@@ -65,6 +75,7 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         setup_logging()
+        use_cores(self.cores)
         return self.run(dataclasses.replace(self.settings, tags={**self.settings.tags, "slurm_job_id": job_id()}))
 
 

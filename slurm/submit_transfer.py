@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ex = launcher.make_executor(cluster, Path(args.logs), profile, name="transfer", stage="eval")
     with ex.batch():
-        jobs = [ex.submit(TransferJob(s)) for s in todo]
+        jobs = [ex.submit(TransferJob(s, profile.cpus_per_task)) for s in todo]
     for s, job in zip(todo, jobs):
         print(f"{s.task} of {s.source}: {cluster} job {job.job_id} -> {s.out_dir / rundir.SUMMARY_FILE}")
     if not args.wait:

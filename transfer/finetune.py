@@ -84,7 +84,7 @@ class FinetuneSettings:
     """One transfer stage (N trials of one task on one source), as ``python -m transfer.finetune``
     and a grid's transfer job describe it."""
 
-    source: str | None  # run folder, checkpoint or MoCo-format checkpoint (its arch only, with random_init)
+    source: str | None  # run folder, checkpoint or MoCo-format checkpoint; None with random_init
     task: str
     data: str  # VOCdevkit folder (VOC tasks) or COCO root with annotations/ (COCO tasks)
     trials: int = 5  # seeds 0..trials-1, as MoCo reports
@@ -95,12 +95,17 @@ class FinetuneSettings:
     out: str | None = None  # default: SOURCE_RUN/transfer-TASK[-random-init]
     parent_run: str | None = None  # default: the source run's pretraining run
     tags: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str | None = None  # where the trials log (default: the source run's store)
+    experiment: str | None = None  # default: the source run's experiment
 
     @property
     def out_dir(self) -> Path:
         """Where this stage writes."""
-        return Path(self.out) if self.out else rundir.transfer_dir(rundir.run_home(self.source), self.task,
-                                                                    self.random_init)
+        if self.out:
+            return Path(self.out)
+        if self.source is None:
+            raise UserError("a transfer stage without a source needs an output folder")
+        return rundir.transfer_dir(rundir.run_home(self.source), self.task, self.random_init)
 
     def recipe(self) -> Task:
         """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""
@@ -262,30 +267,35 @@ def run(s: FinetuneSettings) -> dict:
     (on the main rank; other ranks return an empty dict). UserError before anything runs for a bad
     task, source or data folder."""
     task = s.recipe()
-    state, cfg, parent = resnet50_state(s.source, load=not s.random_init)
+    if s.source is None and not s.random_init:
+        raise UserError("a transfer stage needs a source, or --random-init")
+    state, cfg, parent = resnet50_state(s.source, load=not s.random_init) if s.source is not None else (None, None,
+                                                                                                        None)
     root = Path(s.data)
     if not root.is_dir():
         raise UserError(f"--data {root} does not exist")
     train, test, names = datasets(task, root)
 
-    src = Path(s.source)
-    home = rundir.run_home(src)
     out = s.out_dir
+    src = Path(s.source) if s.source is not None else None
+    home = rundir.run_home(src) if src is not None else out
+    source = str(src.resolve()) if src is not None else "random init"
     out.mkdir(parents=True, exist_ok=True)
     info = dist.init("auto")
     if task.batch % info.world:
         raise UserError(f"batch {task.batch} does not split over {info.world} ranks")
-    uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
+    uri = s.tracking_uri or (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
+    experiment = s.experiment or (cfg.run.experiment if cfg else "mochi-bench")
     results = []
     for t in range(s.trials):
         trial_dir = rundir.trial_dir(out, t)
-        run_tags = {"task": s.task, "trial": str(t), "random_init": str(s.random_init), "source": str(src.resolve()),
+        run_tags = {"task": s.task, "trial": str(t), "random_init": str(s.random_init), "source": source,
                     **s.tags}
         if parent:
             run_tags["pretrain_run_id"] = parent
         params = {f"transfer.{k}": v for k, v in dataclasses.asdict(task).items()}
         saved, _ = checkpoint.load_latest(trial_dir / rundir.CHECKPOINTS)
-        tracker = open_run(trial_dir, uri=uri, experiment=cfg.run.experiment if cfg else "mochi-bench",
+        tracker = open_run(trial_dir, uri=uri, experiment=experiment,
                            name=f"transfer-{s.task}_trial{t}{'_random-init' if s.random_init else ''}",
                            stage=transfer_stage(task.data), params=params, tags=run_tags,
                            parent=s.parent_run or parent, resume_step=saved["iteration"] if saved else None) \
@@ -301,7 +311,7 @@ def run(s: FinetuneSettings) -> dict:
     if not info.main:
         return {}
     summary = {"task": s.task, "trials": results, "summary": metrics.summarize_trials(results),
-               "random_init": s.random_init, "source": str(src), "settings": dataclasses.asdict(task),
+               "random_init": s.random_init, "source": source, "settings": dataclasses.asdict(task),
                "out": str(out)}
     checkpoint.atomic_write(out / rundir.SUMMARY_FILE, json.dumps(summary, indent=1).encode())
     return summary

@@ -101,6 +101,13 @@ def query_backbone(model: MoCo) -> nn.Module:
     return net.eval()
 
 
+def initial_backbone(cfg: config.Config, seed: int) -> nn.Module:
+    """The query backbone a pretraining run of ``cfg`` with this seed starts from: the random-init
+    baseline that pairs, seed by seed, with the runs."""
+    torch.manual_seed(seed)
+    return query_backbone(from_config(cfg))
+
+
 def load_run(run_dir: Path) -> tuple[config.Config, MoCo]:
     """A run's saved config and its model at the newest valid checkpoint."""
     cfg, state = rundir.read_run(run_dir)

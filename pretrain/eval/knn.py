@@ -16,10 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..input import data
-from ..method.moco import from_config
 from ..run import checkpoint, rundir
 from ..run.tracking import default_uri
-from .backbone import features, load_run, query_backbone, val_transform
+from .backbone import features, initial_backbone, load_run, query_backbone, val_transform
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,7 @@ def run(run_dir: Path, k: int = 200, T: float = 0.07, train_size: int = 10000, t
     kw = dict(train_size=train_size, test_size=test_size, k=k, T=T)
     result = {"knn_top1": evaluate(query_backbone(model), data_cfg, device, **kw)}
     if baseline:
-        torch.manual_seed(cfg.run.seed)
-        result["knn_top1_random_init"] = evaluate(query_backbone(from_config(cfg)), data_cfg, device, **kw)
+        result["knn_top1_random_init"] = evaluate(initial_backbone(cfg, cfg.run.seed), data_cfg, device, **kw)
     checkpoint.atomic_write(run_dir / rundir.KNN_FILE, json.dumps({**result, **kw}).encode())
     run_id_file = run_dir / rundir.RUN_ID_FILE
     if run_id_file.is_file():

@@ -30,7 +30,8 @@ from ..input import data
 from ..run import checkpoint, config, rundir
 from ..run.errors import UserError
 from ..run.tracking import LINCLS, Tracker, default_uri, open_run
-from .backbone import Transformed, features, load_backbone, random_backbone, read_source, val_transform
+from .backbone import (Transformed, features, initial_backbone, load_backbone, random_backbone, read_source,
+                       val_transform)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class ProbeSettings:
     Unset (None) schedule and data fields come from the preset and from the source run's config.
     """
 
-    source: str
+    source: str | None  # None: a random-init probe of ``pretrain_config`` (arch, data, initialisation)
     preset: str | None = None  # schedule: default demo for fashion-mnist, imagenet100 with a class list, else imagenet1k
     fast: bool = False  # cached centre-crop features (labelled "fast")
     arch: str | None = None  # of a MoCo-format checkpoint (default resnet50)
@@ -74,6 +75,9 @@ class ProbeSettings:
     parent_run: str | None = None  # MLflow parent (default: the source's pretraining run)
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    pretrain_config: config.Config | None = None  # stands in for a missing source: arch, data, initialisation
+    tracking_uri: str | None = None  # where the probe logs (default: the source run's store)
+    experiment: str | None = None  # default: the source run's experiment
 
     @property
     def mode(self) -> str:
@@ -83,8 +87,11 @@ class ProbeSettings:
     @property
     def out_dir(self) -> Path:
         """Where this probe writes."""
-        return Path(self.out) if self.out else rundir.lincls_dir(rundir.run_home(self.source), self.fast,
-                                                                  self.random_init)
+        if self.out:
+            return Path(self.out)
+        if self.source is None:
+            raise UserError("a probe without a source needs an output folder")
+        return rundir.lincls_dir(rundir.run_home(self.source), self.fast, self.random_init)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,8 +220,13 @@ def linear_probe(backbone: nn.Module, train_ds, val_ds, num_classes: int, s: Set
 def run(s: ProbeSettings) -> dict:
     """Train (or resume, or extend) the probe ``s`` describes; returns its result record, also
     written to ``OUT/lincls.json``. UserError for bad settings, before anything is written."""
-    sd, cfg, parent_id = read_source(s.source)
-    src = Path(s.source)
+    if s.source is not None:
+        sd, cfg, parent_id = read_source(s.source)
+        src = Path(s.source)
+    elif s.random_init and s.pretrain_config is not None:
+        sd, cfg, parent_id, src = None, s.pretrain_config, None, None
+    else:
+        raise UserError("a probe needs a source, or random_init with the pretraining config it stands for")
     data_cfg = dataclasses.replace(cfg.data, subset=0) if cfg else config.DataCfg()
     data_cfg = dataclasses.replace(data_cfg, **{k: v for k, v in (
         ("dataset", s.dataset), ("path", s.data_path), ("class_list", s.class_list), ("image_size", s.image_size))
@@ -236,8 +248,13 @@ def run(s: ProbeSettings) -> dict:
         raise UserError("--lr, --epochs and --batch-size must be > 0, --gamma in (0, 1], --workers >= 0")
 
     if s.random_init:
-        torch.manual_seed(s.seed)
-        backbone = random_backbone(arch, small_stem)
+        if cfg is not None and (arch, small_stem) == (cfg.model.arch, cfg.model.small_stem):
+            # The very weights a pretraining run of this config starts from with this seed, so the
+            # baseline pairs seed by seed with the runs it is compared with.
+            backbone = initial_backbone(cfg, s.seed)
+        else:
+            torch.manual_seed(s.seed)
+            backbone = random_backbone(arch, small_stem)
     else:
         backbone = load_backbone(sd, arch, small_stem)
     train_ds = data.base_dataset(data_cfg, "train")
@@ -249,15 +266,16 @@ def run(s: ProbeSettings) -> dict:
         val_ds = torch.utils.data.Subset(val_ds, range(min(s.val_size, len(val_ds))))
 
     suffix = "-random-init" if s.random_init else ""
-    home = rundir.run_home(src)
     out = s.out_dir
+    home = rundir.run_home(src) if src is not None else out
+    source = str(src.resolve()) if src is not None else f"random init of {arch} (seed {s.seed})"
     # A folder holds one probe: resuming it (or extending its epochs) is fine, reusing it with other
     # settings would mix two probes in one history.
     identity = {**{k: v for k, v in dataclasses.asdict(sched).items() if k not in ("workers", "epochs")},
                 "milestones": list(sched.milestones), "preset": preset, "arch": arch, "small_stem": small_stem,
                 "dataset": data_cfg.dataset, "data_path": data_cfg.path, "class_list": data_cfg.class_list,
                 "train_size": s.train_size, "val_size": s.val_size, "random_init": s.random_init,
-                "source": str(src.resolve())}
+                "source": source}
     saved = out / rundir.SETTINGS_FILE
     if saved.is_file():
         old = json.loads(saved.read_text())
@@ -270,18 +288,19 @@ def run(s: ProbeSettings) -> dict:
     checkpoint.atomic_write(saved, json.dumps(identity, indent=1).encode())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # Our runs log beside their run folder (runs/mlflow.db); external checkpoints beside the output.
-    uri = (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
-    tags = {"mode": s.mode, "source": str(src.resolve()), "random_init": str(s.random_init)}
+    uri = s.tracking_uri or (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
+    tags = {"mode": s.mode, "source": source, "random_init": str(s.random_init)}
     if parent_id:
         tags["pretrain_run_id"] = parent_id
     params = {**{f"lincls.{k}": v for k, v in dataclasses.asdict(sched).items()}, "lincls.preset": preset, "arch": arch}
     state, _ = checkpoint.load_latest(out / rundir.CHECKPOINTS)
-    tracker = open_run(out, uri=uri, experiment=cfg.run.experiment if cfg else "mochi-bench",
-                       name=s.run_name or f"lincls-{s.mode}{suffix}_{src.name}", stage=LINCLS, params=params,
+    tracker = open_run(out, uri=uri, experiment=s.experiment or (cfg.run.experiment if cfg else "mochi-bench"),
+                       name=s.run_name or f"lincls-{s.mode}{suffix}_{src.name if src else arch}", stage=LINCLS,
+                       params=params,
                        tags={**tags, **s.tags}, parent=s.parent_run or parent_id,
                        resume_step=state["epoch"] if state else None)
     result = linear_probe(backbone, train_ds, val_ds, num_classes, sched, out, device, tracker, state)
-    result.update(preset=preset, source=str(src), random_init=s.random_init, out=str(out),
+    result.update(preset=preset, source=source, random_init=s.random_init, out=str(out),
                   mlflow_run_id=tracker.run_id, parent_run=s.parent_run or parent_id)
     checkpoint.atomic_write(out / rundir.LINCLS_FILE, json.dumps(result, indent=2).encode())
     tracker.log({k: result[k] for k in ("top1_best", "top5_best", "top1_last", "top5_last")}, sched.epochs)

@@ -185,6 +185,9 @@ class MoCo(nn.Module):
         hard = analysis.hardness(l_neg_all, (1, 10, self.analysis_N))
         st.update(neg_top1_cos=hard["neg_top1_cos"], neg_top10_cos=hard["neg_top10_cos"],
                   neg_topN_cos=hard[f"neg_top{self.analysis_N}_cos"])
+        # The hardest negative the loss sees: the queue's (oracle-masked) and the synthetic points.
+        seen = l_neg if l_syn is None else torch.cat([l_neg, l_syn], dim=1)
+        st["neg_top1_cos_all"] = seen.max(dim=1).values.mean()
         if l_syn is None:
             st["acc_all"] = st["acc_moco"]
         else:

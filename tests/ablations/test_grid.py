@@ -198,3 +198,48 @@ def test_grid_chains_the_transfer_stage_and_tables_show_voc(tmp_path, mlflow_ser
     bad = grid_cli(*args[:-6], "--transfer", "--task demo-voc --data /x", "--name", "other", "--out",
                    str(tmp_path / "g2"))
     assert bad.returncode == 2 and "needs a standard resnet50" in bad.stderr
+
+
+@pytest.mark.slow
+def test_reference_rows_run_with_the_grid_and_enter_its_statistics(tmp_path, mlflow_server):
+    """A random-init row and a released checkpoint, measured with the grid's own probe on 3 seeds,
+    compared with the MoCo v2 row: paired for the random init, Welch for the checkpoint."""
+    import pandas as pd
+    import torch
+
+    from pretrain.method.moco import MoCo
+
+    torch.manual_seed(0)
+    released = tmp_path / "released.pth.tar"  # MoCo's release format, written here
+    model = MoCo("resnet18", dim=128, K=256, mlp=False)
+    torch.save({"epoch": 200, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, released)
+    preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
+    args = ["--preset", str(preset), "--name", f"ref{os.getpid()}", "--out", str(tmp_path / "grid"),
+            "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID,
+            "--seeds", "3", "--random-init", "--reference", f"mine={released}"]
+    r = grid_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    csv = pd.read_csv(tmp_path / "results" / "table.csv").set_index("cell")
+    assert list(csv.index) == ["N0-s0-sp0", "N32-s16-sp8", "random-init", "released-mine"]
+    assert (csv["n"] == 3).all() and bool(csv.loc["N0-s0-sp0", "baseline"])
+    assert csv.loc["random-init", "linear_top1_test"] == "paired t"
+    assert csv.loc["released-mine", "linear_top1_test"] == "Welch t"
+    assert set(csv["linear_top1_verdict"]) <= {"baseline", "better", "worse", "no detectable difference"}
+    # the mechanism, measured on the pretraining runs: MoCHi's synthetic points are among the hardest negatives
+    assert csv.loc["N32-s16-sp8", "syn_top10_share_mean"] > 0 == csv.loc["N0-s0-sp0", "syn_top10_share_mean"]
+    for seed in range(3):  # the random-init probe is of the very backbone each seed's cells start from
+        run = tmp_path / "grid" / "cells" / "random-init" / f"seed{seed}" / "lincls-fast-random-init" / "lincls.json"
+        assert json.loads(run.read_text())["source"] == f"random init of resnet18 (seed {seed})"
+    md = (tmp_path / "results" / "table.md").read_text()
+    assert "| random init " in md and "released: mine, evaluated here" in md and "What these runs show" in md
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(f"grid-{grid['name']}")
+    runs = client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")
+    parent = next(r for r in runs if r.data.tags["stage"] == "grid")
+    refs = [r for r in runs if r.data.tags.get("reference")]
+    assert sorted((r.data.tags["cell"], r.data.tags["seed"]) for r in refs) == \
+        [(c, str(s)) for c in ("random-init", "released-mine") for s in range(3)]
+    assert all(r.data.tags["stage"] == "lincls" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+               for r in refs)
+    assert "12/12 done" in grid_cli(*args, "--status").stdout

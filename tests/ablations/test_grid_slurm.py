@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from ablations import spec
 from pretrain.run import checkpoint
 from pretrain.train import train
-from slurm.launcher import slurm_states
+from slurm.launcher import load_profile, slurm_states
 from tests.conftest import TINY_GRID, grid_cli
 from tests.ablations.test_grid import write_preset
 
@@ -92,12 +92,18 @@ def test_preempted_job_requeues_and_ends_as_an_uninterrupted_run(tmp_path, slurm
     assert "resuming from" in logs
     state, _ = checkpoint.load_latest(run_dir / "checkpoints")
 
-    # The same cell, uninterrupted, in this process.
+    # The same cell, uninterrupted, in this process, on as many threads as the job had (a float sum
+    # over another number of threads rounds differently).
     argv = TINY_GRID + sets
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     grid = spec.build(spec.load_preset(str(preset)), None, {}, None, overrides, None)
     ref_cfg = grid.cfg(grid.cells[0], 0, tmp_path / "ref", {"run.tracking_uri": f"sqlite:///{tmp_path}/ref.db"})
-    train(ref_cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(load_profile("local-cpu").cpus_per_task)
+    try:
+        train(ref_cfg)
+    finally:
+        torch.set_num_threads(threads)
     ref, _ = checkpoint.load_latest(tmp_path / "ref" / "checkpoints")
     assert state["global_step"] == ref["global_step"] == 32
     for k, v in ref["model"].items():

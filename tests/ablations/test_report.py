@@ -17,6 +17,14 @@ VALUES = {
 }
 
 
+def four_cells(name: str, seeds: int | None = None) -> spec.Grid:
+    """A grid of the four cells of VALUES on the demo preset."""
+    preset = {**spec.load_preset("demo"), "cells": [spec.Cell(spec.typed_values(v)).values for v in (
+        {"N": 0, "s": 0, "s_prime": 0}, {"N": 128, "s": 128, "s_prime": 0}, {"N": 128, "s": 0, "s_prime": 32},
+        {"N": 128, "s": 128, "s_prime": 32})], "random_init": False}
+    return spec.build(preset, None, {}, seeds, [], None, name=name)
+
+
 def fill(uri: str, grid: spec.Grid) -> None:
     client = MlflowClient(uri)
     exp = client.create_experiment(f"grid-{grid.name}")
@@ -31,7 +39,7 @@ def fill(uri: str, grid: spec.Grid) -> None:
 
 
 def test_tables_and_plot_from_the_store(tmp_path):
-    grid = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name=f"r{tmp_path.name[-6:]}")
+    grid = four_cells(f"r{tmp_path.name[-6:]}")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     fill(uri, grid)
     out = tmp_path / "results"
@@ -48,14 +56,15 @@ def test_tables_and_plot_from_the_store(tmp_path):
     best = [ln for ln in md.splitlines() if "**" in ln]
     assert len(best) == 1  # best linear top-1 (N128-s128-sp32); the proxy-task column is not ranked
     assert "**74.67 ± 0.76 (n=3)**" in md and "69.00 (n=1)" in md
-    assert "+3.67" in md and "-2.00" in md  # deltas of MoCHi rows to the MoCo v2 row
+    # deltas of MoCHi rows to the MoCo v2 row, on the seeds both have (N128-s0-sp32 has seed 0 only: 69 - 70)
+    assert "+3.67" in md and "-1.00" in md
     assert "\\begin{tabular}" in (out / "table.tex").read_text()
     assert (out / "linear_top1.png").stat().st_size > 10000 and (out / "linear_top1.pdf").stat().st_size > 1000
 
 
 def test_results_of_another_grid_are_not_overwritten(tmp_path):
-    a = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name="a")
-    b = spec.build(spec.load_preset("demo"), None, {}, 3, [], None, name="a")
+    a = four_cells("a")
+    b = four_cells("a", seeds=5)  # another grid under the same name
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     fill(uri, a)
     out = tmp_path / "results"
@@ -104,10 +113,9 @@ def fill_linear(uri: str, grid: spec.Grid, values: dict) -> None:
     """One lincls run per cell x seed with the given linear top-1 values."""
     client = MlflowClient(uri)
     exp = client.create_experiment(grid.experiment)
-    for cell in grid.cells:
-        for seed, top1 in enumerate(values[cell.id]):
-            tags = {"grid_id": grid.grid_id, "cell": cell.id, "seed": str(seed), "stage": "lincls",
-                    **{f"axis.{a}": str(v) for a, v in cell.values.items()}}
+    for row in grid.row_ids():
+        for seed, top1 in enumerate(values.get(row, [])):
+            tags = {"grid_id": grid.grid_id, "cell": row, "seed": str(seed), "stage": "lincls"}
             client.log_metric(client.create_run(exp, tags=tags).info.run_id, "top1_best", top1)
 
 
@@ -149,3 +157,60 @@ def test_the_baseline_is_plain_moco_whatever_its_N(tmp_path):
     md = (out / "table.md").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| 64 "))
     assert "baseline" in row and "+5.00" in md
+
+
+def test_rows_are_compared_with_the_baseline_and_every_form_carries_the_same_numbers(tmp_path):
+    """Paired tests for cells and the random-init row, Welch for a released checkpoint, Holm over the
+    rows, verdicts only from 3 seeds, bold only where significantly better; Markdown, LaTeX, HTML and
+    CSV show the same numbers."""
+    import re
+
+    from ablations import stats
+
+    grid = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name=f"s{tmp_path.name[-6:]}")
+    grid.cells = [spec.Cell({"N": 0, "s": 0, "s_prime": 0}), spec.Cell({"N": 128, "s": 128, "s_prime": 32}),
+                  spec.Cell({"N": 128, "s": 128, "s_prime": 0})]
+    grid.references = [spec.RANDOM_INIT, spec.Reference("mine", str(tmp_path / "mine.pth.tar"))]
+    values = {"N0-s0-sp0": [70.0, 72.0, 71.0, 73.0],
+              "N128-s128-sp32": [71.0, 73.1, 71.9, 74.2],  # +1 on every seed, give or take: paired, significant
+              "N128-s128-sp0": [69.0, 74.0, 70.0, 72.5],   # +/- at random: no detectable difference
+              "random-init": [80.0, 80.5, 79.5, 80.2],
+              "released-mine": [75.0, 75.5, 74.8, 75.1]}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fill_linear(uri, grid, values)
+    out = tmp_path / "results"
+    assert report.report(grid, tmp_path / "grid", uri, out) == 0
+    csv = pd.read_csv(out / "table.csv").set_index("cell")
+    assert list(csv.index) == ["N0-s0-sp0", "N128-s128-sp32", "N128-s128-sp0", "random-init", "released-mine"]
+    assert csv.loc["random-init", "kind"] == "random-init" and csv.loc["released-mine", "kind"] == "released"
+    assert csv.loc["N128-s128-sp32", "linear_top1_test"] == "paired t"
+    assert csv.loc["random-init", "linear_top1_test"] == "paired t"
+    assert csv.loc["released-mine", "linear_top1_test"] == "Welch t"
+    # by hand: the same tests on the same numbers, Holm over the four rows
+    base = dict(enumerate(values["N0-s0-sp0"]))
+    comps = [stats.compare(dict(enumerate(values[r])), base, paired=r != "released-mine")
+             for r in ["N128-s128-sp32", "N128-s128-sp0", "random-init", "released-mine"]]
+    for r, c, adj in zip(["N128-s128-sp32", "N128-s128-sp0", "random-init", "released-mine"], comps,
+                         stats.holm([c.p for c in comps])):
+        assert csv.loc[r, "linear_top1_diff"] == pytest.approx(c.diff)
+        assert csv.loc[r, "linear_top1_p_holm"] == pytest.approx(adj)
+        assert (csv.loc[r, "linear_top1_diff_low"], csv.loc[r, "linear_top1_diff_high"]) == pytest.approx((c.low, c.high))
+    assert csv.loc["N128-s128-sp32", "linear_top1_verdict"] == "better"
+    assert csv.loc["N128-s128-sp0", "linear_top1_verdict"] == "no detectable difference"
+    assert csv.loc["random-init", "linear_top1_verdict"] == "better"
+    md = (out / "table.md").read_text()
+    # bold: the best of the significantly better rows (random init), not the MoCHi row
+    bold = [ln for ln in md.splitlines() if "**" in ln]
+    assert len(bold) == 1 and "random init" in bold[0]
+    assert "released: mine, evaluated here" in md and "What these runs show" in md
+    html = (out / "report.html").read_text()
+    tex = (out / "table.tex").read_text()
+    for r in csv.index:
+        mean, low, high = csv.loc[r, ["linear_top1_mean", "linear_top1_diff_low", "linear_top1_diff_high"]]
+        for text in (md, html, tex):
+            assert f"{mean:.2f}" in text
+            if r != "N0-s0-sp0":
+                assert f"{low:+.2f}" in text and f"{high:+.2f}" in text
+    row = next(ln for ln in md.splitlines() if "MoCHi (128, 128, 32)" in ln)
+    p = csv.loc["N128-s128-sp32", "linear_top1_p_holm"]
+    assert re.search(rf"{p:.3f} \(paired t\)", row) and "| better " in row

@@ -14,9 +14,10 @@ def build(sweep=None, values=None, preset="demo", **kw):
 
 def test_demo_preset_is_the_paper_layout():
     g = build()
-    assert [c.id for c in g.cells] == ["N0-s0-sp0", "N128-s128-sp0", "N128-s0-sp32", "N128-s128-sp32"]
-    assert g.lincls[0] == "--fast" and g.seeds == 2 and not g.dropped
-    assert g.cfg(g.cells[3], 2, REPO / "x").mochi.s_prime == 32
+    assert [c.id for c in g.cells] == ["N0-s0-sp0", "N128-s128-sp0", "N128-s128-sp32"]
+    assert g.lincls[0] == "--fast" and g.seeds == 3 and not g.dropped  # 3 seeds: enough for a paired test
+    assert g.cfg(g.cells[2], 2, REPO / "x").mochi.s_prime == 32
+    assert g.references == [spec.RANDOM_INIT] and g.row_ids()[-1] == "random-init"
 
 
 def test_sweep_crosses_axes_and_drops_invalid_cells_with_a_reason():
@@ -47,7 +48,7 @@ def test_grid_identity_ignores_where_it_runs():
     a, b = build(), build()
     b.profile = "gpu-8"
     assert a.grid_id == b.grid_id
-    assert build(seeds=3).grid_id != a.grid_id
+    assert build(seeds=4).grid_id != a.grid_id
 
 
 def test_axes_have_one_name_and_one_type():
@@ -69,12 +70,13 @@ def test_axes_have_one_name_and_one_type():
 def test_values_keep_their_types_from_preset_to_config_and_back():
     g = build(extra={"run.experiment": "a: b", "optim.base_lr": 1})
     cfg = g.cfg(g.cells[1], 1, REPO / "x")
+    assert back_refs(g) == [spec.RANDOM_INIT]
     # a string YAML would read as a mapping, and an int where a float belongs: set as typed values
     assert cfg.run.experiment == "a: b" and type(cfg.optim.base_lr) is float and cfg.run.seed == 1
-    assert g.set["optim.epochs"] == 3 and type(g.set["optim.epochs"]) is int  # the preset's mapping, typed
+    assert g.set["optim.epochs"] == 2 and type(g.set["optim.epochs"]) is int  # the preset's mapping, typed
     back = spec.from_json(g.to_json())
     assert back.identity() == g.identity() and back.grid_id == g.grid_id
-    assert [type(v) for c in back.cells for v in c.values.values()] == [int] * 12
+    assert [type(v) for c in back.cells for v in c.values.values()] == [int] * 9
     # the command line's KEY=VALUE texts are read once, into the same typed values
     assert build(extra=["optim.epochs=3"]).set == build(extra={"optim.epochs": 3}).set
 
@@ -84,3 +86,34 @@ def test_mixing_of_a_cell_comes_from_its_config():
     assert {g.mixing(c).label for c in g.cells} == {"MoCHi (128, 128, 32)"}
     g = build(["N", "s", "s_prime"], {"N": [0, 64], "s": [0], "s_prime": [0]})
     assert [g.mixing(c).is_plain_moco for c in g.cells] == [True, True]
+
+
+def back_refs(g):
+    """The reference rows a grid reads back from its grid.json."""
+    return spec.from_json(g.to_json()).references
+
+
+def test_reference_rows_and_the_baseline(tmp_path):
+    ckpt = tmp_path / "moco_v2_200ep.pth.tar"
+    ckpt.write_bytes(b"x")
+    g = spec.build(spec.load_preset("demo"), None, {}, None, [], None, references=[f"mocov2={ckpt}"],
+                   baseline="N128-s128-sp0", random_init=False)
+    assert [r.id for r in g.references] == ["released-mocov2"] and g.references[0].path == str(ckpt.resolve())
+    assert g.references[0].label == "released: mocov2, evaluated here" and g.baseline == "N128-s128-sp0"
+    probe = g.probe(tmp_path / "cells" / "released-mocov2" / "seed1", 1, g.references[0])
+    assert probe.source == str(ckpt.resolve()) and probe.dataset == "fashion-mnist" and probe.arch == "resnet18"
+    assert probe.seed == 1 and probe.out.endswith("released-mocov2/seed1/lincls-fast")
+    r = spec.build(spec.load_preset("demo"), None, {}, None, [], None)
+    rand = r.probe(tmp_path / "cells" / "random-init" / "seed2", 2, spec.RANDOM_INIT)
+    assert rand.source is None and rand.random_init and rand.pretrain_config.run.seed == 2
+    assert rand.out.endswith("random-init/seed2/lincls-fast-random-init")
+    back = spec.from_json(g.to_json())
+    assert back.references == g.references and back.baseline == "N128-s128-sp0" and back.grid_id == g.grid_id
+    for refs, message in [([f"x={tmp_path / 'none.pth'}"], "does not exist"), (["bad name=x"], "NAME=PATH"),
+                          ([f"a={ckpt}", f"a={ckpt}"], "must differ")]:
+        with pytest.raises(UserError, match=message):
+            spec.build(spec.load_preset("demo"), None, {}, None, [], None, references=refs)
+    with pytest.raises(UserError, match="--baseline 'N9' is not a cell"):
+        spec.build(spec.load_preset("demo"), None, {}, None, [], None, baseline="N9")
+    with pytest.raises(UserError, match="reference rows need a probe or a transfer stage"):
+        spec.build(spec.load_preset("demo"), None, {}, None, [], "none")

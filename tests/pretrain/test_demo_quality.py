@@ -7,8 +7,7 @@ import torch
 
 from pretrain import lincls
 from pretrain.eval import knn
-from pretrain.eval.backbone import query_backbone
-from pretrain.method.moco import from_config
+from pretrain.eval.backbone import initial_backbone, query_backbone
 from pretrain.run import config
 from pretrain.train import train
 
@@ -22,8 +21,8 @@ def test_short_pretraining_beats_random_init_on_knn_and_linear(tmp_path):
     eval_cfg = config.load("demo", overrides=["data.subset=0"])
     kw = dict(train_size=10000, test_size=2000)
     knn_trained = knn.evaluate(query_backbone(model), eval_cfg.data, torch.device("cpu"), **kw)
-    torch.manual_seed(cfg.run.seed)  # the very initialisation the run started from
-    knn_random = knn.evaluate(query_backbone(from_config(cfg)), eval_cfg.data, torch.device("cpu"), **kw)
+    # the very initialisation the run started from
+    knn_random = knn.evaluate(initial_backbone(cfg, cfg.run.seed), eval_cfg.data, torch.device("cpu"), **kw)
 
     common = ["--fast", "--train-size", "10000", "--val-size", "2000", "--workers", "0"]
     assert lincls.main([str(out), *common, "--out", str(tmp_path / "lin")]) == 0
