@@ -30,8 +30,8 @@ class Metric:
     ``higher_is_better``: True for a score (verdicts say better/worse), None for a quantity that
     describes the method (higher/lower). ``late``: a seed's value is the mean of the points logged in
     the last quarter of its training (one logged batch alone is noisy), else the last point.
-    ``plain``: the value a plain-MoCo run has by definition where it logs nothing (no synthetic
-    points: a share of 0).
+    ``unmixed``: the value a run without synthetic points has by definition where it logs nothing
+    (a share of 0).
     """
 
     stage: str
@@ -40,7 +40,7 @@ class Metric:
     scale: float = 1.0  # to percent
     higher_is_better: bool | None = True
     late: bool = False
-    plain: float | None = None
+    unmixed: float | None = None
     points: bool = True  # values in percent, so differences are in points
 
 
@@ -60,7 +60,7 @@ METRICS = {
     "hardest_cos": Metric(PRETRAIN, "neg_top1_cos_all", "cosine of the hardest negative", 1.0, None, True,
                           points=False),
     "syn_top10_share": Metric(PRETRAIN, "syn_top10_share", "synthetic share of the top-10 negatives (%)", 100.0,
-                              None, True, plain=0.0),
+                              None, True, unmixed=0.0),
     "alignment": Metric(PRETRAIN, "alignment", "alignment", 1.0, None, points=False),
     "uniformity": Metric(PRETRAIN, "uniformity", "uniformity", 1.0, None, points=False),
 }
@@ -122,7 +122,7 @@ def runs_frame(uri: str, grid_id: str, experiment: str) -> pd.DataFrame:
     return df[df.get("tags.stage", pd.Series(dtype=str)).isin({m.stage for m in METRICS.values()})]
 
 
-ROW_COLUMNS = ["cell", "seed", "method", "kind", "plain_moco", "paired"]
+ROW_COLUMNS = ["cell", "seed", "setting", "kind", "plain_moco", "mixes", "paired"]
 # pandas dtypes that keep an axis's type where a reference row has no value for it
 NULLABLE = {int: "Int64", float: "Float64", bool: "boolean", str: "object"}
 
@@ -137,18 +137,18 @@ def typed_axes(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 def row_columns(grid: spec.Grid, axes: list[str]) -> dict[str, dict[str, object]]:
     """{row id: its columns}: a cell's typed axis values (from its config, so an axis the cell leaves
-    to the base preset shows the base's value), its method in words, whether it is plain MoCo; a
+    to the base preset shows the base's value), what it trains in words (``setting``), whether it is plain MoCo; a
     reference row's kind. ``paired``: whether its seeds pair with the cells' (a released
     checkpoint's seeds only reseed its probe)."""
     out = {}
     for cell in grid.cells:
         cfg = grid.cfg(cell, 0, Path("runs/x"))
-        flat, mixing = cfg.flat(), cfg.mochi.mixing
-        out[cell.id] = {**{a: flat[spec.axis(a).key] for a in axes}, "method": mixing.label, "kind": "cell",
-                        "plain_moco": mixing.is_plain_moco, "paired": True}
+        flat, objective = cfg.flat(), cfg.objective
+        out[cell.id] = {**{a: flat[spec.axis(a).key] for a in axes}, "setting": objective.label, "kind": "cell",
+                        "plain_moco": objective.is_plain_moco, "mixes": objective.mixing.active, "paired": True}
     for ref in grid.references:
-        out[ref.id] = {**{a: None for a in axes}, "method": ref.label, "kind": ref.kind, "plain_moco": False,
-                       "paired": ref.path is None}
+        out[ref.id] = {**{a: None for a in axes}, "setting": ref.label, "kind": ref.kind, "plain_moco": False,
+                       "mixes": False, "paired": ref.path is None}
     return out
 
 
@@ -200,8 +200,8 @@ def per_seed(runs: pd.DataFrame, grid: spec.Grid, axes: list[str], hist: pd.Data
                 value = r.get(f"metrics.{m.mlflow}")
             if value is not None and pd.notna(value):
                 row.setdefault(col, []).append(float(value) * m.scale)
-            elif m.plain is not None and row["plain_moco"]:
-                row.setdefault(col, []).append(m.plain * m.scale)
+            elif m.unmixed is not None and not row["mixes"]:
+                row.setdefault(col, []).append(m.unmixed * m.scale)
     records = []
     for row in rows.values():
         rec = {}

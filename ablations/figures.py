@@ -83,7 +83,7 @@ def score_bars(summary: pd.DataFrame, title: str, out_dir: Path, metric: str = "
     ax.set_ylim(max(0.0, lo - 2.0), min(100.0, hi + 1.0))
     if s["baseline"].any():
         base = s[s["baseline"]].iloc[0]
-        ax.axhline(base[f"{metric}_mean"], color="tab:gray", lw=1, ls="--", label=f"baseline: {base['method']}")
+        ax.axhline(base[f"{metric}_mean"], color="tab:gray", lw=1, ls="--", label=f"baseline: {base['setting']}")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("rows (hatched: measured, not pretrained here); error bars: 95% CI over seeds", fontsize=8)
@@ -180,7 +180,7 @@ def accuracy_vs_K(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         return []
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    for name, g in d.groupby("method", sort=False):
+    for name, g in d.groupby("setting", sort=False):
         g = g.sort_values("K")
         ax.errorbar(g["K"], g["linear_top1_mean"], yerr=np.nan_to_num(_yerr(g, "linear_top1")), marker="o",
                     capsize=3, label=f"{name} (n={int(g['linear_top1_n'].min())})")

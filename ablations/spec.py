@@ -13,8 +13,8 @@ Grid presets live in ``ablations/presets/NAME.yaml`` (one per paper table or fig
     profile: gpu-1
     table: {rows: [N, s, s_prime]}
 
-Axis names follow the paper (N, s, s_prime, K, tau, m, epochs, mix_start, ...); any dotted config
-key (``optim.base_lr``) is an axis too. ``axis(name)`` is the one registry: it gives each axis one
+Axis names follow the papers (N, s, s_prime, K, tau, m, epochs, mix_start, method, tau_plus, beta,
+...); any dotted config key (``optim.base_lr``) is an axis too. ``axis(name)`` is the one registry: it gives each axis one
 name, its config key and its type, and every value that enters a grid (from a preset, the command
 line or a saved ``grid.json``) is restored to that type through it.
 """
@@ -26,13 +26,14 @@ import functools
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from pretrain.method.mochi import Mixing
+from pretrain.method.objective import Objective
 from pretrain.run import config, rundir
 from pretrain.run.errors import UserError
 
@@ -43,9 +44,10 @@ AXES = {
     "K": "moco.K", "tau": "moco.tau", "m": "moco.m",
     "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.base_lr",
     "arch": "model.arch", "image_size": "data.image_size",
+    "method": "loss.method", "tau_plus": "loss.tau_plus", "beta": "loss.beta",
 }
-# How a cell name abbreviates an axis: N1024-s1024-sp128, lr0.03.
-SHORT = {"s_prime": "sp", "base_lr": "lr"}
+# How a cell name abbreviates an axis: N1024-s1024-sp128, lr0.03, hcl_b1.0_tp0.1.
+SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", "tau_plus": "tp", "beta": "b"}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer", "random_init", "reference"}
 MIXING_AXES = ("N", "s", "s_prime")
@@ -160,8 +162,6 @@ RANDOM_INIT = Reference("random-init")
 def parse_references(items: list[str] | Mapping[str, str] | None) -> list[Reference]:
     """Released checkpoints as rows: ``NAME=PATH`` texts (command line) or a mapping {NAME: PATH}
     (preset); UserError for a malformed one or a path that does not exist."""
-    import re
-
     if not items:
         return []
     pairs = list(items.items()) if isinstance(items, Mapping) else [str(i).partition("=")[::2] for i in items]
@@ -247,9 +247,9 @@ class Grid:
         return config.with_values(self.base_config(), {**cell.settings(), "run.seed": seed, "run.out": str(out),
                                                         **(extra or {})})
 
-    def mixing(self, cell: Cell) -> Mixing:
-        """The (N, s, s') a cell trains with (its own axes, else the base preset's)."""
-        return self.cfg(cell, 0, Path("runs/x")).mochi.mixing
+    def objective(self, cell: Cell) -> Objective:
+        """The loss and (N, s, s') a cell trains with (its own axes, else the base preset's)."""
+        return self.cfg(cell, 0, Path("runs/x")).objective
 
     def probe(self, run_dir: Path, seed: int, ref: Reference | None = None):
         """The linear probe (``ProbeSettings``) of one cell x seed, or of a reference row's seed (its
@@ -378,7 +378,8 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     else:
         raw = [{}]
     raw = [typed_values(c) for c in raw]
-    if preset.get("baseline") is True and not any(all(c.get(k) == 0 for k in MIXING_AXES) for c in raw):
+    if preset.get("baseline") is True and not any(all(c.get(k) == 0 for k in MIXING_AXES) and
+                                                  c.get("method", "infonce") == "infonce" for c in raw):
         raw.insert(0, {**{k: v for k, v in (raw[0] if raw else {}).items() if k not in MIXING_AXES},
                        "N": 0, "s": 0, "s_prime": 0})
 

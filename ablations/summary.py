@@ -26,7 +26,7 @@ REFERENCE_FILE = Path(__file__).resolve().parent.parent / "results" / "reference
 
 def baseline_id(grid: spec.Grid, seeds: pd.DataFrame) -> str | None:
     """The row every other is compared with: the grid's named baseline, else its first plain-MoCo
-    cell (``Mixing.is_plain_moco``); None if it has neither."""
+    cell (``Objective.is_plain_moco``); None if it has neither."""
     if grid.baseline is not None:
         return grid.baseline
     plain = [c for c in grid.row_ids() if c in set(seeds.loc[seeds["plain_moco"].astype(bool), "cell"])]
@@ -155,7 +155,7 @@ def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None =
     ``reference`` has a sourced value for the row, the reference and our difference to it."""
     metrics = shown(summary, TABLE_METRICS if metrics is None else metrics)
     t = summary[axes].astype(object).where(summary[axes].notna(), "")
-    t["method"] = summary["method"]
+    t["setting"] = summary["setting"]
     for m in metrics:
         label = METRICS[m].label
         best = best_rows(summary, m)
@@ -165,7 +165,7 @@ def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None =
                                                    summary[f"{m}_n"],
                                                    summary[f"{m}_trial_std"] if trial else [math.nan] * len(summary))]
         if has_comparison(summary, m):
-            base = summary.loc[summary["baseline"], "method"].iloc[0]
+            base = summary.loc[summary["baseline"], "setting"].iloc[0]
             t[f"Δ vs {base} [95% CI]"] = [
                 "baseline" if b else fmt_interval(d, lo, hi, signed=True)
                 for b, d, lo, hi in zip(summary["baseline"], summary[f"{m}_diff"], summary[f"{m}_diff_low"],
@@ -197,7 +197,7 @@ def mechanism_table(summary: pd.DataFrame, axes: list[str]) -> pd.DataFrame | No
         return None
     rows = summary[summary["kind"] == "cell"].reset_index(drop=True)
     t = rows[axes].copy()
-    t["method"] = rows["method"]
+    t["setting"] = rows["setting"]
     for m in metrics:
         label = METRICS[m].label
         t[label] = [fmt_interval(mu, lo, hi) + (f" (n={int(n)})" if pd.notna(mu) else "")
@@ -238,10 +238,10 @@ def conclusions(summary: pd.DataFrame, detect: float = DETECT) -> list[str]:
             v = r[f"{m}_verdict"]
             diff = fmt_interval(r[f"{m}_diff"], r[f"{m}_diff_low"], r[f"{m}_diff_high"], signed=True)
             if v == "no detectable difference":
-                words.append(f"{r['method']} does not differ detectably ({diff}, p {fmt_p(r[f'{m}_p_holm'], r[f'{m}_test'])})")
+                words.append(f"{r['setting']} does not differ detectably ({diff}, p {fmt_p(r[f'{m}_p_holm'], r[f'{m}_test'])})")
             else:
-                words.append(f"{r['method']} is {v} ({diff}, p {fmt_p(r[f'{m}_p_holm'], r[f'{m}_test'])})")
-        sentence = (f"{label}, against {base['method']} ({fmt(base[f'{m}_mean'], base[f'{m}_std'], int(base[f'{m}_n']))}), "
+                words.append(f"{r['setting']} is {v} ({diff}, p {fmt_p(r[f'{m}_p_holm'], r[f'{m}_test'])})")
+        sentence = (f"{label}, against {base['setting']} ({fmt(base[f'{m}_mean'], base[f'{m}_std'], int(base[f'{m}_n']))}), "
                     f"Holm-corrected over {len(tested)} row(s) at the 5% level: " + "; ".join(words) + ".")
         if metric.points and metric.higher_is_better:
             needed = [int(k) for k in tested[f"{m}_seeds_needed"] if k is not None and pd.notna(k)]

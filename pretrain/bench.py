@@ -1,6 +1,7 @@
-"""``python -m pretrain.bench``: training-step throughput of MoCo v2 and MoCHi side by side in one run,
-eager and compiled, on synthetic device-resident images (``pretrain.tools.bench``); prints the
-ratio and the device and writes ``results/bench_step.json``."""
+"""``python -m pretrain.bench``: training-step throughput of MoCo v2, MoCHi and the debiased and HCL
+losses side by side in one run, eager and compiled, on synthetic device-resident images
+(``pretrain.tools.bench``); prints each method's ratio to MoCo v2 and the device, and writes
+``results/bench_step.json``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--variants", default="eager,compiled", help="comma list of eager, compiled")
+    p.add_argument("--methods", default=",".join(bench.METHODS),
+                   help=f"comma list of {', '.join(bench.METHODS)}: each timed beside MoCo v2 (debiased and "
+                        f"HCL with tau+ 0.1, beta 1.0)")
     p.add_argument("--shuffle-bn-groups", type=int, default=8)
     p.add_argument("--stats-every", type=int, default=RunCfg().log_every,
                    help="compute the step statistics every this many steps, as training does every run.log_every "
@@ -33,20 +37,26 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     if not set(variants) <= {"eager", "compiled"} or not variants:
         raise UserError(f"--variants: {args.variants!r}; use eager, compiled or both")
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or not set(methods) <= set(bench.METHODS):
+        raise UserError(f"--methods: {args.methods!r}; use a comma list of {', '.join(bench.METHODS)}")
     if args.steps <= 0 or args.warmup < 0 or args.shuffle_bn_groups <= 0 or args.stats_every <= 0:
         raise UserError("--steps, --shuffle-bn-groups and --stats-every must be > 0 and --warmup >= 0")
     amp, channels_last = bench.precision(args, dev)
 
     r = bench.measure(size, dev, variants, args.steps, args.warmup, amp, channels_last, args.shuffle_bn_groups,
-                      args.stats_every)
+                      args.stats_every, methods)
     m = size.mixing
     print(f"device: {r['device']}  torch {r['torch']}  {r['dtype']}  {r['date']}")
     print(f"{size.arch}, batch {size.batch}, {size.image_size} px, K {size.K}, MoCHi (N, s, s') = "
           f"({m.N}, {m.s}, {m.s_prime}); statistics every {r['stats_every']} steps, as training")
-    print(f"{'variant':<10} {'MoCo v2 img/s':>14} {'MoCHi img/s':>12} {'MoCHi/MoCo':>11} {'mixing share':>13}")
+    print(f"{'variant':<10} {'method':<50} {'img/s':>9} {'vs MoCo v2':>11}")
     for row in r["results"]:
-        print(f"{row['variant']:<10} {row['mocov2_img_s']:>14.1f} {row['mochi_img_s']:>12.1f} {row['ratio']:>11.3f} "
-              f"{100 * row['mixing_share']:>12.2f}%")
+        for label, ratio in row["ratios"].items():
+            print(f"{row['variant']:<10} {label:<50} {ratio * row['mocov2_img_s']:>9.1f} {ratio:>11.3f}")
+        if "mixing_share" in row:
+            print(f"{row['variant']:<10} MoCHi/MoCo {row['ratio']:.3f}; mixing share of a MoCHi step "
+                  f"{100 * row['mixing_share']:.2f}%")
     print(f"mixing alone: {r['mixing_ms']:.3f} ms per step")
     if (out := bench.write_json(args.json, r)) is not None:
         print(f"wrote {out}")

@@ -1,4 +1,4 @@
-"""MoCo v2 / MoCHi pretraining: set-up, resume and the loop; DDP, bf16 autocast, atomic checkpoints,
+"""MoCo v2 / MoCHi pretraining (with InfoNCE, or the debiased or HCL loss): set-up, resume and the loop; DDP, bf16 autocast, atomic checkpoints,
 exact resume.
 
 The loop knows nothing of SLURM or grids: a launcher calls ``train(cfg)``; every start resumes
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
 from .eval.monitor import Monitor
 from .input import data, pipelines
+from .method.loss import INFONCE, Loss
 from .method.mochi import Mixing
 from .method.moco import MoCo, from_config
 from .run import checkpoint, config, dist, rundir
@@ -50,7 +50,7 @@ def run_name(cfg: config.Config) -> str:
     """A name a person can read in a queue: method, arch, batch, epochs, K, data and seed."""
     if cfg.run.run_name:
         return cfg.run.run_name
-    return (f"{cfg.mochi.mixing.slug}_{cfg.model.arch}_b{cfg.optim.batch_size}-{cfg.optim.epochs}e_K{cfg.moco.K}_"
+    return (f"{cfg.objective.slug}_{cfg.model.arch}_b{cfg.optim.batch_size}-{cfg.optim.epochs}e_K{cfg.moco.K}_"
             f"{cfg.data.dataset}_seed{cfg.run.seed}")
 
 
@@ -66,21 +66,23 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def step(net: torch.nn.Module, opt: torch.optim.Optimizer, im_q: torch.Tensor, im_k: torch.Tensor, mixing: Mixing,
-         generator: torch.Generator, *, labels: torch.Tensor | None = None, oracle: bool = False,
-         with_stats: bool = False, amp: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+         generator: torch.Generator, *, loss: Loss = INFONCE, labels: torch.Tensor | None = None,
+         oracle: bool = False, with_stats: bool = False,
+         amp: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step of MoCo v2 / MoCHi: forward (the key encoder's momentum update and the
-    enqueue included), InfoNCE over the fp32 logits, backward, SGD.
+    enqueue included), the loss over the fp32 logits (InfoNCE, or the debiased or HCL loss),
+    backward, SGD.
 
     im_q, im_k: [B, 3, H, W] on the model's device and in its memory format. ``amp``: bf16 autocast
     on whatever device the images are. Returns the detached loss and the statistics (empty unless
     ``with_stats``)."""
     with torch.autocast(im_q.device.type, dtype=torch.bfloat16, enabled=amp):
         logits, stats = net(im_q, im_k, mixing, generator, labels=labels, oracle=oracle, with_stats=with_stats)
-    loss = F.cross_entropy(logits.float(), torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+    value = loss(logits, getattr(net, "module", net).tau)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    value.backward()
     opt.step()
-    return loss.detach(), stats
+    return value.detach(), stats
 
 
 def _check_same_run(saved: dict, cfg: config.Config, where: Path) -> None:
@@ -229,7 +231,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
         tracker = open_run(
             out, uri=cfg.run.tracking_uri or default_uri(out), experiment=cfg.run.experiment, name=run_name(cfg),
             stage=PRETRAIN, params={**cfg.flat(), "world_size": info.world, "device": str(dev)},
-            tags={"method": cfg.mochi.mixing.method, **(tags or {})}, parent=parent, run_id=run_id,
+            tags={"method": cfg.objective.method, **(tags or {})}, parent=parent, run_id=run_id,
             resume_step=global_step,
         )
         run_id = tracker.run_id
@@ -247,7 +249,8 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
             keep=cfg.run.keep_checkpoints,
         )
 
-    mixing = cfg.mochi.mixing
+    objective = cfg.objective
+    mixing = objective.mixing
     gen = torch.Generator(device=dev)
     progress = Progress(total_steps, global_step, info.main, cfg.optim.batch_size)
     last_ckpt_time = time.monotonic()
@@ -273,8 +276,9 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
                 im_k = im_k.to(dev, non_blocking=True).contiguous(memory_format=fmt)
                 log_now = stats_due(global_step, cfg.run.log_every) or step_in_epoch + 1 == steps_per_epoch \
                     or global_step + 1 >= total_steps
-                loss, stats = step(net, opt, im_q, im_k, mix, gen, labels=labels.to(dev, non_blocking=True),
-                                   oracle=cfg.moco.oracle, with_stats=log_now, amp=cfg.run.amp)
+                loss, stats = step(net, opt, im_q, im_k, mix, gen, loss=objective.loss,
+                                   labels=labels.to(dev, non_blocking=True), oracle=cfg.moco.oracle,
+                                   with_stats=log_now, amp=cfg.run.amp)
                 global_step += 1
                 step_in_epoch += 1
                 progress.tick()

@@ -14,8 +14,8 @@ Choice on i != j: enforced. A point mixed with itself is only a copy of an exist
 the paper's "mixing pairs" only adds new points when the two differ; s > 0 therefore needs N >= 2.
 The pair (i, j) and every coefficient are drawn independently per synthetic point and per query.
 
-``Mixing`` is the setting (N, s, s') as one value: checked once where it is made, and the one
-place that says whether a setting is plain MoCo and how it is named.
+``Mixing`` is the setting (N, s, s') as one value, checked once where it is made; with the loss it
+makes a run's ``Objective`` (``pretrain.method.objective``), which says whether that is plain MoCo.
 
 This module imports nothing of the project so that it stays checkable beside the paper.
 """
@@ -34,10 +34,10 @@ class Mixing:
     synthetic negatives. Raises ValueError on construction for a setting that cannot be trained.
 
     Example:
-        >>> Mixing(1024, 1024, 128).label
+        >>> Mixing(1024, 1024, 128).notation
         'MoCHi (1024, 1024, 128)'
-        >>> Mixing(64, 0, 0).is_plain_moco   # nothing is synthesised: the step is MoCo v2's
-        True
+        >>> Mixing(64, 0, 0).active   # N alone synthesises nothing
+        False
     """
 
     N: int = 0
@@ -65,24 +65,19 @@ class Mixing:
         return self.s + self.s_prime
 
     @property
-    def is_plain_moco(self) -> bool:
-        """True when nothing is synthesised, so the step is exactly MoCo v2's (N alone selects nothing)."""
-        return self.synthetic == 0
+    def active(self) -> bool:
+        """True when it synthesises something (N alone selects nothing to mix)."""
+        return self.synthetic > 0
 
     @property
-    def method(self) -> str:
-        """``mocov2`` or ``mochi``: the method tag of a run."""
-        return "mocov2" if self.is_plain_moco else "mochi"
-
-    @property
-    def label(self) -> str:
-        """How tables and figures name the setting: ``MoCo v2`` or the paper's ``MoCHi (N, s, s')``."""
-        return "MoCo v2" if self.is_plain_moco else f"MoCHi ({self.N}, {self.s}, {self.s_prime})"
+    def notation(self) -> str:
+        """The paper's notation: ``MoCHi (N, s, s')``."""
+        return f"MoCHi ({self.N}, {self.s}, {self.s_prime})"
 
     @property
     def slug(self) -> str:
-        """The setting in a file or run name: ``mocov2`` or ``mochi-N1024-s1024-sp128``."""
-        return "mocov2" if self.is_plain_moco else f"mochi-N{self.N}-s{self.s}-sp{self.s_prime}"
+        """The setting in a file or run name: ``mochi-N1024-s1024-sp128``."""
+        return f"mochi-N{self.N}-s{self.s}-sp{self.s_prime}"
 
 
 PLAIN = Mixing()
@@ -130,7 +125,7 @@ def synthesize(
     N, s, s_prime = mixing.N, mixing.s, mixing.s_prime
     q = q.detach().float()
     queue = queue.detach().float()
-    if mixing.is_plain_moco:
+    if not mixing.active:
         return q.new_zeros(B, 0, D)
 
     dev = q.device

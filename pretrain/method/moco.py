@@ -160,7 +160,7 @@ class MoCo(nn.Module):
                 l_neg = l_neg.masked_fill(analysis.false_negative_mask(labels, self.queue_labels), float("-inf"))
             cols = [l_pos, l_neg]
             l_syn = None
-            if not mixing.is_plain_moco:
+            if mixing.active:
                 h = mochi.synthesize(q, queue, mixing, generator, l_neg=l_neg.detach())
                 l_syn = mochi.synthetic_logits(q, h)
                 cols.append(l_syn)

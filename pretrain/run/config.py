@@ -1,7 +1,7 @@
 """The pretraining config: one typed tree, loaded from a preset or YAML file plus dotted overrides.
 
-Names follow the paper: ``moco.K``, ``moco.m``, ``moco.tau``, ``mochi.N``, ``mochi.s``,
-``mochi.s_prime``. ``python -m pretrain --show-config`` prints the resolved tree.
+Names follow the papers: ``moco.K``, ``moco.m``, ``moco.tau``, ``mochi.N``, ``mochi.s``,
+``mochi.s_prime``, ``loss.tau_plus``, ``loss.beta``. ``python -m pretrain --show-config`` prints the resolved tree.
 
 Values enter typed: from YAML files, from ``section.key=value`` text typed on a command line
 (read once, as YAML scalars, by ``parse_override``), or as Python values (``with_values``); every
@@ -21,7 +21,9 @@ from pathlib import Path
 import yaml
 
 from ..method.encoders import ARCHS
+from ..method.loss import METHODS, Loss
 from ..method.mochi import Mixing
+from ..method.objective import Objective
 from .errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -55,6 +57,18 @@ class MochiCfg:
     def mixing(self) -> Mixing:
         """(N, s, s') as the checked value the method takes; ValueError for an impossible setting."""
         return Mixing(self.N, self.s, self.s_prime)
+
+
+@dataclass
+class LossCfg:
+    method: str = "infonce"  # infonce (MoCo v2), debiased (Chuang et al. 2020) or hcl (Robinson et al. 2021)
+    tau_plus: float = 0.0  # class prior of the debiased and hcl losses, in [0, 1)
+    beta: float = 0.0  # hcl's concentration on hard negatives, >= 0 (0: the debiased loss)
+
+    @property
+    def loss(self) -> Loss:
+        """The checked loss value the training step calls; ValueError for an undefined one."""
+        return Loss(self.method, self.tau_plus, self.beta)
 
 
 @dataclass
@@ -115,12 +129,19 @@ class Config:
     model: ModelCfg = field(default_factory=ModelCfg)
     moco: MocoCfg = field(default_factory=MocoCfg)
     mochi: MochiCfg = field(default_factory=MochiCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     data: DataCfg = field(default_factory=DataCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     run: RunCfg = field(default_factory=RunCfg)
 
+    @property
+    def objective(self) -> Objective:
+        """What the run trains: its loss and its mixing (``pretrain.method.objective``)."""
+        return Objective(self.loss.loss, self.mochi.mixing)
+
     def to_dict(self) -> dict:
+        """The tree as plain dictionaries (config.yaml, checkpoints)."""
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, object]:
@@ -322,6 +343,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         "run.device": (cfg.run.device, ("auto", "cpu", "cuda")),
         "data.pipeline": (cfg.data.pipeline, ("cpu", "gpu", "dali")),
         "data.dtype": (cfg.data.dtype, ("auto", "float32", "bfloat16")),
+        "loss.method": (cfg.loss.method, METHODS),
     }
     for key, (v, allowed) in choices.items():
         if v not in allowed:
@@ -330,6 +352,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         cfg.mochi.mixing.check_queue(cfg.moco.K)
     except ValueError as e:
         raise UserError(f"config mochi: {e}") from None
+    try:
+        cfg.loss.loss
+    except ValueError as e:
+        raise UserError(f"config loss: {e}") from None
     if cfg.optim.batch_size % world_size:
         raise UserError(
             f"config key optim.batch_size: the global batch {cfg.optim.batch_size} "

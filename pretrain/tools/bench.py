@@ -1,4 +1,5 @@
-"""Training-step throughput: MoCo v2 vs MoCHi, side by side in one run, eager and compiled.
+"""Training-step throughput: MoCo v2 vs MoCHi (and the debiased and HCL losses), side by side in one
+run, eager and compiled.
 
 ``measure`` times ``pretrain.train.step`` itself, the function training runs, on synthetic images
 resident on the device (so only the model is measured), with the statistics computed on the
@@ -22,8 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..method import mochi
+from ..method.loss import Loss
 from ..method.mochi import Mixing
 from ..method.moco import MoCo
+from ..method.objective import Objective
 from ..run import dist
 from ..run.config import RunCfg
 from ..run.errors import UserError
@@ -135,17 +138,18 @@ def bench_model(size: Size, dev: torch.device, compiled: bool, channels_last: bo
     return model, torch.optim.SGD(model.encoder_q.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
 
 
-def time_steps(model: MoCo, opt: torch.optim.Optimizer, next_batch: Callable, mixing: Mixing, steps: int,
+def time_steps(model: MoCo, opt: torch.optim.Optimizer, next_batch: Callable, objective: Objective, steps: int,
                warmup: int, amp: bool, dev: torch.device, log_every: int = RunCfg().log_every) -> float:
-    """Images per second of ``train.step`` on the (view_q, view_k) that ``next_batch()`` gives; the
-    statistics are computed (and averaged over ranks, as training logs them) every ``log_every``
-    steps, as training does."""
+    """Images per second of ``train.step`` training ``objective`` (its loss and mixing) on the
+    (view_q, view_k) that ``next_batch()`` gives; the statistics are computed (and averaged over
+    ranks, as training logs them) every ``log_every`` steps, as training does."""
     gen = torch.Generator(device=dev).manual_seed(0)
 
     def one(i: int) -> int:
         im_q, im_k = next_batch()
         due = stats_due(i, log_every)
-        loss, stats = step(model, opt, im_q, im_k, mixing, gen, with_stats=due, amp=amp)
+        loss, stats = step(model, opt, im_q, im_k, objective.mixing, gen, loss=objective.loss, with_stats=due,
+                           amp=amp)
         if due:
             dist.mean_over_ranks({**stats, "loss": loss})
         return im_q.shape[0]
@@ -184,28 +188,46 @@ def time_mixing(B: int, K: int, mixing: Mixing, dev: torch.device, reps: int = 5
     return 1000 * (time.perf_counter() - t) / reps
 
 
+# The methods the benchmark can time beside MoCo v2 (the losses with their authors' defaults).
+METHODS = ("mocov2", "mochi", "debiased", "hcl", "hcl+mochi")
+
+
+def objectives(names: list[str], mixing: Mixing) -> dict[str, Objective]:
+    """{name: what it trains} for benchmark method names (MoCHi's setting is the size's)."""
+    dcl, hard = Loss("debiased", tau_plus=0.1), Loss("hcl", tau_plus=0.1, beta=1.0)
+    known = {"mocov2": Objective(), "mochi": Objective(mixing=mixing), "debiased": Objective(dcl),
+             "hcl": Objective(hard), "hcl+mochi": Objective(hard, mixing)}
+    return {n: known[n] for n in names}
+
+
 def measure(size: Size, dev: torch.device, variants: list[str], steps: int, warmup: int, amp: bool,
-            channels_last: bool, shuffle_bn_groups: int = 8, log_every: int = RunCfg().log_every) -> dict:
-    """The step benchmark's figures: MoCo v2 and MoCHi img/s per variant (eager, compiled), their
-    ratio, and the share of a MoCHi step that mixing alone takes. Statistics are computed every
-    ``log_every`` steps (training's ``run.log_every``)."""
+            channels_last: bool, shuffle_bn_groups: int = 8, log_every: int = RunCfg().log_every,
+            methods: list[str] = ("mocov2", "mochi")) -> dict:
+    """The step benchmark's figures: img/s of each method (MoCo v2 first, then MoCHi, the debiased
+    and HCL losses, ...) per variant (eager, compiled), each one's ratio to MoCo v2, and the share of
+    a MoCHi step that mixing alone takes. Statistics are computed every ``log_every`` steps
+    (training's ``run.log_every``)."""
     cuda_math(dev)
     im_q, im_k = synthetic_images(size, dev, channels_last)
+    todo = objectives(["mocov2", *[m for m in methods if m != "mocov2"]], size.mixing)
     rows = []
     for variant in variants:
         model, opt = bench_model(size, dev, variant == "compiled", channels_last, shuffle_bn_groups)
-        # Interleave the two methods so drift in clocks or temperature hits both alike.
-        moco, mochi_ips = [], []
+        # Interleave the methods so drift in clocks or temperature hits all alike; keep each one's best.
+        rates: dict[str, list[float]] = {name: [] for name in todo}
         for _ in range(2):
-            moco.append(time_steps(model, opt, lambda: (im_q, im_k), Mixing(), steps, warmup, amp, dev, log_every))
-            mochi_ips.append(time_steps(model, opt, lambda: (im_q, im_k), size.mixing, steps, warmup, amp, dev,
-                                        log_every))
-        rows.append({"variant": variant, "mocov2_img_s": max(moco), "mochi_img_s": max(mochi_ips)})
+            for name, objective in todo.items():
+                rates[name].append(time_steps(model, opt, lambda: (im_q, im_k), objective, steps, warmup, amp, dev,
+                                              log_every))
+        best = {name: max(r) for name, r in rates.items()}
+        rows.append({"variant": variant, **{f"{name}_img_s": v for name, v in best.items()},
+                     "ratios": {todo[name].label: v / best["mocov2"] for name, v in best.items()}})
         del model, opt
     mix_ms = time_mixing(size.batch, size.K, size.mixing, dev)
     for r in rows:
-        r["ratio"] = r["mochi_img_s"] / r["mocov2_img_s"]
-        r["mixing_share"] = mix_ms / (1000 * size.batch / r["mochi_img_s"])
+        if "mochi_img_s" in r:
+            r["ratio"] = r["mochi_img_s"] / r["mocov2_img_s"]
+            r["mixing_share"] = mix_ms / (1000 * size.batch / r["mochi_img_s"])
     return {
         "device": device_name(dev),
         "date": datetime.date.today().isoformat(),

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..input import pipelines
+from ..method.objective import Objective
 from ..run import config
 from .bench import Size, bench_model, cuda_math, describe_precision, device_name, sync, synthetic_images, time_steps
 
@@ -93,9 +94,10 @@ def training_rates(cfg: config.Config, size: Size, dev: torch.device, steps: int
     it = _endless(batches, sampler)
     # Alternate the two so clock or thermal drift hits both alike; keep each one's best.
     jpeg, synthetic = [], []
+    mochi = Objective(mixing=size.mixing)
     for _ in range(2):
-        synthetic.append(time_steps(model, opt, lambda: (syn_q, syn_k), size.mixing, steps, warmup, cfg.run.amp, dev))
-        jpeg.append(time_steps(model, opt, lambda: next(it)[:2], size.mixing, steps, warmup, cfg.run.amp, dev))
+        synthetic.append(time_steps(model, opt, lambda: (syn_q, syn_k), mochi, steps, warmup, cfg.run.amp, dev))
+        jpeg.append(time_steps(model, opt, lambda: next(it)[:2], mochi, steps, warmup, cfg.run.amp, dev))
     it.close()
     return {"jpeg_img_s": max(jpeg), "synthetic_img_s": max(synthetic)}
 

@@ -152,8 +152,8 @@ def test_the_baseline_is_plain_moco_whatever_its_N(tmp_path):
     out = tmp_path / "results"
     assert report.report(grid, tmp_path / "grid", uri, out) == 0
     t = pd.read_csv(out / "table.csv").set_index("cell")
-    assert t.loc["N64-s0-sp0", "method"] == "MoCo v2" and bool(t.loc["N64-s0-sp0", "plain_moco"])
-    assert t.loc["N128-s128-sp32", "method"] == "MoCHi (128, 128, 32)"
+    assert t.loc["N64-s0-sp0", "setting"] == "MoCo v2" and bool(t.loc["N64-s0-sp0", "plain_moco"])
+    assert t.loc["N128-s128-sp32", "setting"] == "MoCHi (128, 128, 32)"
     md = (out / "table.md").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| 64 "))
     assert "baseline" in row and "+5.00" in md

@@ -14,8 +14,9 @@ def build(sweep=None, values=None, preset="demo", **kw):
 
 def test_demo_preset_is_the_paper_layout():
     g = build()
-    assert [c.id for c in g.cells] == ["N0-s0-sp0", "N128-s128-sp0", "N128-s128-sp32"]
+    assert [c.id for c in g.cells] == ["N0-s0-sp0", "N128-s128-sp0", "N128-s128-sp32", "N0-s0-sp0_hcl_tp0.1_b1.0"]
     assert g.lincls[0] == "--fast" and g.seeds == 3 and not g.dropped  # 3 seeds: enough for a paired test
+    assert g.objective(g.cells[3]).label == "HCL (beta 1.0, tau+ 0.1)"
     assert g.cfg(g.cells[2], 2, REPO / "x").mochi.s_prime == 32
     assert g.references == [spec.RANDOM_INIT] and g.row_ids()[-1] == "random-init"
 
@@ -76,16 +77,16 @@ def test_values_keep_their_types_from_preset_to_config_and_back():
     assert g.set["optim.epochs"] == 2 and type(g.set["optim.epochs"]) is int  # the preset's mapping, typed
     back = spec.from_json(g.to_json())
     assert back.identity() == g.identity() and back.grid_id == g.grid_id
-    assert [type(v) for c in back.cells for v in c.values.values()] == [int] * 9
+    assert [type(v) for c in back.cells for v in c.values.values()] == [int] * 12 + [str, float, float]
     # the command line's KEY=VALUE texts are read once, into the same typed values
     assert build(extra=["optim.epochs=3"]).set == build(extra={"optim.epochs": 3}).set
 
 
 def test_mixing_of_a_cell_comes_from_its_config():
     g = build(["K"], {"K": [512, 1024]})  # N, s, s' from the demo preset
-    assert {g.mixing(c).label for c in g.cells} == {"MoCHi (128, 128, 32)"}
+    assert {g.objective(c).label for c in g.cells} == {"MoCHi (128, 128, 32)"}
     g = build(["N", "s", "s_prime"], {"N": [0, 64], "s": [0], "s_prime": [0]})
-    assert [g.mixing(c).is_plain_moco for c in g.cells] == [True, True]
+    assert [g.objective(c).is_plain_moco for c in g.cells] == [True, True]
 
 
 def back_refs(g):
@@ -117,3 +118,20 @@ def test_reference_rows_and_the_baseline(tmp_path):
         spec.build(spec.load_preset("demo"), None, {}, None, [], None, baseline="N9")
     with pytest.raises(UserError, match="reference rows need a probe or a transfer stage"):
         spec.build(spec.load_preset("demo"), None, {}, None, [], "none")
+
+
+def test_the_loss_is_an_axis_and_undefined_combinations_are_dropped_with_the_reason():
+    g = build(["method", "tau_plus", "beta"], {"method": ["infonce", "debiased", "hcl"], "tau_plus": [0.0, 0.1],
+                                               "beta": [0.0, 1.0]})
+    assert [c.id for c in g.cells] == ["infonce_tp0.0_b0.0", "debiased_tp0.0_b0.0", "debiased_tp0.1_b0.0",
+                                       "hcl_tp0.0_b0.0", "hcl_tp0.0_b1.0", "hcl_tp0.1_b0.0", "hcl_tp0.1_b1.0"]
+    reasons = dict(g.dropped)
+    assert "infonce takes neither" in reasons["infonce_tp0.1_b0.0"]
+    assert "the debiased loss is hcl with beta = 0" in reasons["debiased_tp0.0_b1.0"]
+    assert {g.objective(c).label for c in g.cells} >= {"MoCHi (128, 128, 32)", "HCL (beta 1.0, tau+ 0.1) + MoCHi (128, 128, 32)"}
+    assert spec.axis("loss.tau_plus").name == "tau_plus" and spec.axis("beta").type is float
+    hard = spec.build(spec.load_preset("hardneg-in100"), None, {}, None, [], None)
+    assert [hard.objective(c).label for c in hard.cells] == [
+        "MoCo v2", "MoCHi (1024, 1024, 128)", "debiased (tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
+        "HCL (beta 1.0, tau+ 0.1) + MoCHi (1024, 1024, 128)"]
+    assert hard.seeds == 3 and hard.base == "imagenet100"

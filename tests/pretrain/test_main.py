@@ -26,6 +26,10 @@ def run_cli(*args, cwd=None):
         (["data.dataset=imagefolder"], "needs data.path"),
         (["mochi.N=many"], "is not a valid int"),
         (["--preset", "nope"], "invalid choice"),
+        (["loss.method=focal"], "config key loss.method: 'focal' is not one of infonce, debiased, hcl"),
+        (["loss.method=hcl", "loss.tau_plus=1.0"], "config loss: tau_plus must be in [0, 1), got 1.0"),
+        (["loss.method=hcl", "loss.beta=-0.5"], "config loss: beta must be >= 0, got -0.5"),
+        (["loss.tau_plus=0.1"], "tau_plus and beta belong to the debiased and hcl losses"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):

@@ -212,10 +212,24 @@ def test_a_few_training_steps_with_amp_or_channels_last_on_the_cpu(tmp_path, ext
 
 
 def test_a_setting_that_synthesises_nothing_is_mocov2_everywhere(tmp_path):
-    """N = 32 with s = s' = 0: named, tagged and trained as MoCo v2 (one definition, Mixing.is_plain_moco)."""
+    """N = 32 with s = s' = 0: named, tagged and trained as MoCo v2 (one definition, Objective.is_plain_moco)."""
     out = tmp_path / "run"
     train(tiny_cfg(out, "run.max_steps=2", "mochi.mix_start=0", "mochi.s=0", "mochi.s_prime=0"))
     run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run((out / "mlflow_run_id").read_text())
     assert run.data.tags["method"] == "mocov2" and run.info.run_name.startswith("mocov2_resnet18")
     assert not any(k.startswith("syn_") for k in run.data.metrics)
     assert run.data.metrics["acc_all"] == run.data.metrics["acc_moco"]  # no synthetic column to compete
+
+
+def test_hcl_with_mochi_and_the_oracle_trains_and_is_named_for_what_it_is(tmp_path):
+    """Every loss composes with MoCHi (the synthetic points are among its negatives) and with the
+    class oracle (removed negatives count for nothing); the run says which method it trained."""
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "run.max_steps=6", "mochi.mix_start=0", "loss.method=hcl", "loss.tau_plus=0.1",
+                   "loss.beta=1.0", "moco.oracle=true"))
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run((out / "mlflow_run_id").read_text())
+    assert run.data.tags["method"] == "hcl+mochi" and run.info.run_name.startswith("hcl-b1-tp0.1_mochi-N32-s16-sp8_")
+    assert run.data.params["loss.method"] == "hcl" and run.data.params["loss.beta"] == "1.0"
+    assert run.data.metrics["syn_top10_share"] > 0  # the analyses apply to every method

@@ -35,7 +35,7 @@ def test_values_are_set_typed_and_checked_where_they_are_set():
     cfg = config.with_values(base, {"mochi.N": 64, "optim.base_lr": 1, "run.experiment": "a: b"})
     assert cfg.mochi.N == 64 and type(cfg.optim.base_lr) is float and cfg.run.experiment == "a: b"
     assert base.mochi.N == 128  # a copy: the base is untouched
-    assert cfg.mochi.mixing.label == "MoCHi (64, 128, 32)"
+    assert cfg.mochi.mixing.notation == cfg.objective.label == "MoCHi (64, 128, 32)"
     assert config.parse_override("optim.epochs=7") == ("optim.epochs", 7)
     assert config.parse_override("data.path=/x/y: z") == ("data.path", "/x/y: z")  # not a YAML mapping
     with pytest.raises(UserError, match="config key mochi.N: 'many' is not a valid int"):

@@ -27,7 +27,7 @@ def test_bench_times_the_training_step_at_the_training_cadence(tmp_path, capsys,
     out = tmp_path / "b.json"
     code = bench.main(["--arch", "resnet18", "--batch", "8", "--image-size", "32", "--K", "64", "--N", "16",
                        "--s", "8", "--s-prime", "4", "--steps", "4", "--warmup", "2", "--variants", "eager",
-                       "--stats-every", "3", "--json", str(out)])
+                       "--stats-every", "3", "--methods", "mocov2,mochi", "--json", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
     assert r["device"].startswith("CPU") and r["N"] == 16 and r["batch"] == 8 and r["dtype"] == "fp32, contiguous"
@@ -43,7 +43,20 @@ def test_bench_times_the_training_step_at_the_training_cadence(tmp_path, capsys,
     assert "MoCHi/MoCo" in printed and r["device"] in printed and f"{row['ratio']:.3f}" in printed
 
 
+def test_bench_times_every_method_beside_moco_v2(tmp_path):
+    out = tmp_path / "b.json"
+    assert bench.main(["--arch", "resnet18", "--batch", "8", "--image-size", "32", "--K", "64", "--N", "16", "--s", "8",
+                       "--s-prime", "4", "--steps", "1", "--warmup", "0", "--variants", "eager", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["results"][0]
+    assert list(row["ratios"]) == ["MoCo v2", "MoCHi (16, 8, 4)", "debiased (tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
+                                   "HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)"]
+    assert row["ratios"]["MoCo v2"] == 1.0 and all(v > 0 for v in row["ratios"].values())
+    assert row["hcl+mochi_img_s"] == pytest.approx(row["ratios"]["HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)"]
+                                                   * row["mocov2_img_s"])
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--methods", "mocov2,focal"], "--methods"),
     (["--K", "100", "--batch", "32"], "multiple of --batch"),
     (["--batch", "0"], "--batch must be > 0"),
     (["--image-size", "-4"], "--image-size must be > 0"),

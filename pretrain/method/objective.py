@@ -1,0 +1,54 @@
+"""What a run trains: its loss and its MoCHi mixing, as one value, and the one place that says
+whether that is plain MoCo v2 and how tables, tags and run names call it.
+
+This module imports nothing else of the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .loss import Loss
+from .mochi import Mixing
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A loss (InfoNCE, debiased, HCL) with a mixing (MoCHi's N, s, s', or none).
+
+    Example:
+        >>> Objective(Loss("hcl", 0.1, 1.0), Mixing(1024, 1024, 128)).label
+        'HCL (beta 1.0, tau+ 0.1) + MoCHi (1024, 1024, 128)'
+        >>> Objective(mixing=Mixing(64, 0, 0)).is_plain_moco   # N alone synthesises nothing
+        True
+    """
+
+    loss: Loss = field(default_factory=Loss)
+    mixing: Mixing = field(default_factory=Mixing)
+
+    @property
+    def is_plain_moco(self) -> bool:
+        """True when the step is exactly MoCo v2's: InfoNCE and no synthetic negatives (whatever N)."""
+        return self.loss.is_infonce and not self.mixing.active
+
+    @property
+    def method(self) -> str:
+        """The ``method`` tag of a run: mocov2, mochi, debiased, hcl, debiased+mochi or hcl+mochi."""
+        if self.loss.is_infonce:
+            return "mochi" if self.mixing.active else "mocov2"
+        return self.loss.method + ("+mochi" if self.mixing.active else "")
+
+    @property
+    def label(self) -> str:
+        """How tables and figures name it: ``MoCo v2``, ``MoCHi (N, s, s')``, ``HCL (beta 1.0, tau+ 0.1)``,
+        or a loss + MoCHi."""
+        if self.loss.is_infonce:
+            return self.mixing.notation if self.mixing.active else "MoCo v2"
+        return self.loss.label + (f" + {self.mixing.notation}" if self.mixing.active else "")
+
+    @property
+    def slug(self) -> str:
+        """It in a file or run name: ``mocov2``, ``mochi-N1024-s1024-sp128``, ``hcl-b1-tp0.1``, ..."""
+        if self.loss.is_infonce:
+            return self.mixing.slug if self.mixing.active else "mocov2"
+        return self.loss.slug + (f"_{self.mixing.slug}" if self.mixing.active else "")
