@@ -7,6 +7,10 @@
   1..C in the order of the categories, instance masks decoded from polygons or RLE.
 - ``make_synthetic``: real Fashion-MNIST items pasted onto 128 x 128 textured canvases, with
   boxes and instance masks, written in both formats (VOC XML + COCO JSON), for tests and the demo.
+  Both are also what detectron2's readers and evaluators take: the XML carries ``<pose>`` and
+  ``<truncated>`` (its Pascal VOC evaluator reads them), the masks are COCO polygons (what its
+  recipes' default ``INPUT.MASK_FORMAT polygon`` reads), and ``VOCdevkit/classes.txt`` names the
+  set's own 10 classes.
 """
 
 from __future__ import annotations
@@ -123,12 +127,40 @@ class COCODetection(torch.utils.data.Dataset):
 
 
 def _voc_xml(img_id: str, size: int, objects: list[tuple[str, list[int]]]) -> str:
+    # pose and truncated as VOC writes them: detectron2's Pascal VOC evaluator reads both
     objs = "".join(
-        f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects
+        f"<object><name>{n}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
+        f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, b in objects
     )
     return (f"<annotation><filename>{img_id}.jpg</filename><size><width>{size}</width><height>{size}</height>"
             f"<depth>3</depth></size>{objs}</annotation>")
+
+
+def silhouette(mask: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """The object a pixel mask [H, W] (bool) outlines: its largest 4-connected part with each row
+    filled from its leftmost to its rightmost pixel, as a mask [H, W] and as one COCO polygon
+    (x, y, ...) on pixel corners, which pycocotools rasterises back to exactly that mask.
+
+    A row-filled 4-connected region is a simple staircase polygon (consecutive rows overlap, so the
+    left and right chains never meet): down the left edges, then up the right edges.
+    """
+    from scipy import ndimage
+
+    parts, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros_like(mask, bool), []
+    sizes = ndimage.sum_labels(mask, parts, range(1, n + 1))
+    part = parts == 1 + int(np.argmax(sizes))
+    rows = np.nonzero(part.any(1))[0]
+    left = [int(np.argmax(part[y])) for y in rows]
+    right = [int(part.shape[1] - np.argmax(part[y, ::-1])) for y in rows]  # one past the last pixel
+    filled = np.zeros_like(mask, bool)
+    for y, x0, x1 in zip(rows, left, right):
+        filled[y, x0:x1] = True
+    down = [c for y, x in zip(rows, left) for c in (x, y, x, y + 1)]
+    up = [c for y, x in zip(rows[::-1], right[::-1]) for c in (x, y + 1, x, y)]
+    return filled, [float(c) for c in down + up]
 
 
 def make_synthetic(out: str | Path, n_train: int = 200, n_test: int = 50, size: int = 128, seed: int = 0,
@@ -136,11 +168,10 @@ def make_synthetic(out: str | Path, n_train: int = 200, n_test: int = 50, size: 
     """Write the detection set into ``out`` (VOCdevkit/VOC2007 and coco/); returns its class names.
 
     Each image: 1-3 real Fashion-MNIST items (training split for trainval, test split for test),
-    scaled 1.5-3x, pasted without overlap on a smooth random texture; the mask is the item's
-    pixels above 15% intensity, the box its tight extent (VOC XML 1-based inclusive, COCO x, y, w, h).
+    scaled 1.5-3x, pasted without overlap on a smooth random texture; the object is the
+    ``silhouette`` of the item's pixels above 15% intensity (a COCO polygon), the box its tight
+    extent (VOC XML 1-based inclusive, COCO x, y, w, h).
     """
-    from pycocotools import mask as mask_util
-
     from pretrain.input import data
     from pretrain.run import config
 
@@ -169,7 +200,7 @@ def make_synthetic(out: str | Path, n_train: int = 200, n_test: int = 50, size: 
                 item, label = src[int(rng.integers(len(src)))]
                 side = int(28 * rng.uniform(1.5, 3.0))
                 patch = np.asarray(item.convert("L").resize((side, side), Image.BILINEAR), dtype=np.float32) / 255
-                mask = patch > 0.15
+                mask, _ = silhouette(patch > 0.15)
                 if not mask.any():
                     continue
                 for _try in range(20):
@@ -186,10 +217,9 @@ def make_synthetic(out: str | Path, n_train: int = 200, n_test: int = 50, size: 
                 ys, xs = np.nonzero(full)
                 x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
                 objects.append((names[label], [x0 + 1, y0 + 1, x1 + 1, y1 + 1]))
-                rle = mask_util.encode(np.asfortranarray(full.astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode()
+                _, polygon = silhouette(full)
                 coco_objs.append({"id": next_id, "category_id": label + 1, "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
-                                  "area": int(full.sum()), "iscrowd": 0, "segmentation": rle})
+                                  "area": int(full.sum()), "iscrowd": 0, "segmentation": [polygon]})
                 next_id += 1
             im = Image.fromarray(canvas.astype(np.uint8))
             im.save(voc / "JPEGImages" / f"{img_id}.jpg", quality=95)

@@ -13,6 +13,7 @@ COCO: box and mask AP/AP50/AP75 through pycocotools' ``COCOeval``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 
 import numpy as np
@@ -108,7 +109,9 @@ def coco_evaluate(gt: dict, results: list[dict], iou_type: str = "bbox") -> dict
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = gt
+        # a copy: COCOeval turns polygon segmentations into RLE in place, which would change the
+        # caller's ground truth (the test set the next trial reads)
+        coco_gt.dataset = copy.deepcopy(gt)
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, iou_type)

@@ -93,3 +93,19 @@ def test_coco_mask_ap():
     rle2["counts"] = rle2["counts"].decode()
     r = coco_evaluate(g, [{"image_id": 1, "category_id": 1, "segmentation": rle2, "score": 0.8}], "segm")
     assert r["AP50"] == pytest.approx(100.0) and r["AP75"] == 0.0 and r["AP"] == pytest.approx(10.0)
+
+
+def test_coco_evaluation_leaves_polygon_ground_truth_as_it_was():
+    import copy
+
+    poly = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]
+    gt = {"images": [{"id": 1, "width": 64, "height": 64}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400,
+                           "iscrowd": 0, "segmentation": poly}]}
+    before = copy.deepcopy(gt)
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.merge(mask_util.frPyObjects(poly, 64, 64))
+    res = [{"image_id": 1, "category_id": 1, "score": 1.0, "segmentation": rle}]
+    assert coco_evaluate(gt, res, "segm")["AP"] == pytest.approx(100.0)
+    assert gt == before  # the next trial reads the same ground truth
