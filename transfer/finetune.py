@@ -23,6 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,11 +31,11 @@ import torch
 from pretrain.run import checkpoint, dist, rundir
 from pretrain.run.cli import ArgumentParser, parse_tags, execute, setup_logging
 from pretrain.run.errors import UserError
-from pretrain.run.tracking import Tracker, default_uri, open_run, transfer_stage
+from pretrain.run.tracking import Tracker, open_run, transfer_stage
 
-from . import data, metrics
-from .convert import resnet50_state
+from . import data, metrics, trials
 from .models import build
+from .recipes import scale_schedule
 
 log = logging.getLogger(__name__)
 VOC_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
@@ -84,6 +85,7 @@ class FinetuneSettings:
     """One transfer stage (N trials of one task on one source), as ``python -m transfer.finetune``
     and a grid's transfer job describe it."""
 
+    engine: ClassVar[str] = "torchvision"
     source: str | None  # run folder, checkpoint or MoCo-format checkpoint; None with random_init
     task: str
     data: str  # VOCdevkit folder (VOC tasks) or COCO root with annotations/ (COCO tasks)
@@ -105,7 +107,7 @@ class FinetuneSettings:
             return Path(self.out)
         if self.source is None:
             raise UserError("a transfer stage without a source needs an output folder")
-        return rundir.transfer_dir(rundir.run_home(self.source), self.task, self.random_init)
+        return rundir.transfer_dir(rundir.run_home(self.source), self.task, self.random_init, self.engine)
 
     def recipe(self) -> Task:
         """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""
@@ -115,9 +117,8 @@ class FinetuneSettings:
             raise UserError("--trials, --iters and --batch must be >= 1")
         task = TASKS[self.task]
         if self.iters:
-            f = self.iters / task.iters
-            task = dataclasses.replace(task, iters=self.iters, steps=tuple(max(1, int(s * f)) for s in task.steps),
-                                       warmup=max(1, int(task.warmup * f)))
+            steps, warmup = scale_schedule(self.iters, task.iters, task.steps, task.warmup)
+            task = dataclasses.replace(task, iters=self.iters, steps=steps, warmup=warmup)
         if self.batch:
             task = dataclasses.replace(task, batch=self.batch, lr=task.lr * self.batch / task.batch)
         return task
@@ -269,39 +270,31 @@ def run(s: FinetuneSettings) -> dict:
     task = s.recipe()
     if s.source is None and not s.random_init:
         raise UserError("a transfer stage needs a source, or --random-init")
-    state, cfg, parent = resnet50_state(s.source, load=not s.random_init) if s.source is not None else (None, None,
-                                                                                                        None)
+    out = s.out_dir
+    src = trials.origin(s.source, s.random_init, out, parent_run=s.parent_run, tracking_uri=s.tracking_uri,
+                        experiment=s.experiment)
     root = Path(s.data)
     if not root.is_dir():
         raise UserError(f"--data {root} does not exist")
     train, test, names = datasets(task, root)
 
-    out = s.out_dir
-    src = Path(s.source) if s.source is not None else None
-    home = rundir.run_home(src) if src is not None else out
-    source = str(src.resolve()) if src is not None else "random init"
     out.mkdir(parents=True, exist_ok=True)
     info = dist.init("auto")
     if task.batch % info.world:
         raise UserError(f"batch {task.batch} does not split over {info.world} ranks")
-    uri = s.tracking_uri or (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
-    experiment = s.experiment or (cfg.run.experiment if cfg else "mochi-bench")
     results = []
     for t in range(s.trials):
         trial_dir = rundir.trial_dir(out, t)
-        run_tags = {"task": s.task, "trial": str(t), "random_init": str(s.random_init), "source": source,
-                    **s.tags}
-        if parent:
-            run_tags["pretrain_run_id"] = parent
+        run_tags = trials.trial_tags(src, s.task, t, s.random_init, s.engine, s.tags)
         params = {f"transfer.{k}": v for k, v in dataclasses.asdict(task).items()}
         saved, _ = checkpoint.load_latest(trial_dir / rundir.CHECKPOINTS)
-        tracker = open_run(trial_dir, uri=uri, experiment=experiment,
+        tracker = open_run(trial_dir, uri=src.uri, experiment=src.experiment,
                            name=f"transfer-{s.task}_trial{t}{'_random-init' if s.random_init else ''}",
                            stage=transfer_stage(task.data), params=params, tags=run_tags,
-                           parent=s.parent_run or parent, resume_step=saved["iteration"] if saved else None) \
+                           parent=src.parent, resume_step=saved["iteration"] if saved else None) \
             if info.main else None
         try:
-            res = run_trial(task, state, train, test, names, trial_dir, t, tracker, info, s.ckpt_every)
+            res = run_trial(task, src.state, train, test, names, trial_dir, t, tracker, info, s.ckpt_every)
         finally:
             if tracker is not None:
                 tracker.finish()
@@ -310,10 +303,10 @@ def run(s: FinetuneSettings) -> dict:
             log.info("trial %d: %s", t, ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
     if not info.main:
         return {}
-    summary = {"task": s.task, "trials": results, "summary": metrics.summarize_trials(results),
-               "random_init": s.random_init, "source": source, "settings": dataclasses.asdict(task),
+    summary = {"task": s.task, "engine": s.engine, "trials": results, "summary": metrics.summarize_trials(results),
+               "random_init": s.random_init, "source": src.source, "settings": dataclasses.asdict(task),
                "out": str(out)}
-    checkpoint.atomic_write(out / rundir.SUMMARY_FILE, json.dumps(summary, indent=1).encode())
+    trials.write_json(out / rundir.SUMMARY_FILE, summary)
     return summary
 
 

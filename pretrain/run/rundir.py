@@ -10,7 +10,10 @@ A pretraining run folder (``run.out``)::
     summary.json                    written when the run completes
     knn.json                        python -m pretrain.knn
     lincls-fast/ lincls-full/       linear probes (lincls.json, settings.json, features.pt, checkpoints/)
-    transfer-TASK/trialK/           detection transfer (summary.json; each trial result.json)
+    transfer-TASK/trialK/           detection transfer, torchvision path (summary.json; each trial result.json)
+    transfer-d2-TASK/trialK/        the same through detectron2 (+ weights-d2.pkl, the converted source;
+                                    each trial also holds detectron2's own files: config.yaml, log.txt,
+                                    metrics.json, last_checkpoint, model_final.pth)
 
 A grid folder (``runs/grids/NAME``)::
 
@@ -39,6 +42,7 @@ LINCLS_FILE = "lincls.json"
 SETTINGS_FILE = "settings.json"
 FEATURES_FILE = "features.pt"
 RESULT_FILE = "result.json"  # one transfer trial's metrics
+D2_WEIGHTS_FILE = "weights-d2.pkl"  # a detectron2 transfer stage's source, in detectron2's format
 # A grid folder
 GRIDS = Path("runs") / "grids"  # where grids live unless --out says otherwise
 GRID_FILE = "grid.json"
@@ -55,9 +59,12 @@ def lincls_dir(home: Path, fast: bool, random_init: bool = False) -> Path:
     return Path(home) / f"lincls-{'fast' if fast else 'full'}{'-random-init' if random_init else ''}"
 
 
-def transfer_dir(home: Path, task: str, random_init: bool = False) -> Path:
-    """Where the transfer stage of ``task`` writes for the run at ``home``."""
-    return Path(home) / f"transfer-{task}{'-random-init' if random_init else ''}"
+def transfer_dir(home: Path, task: str, random_init: bool = False, engine: str = "torchvision") -> Path:
+    """Where the transfer stage of ``task`` writes for the run at ``home``: ``transfer-TASK`` through
+    torchvision, ``transfer-d2-TASK`` through detectron2 (the two never share trials), with
+    ``-random-init`` for the randomly initialised baseline."""
+    d2 = "d2-" if engine == "detectron2" else ""
+    return Path(home) / f"transfer-{d2}{task}{'-random-init' if random_init else ''}"
 
 
 def trial_dir(stage_dir: Path, trial: int) -> Path:

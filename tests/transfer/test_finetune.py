@@ -69,6 +69,10 @@ def test_trials_run_evaluate_and_summarise(det_root, r50, tmp_path, task, sub, m
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["trials"]) == 2 and summary["summary"][metric]["std"] is not None
+    assert summary["engine"] == "torchvision"
+    tags = json.loads((out / "trial1" / "tracking.json").read_text())["tags"]
+    assert tags["engine"] == "torchvision" and tags["trial"] == "1"
+    assert tags["stage"] == ("transfer-voc" if sub == "VOCdevkit" else "transfer-coco")
     assert all(0.0 <= t[metric] <= 100.0 for t in summary["trials"])
     assert (out / "trial1" / "checkpoints").is_dir() and (out / "trial0" / "metrics.jsonl").is_file()
     again = finetune(*args)  # finished trials are not run again

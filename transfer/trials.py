@@ -1,0 +1,74 @@
+"""What both transfer paths (torchvision's ``finetune`` and detectron2's ``train_d2``) share around
+their trials: where the weights come from and where the trials log, the trials' MLflow tags, and
+the stage's summary file.
+
+Both paths tag their trial runs alike (stage ``transfer-voc`` / ``transfer-coco``, ``task``,
+``trial``, ``source``, ``random_init``, ``engine``) and name their metrics alike, so a grid's VOC and
+COCO columns fill from either.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from pretrain.run import rundir
+from pretrain.run.checkpoint import atomic_write
+from pretrain.run.tracking import default_uri
+
+from .convert import resnet50_state
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The weights a transfer stage starts from and where its trials log."""
+
+    state: dict | None  # torchvision ResNet-50 state dict; None for a random init
+    source: str  # the ``source`` tag: the resolved source path, or "random init"
+    pretrain_run: str | None  # the source's pretraining MLflow run (the ``pretrain_run_id`` tag)
+    parent: str | None  # the MLflow run the trials are children of
+    uri: str
+    experiment: str
+
+
+def origin(source: str | None, random_init: bool, out: Path, *, parent_run: str | None = None,
+           tracking_uri: str | None = None, experiment: str | None = None) -> Origin:
+    """Read and check SOURCE (UserError unless a standard ResNet-50 query encoder; with
+    ``random_init`` only its architecture is checked) and decide where the trials log: the given
+    store and experiment, else the source run's, else a store beside ``out``."""
+    state, cfg, run_id = resnet50_state(source, load=not random_init) if source is not None else (None, None, None)
+    src = Path(source) if source is not None else None
+    home = rundir.run_home(src) if src is not None else Path(out)
+    return Origin(
+        state=state, source=str(src.resolve()) if src is not None else "random init", pretrain_run=run_id,
+        parent=parent_run or run_id,
+        uri=tracking_uri or (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else Path(out)),
+        experiment=experiment or (cfg.run.experiment if cfg else "mochi-bench"),
+    )
+
+
+def trial_tags(o: Origin, task: str, trial: int, random_init: bool, engine: str, extra: dict[str, str]) -> dict:
+    """The MLflow tags of one trial's run, the same for both engines."""
+    tags = {"task": task, "trial": str(trial), "random_init": str(random_init), "source": o.source,
+            "engine": engine, **extra}
+    if o.pretrain_run:
+        tags["pretrain_run_id"] = o.pretrain_run
+    return tags
+
+
+def strict(value):
+    """``value`` with every NaN or infinite float replaced by None (JSON's null), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value) -> None:
+    """``value`` as strict JSON (null for NaN, which json.dumps would write as a bare NaN), atomically."""
+    atomic_write(Path(path), json.dumps(strict(value), indent=1, allow_nan=False).encode())
