@@ -44,11 +44,16 @@ def resnet50_state(source: str, load: bool = True) -> tuple[dict | None, Config 
     return (load_backbone(sd, "resnet50", False).state_dict() if load else None), cfg, run_id
 
 
+def d2_checkpoint(state: dict) -> dict:
+    """detectron2's checkpoint dictionary of a torchvision ResNet-50 state dict."""
+    model = {d2_name(k): v.detach().cpu().numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    return {"model": model, "__author__": "MOCO", "matching_heuristics": True}
+
+
 def convert(source: str) -> dict:
     """detectron2's checkpoint dictionary for SOURCE; UserError unless it is a ResNet-50 query encoder."""
     state, _, _ = resnet50_state(source)
-    model = {d2_name(k): v.detach().cpu().numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    return {"model": model, "__author__": "MOCO", "matching_heuristics": True}
+    return d2_checkpoint(state)
 
 
 def main(argv: list[str] | None = None) -> int:
