@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ablations import spec, status
 from ablations.griddir import GridDir
-from ablations.submit import submit
+from ablations.submit import check_transfer_gpus, submit
 from pretrain.run import rundir
 from pretrain.run.cli import ArgumentParser, execute, setup_logging
 from pretrain.run.errors import UserError
@@ -48,7 +48,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every cell")
     p.add_argument("--lincls", help="arguments of python -m pretrain.lincls for each cell, or 'none'")
     p.add_argument("--transfer", help="arguments of python -m transfer.finetune for each cell (e.g. '--task voc-c4 "
-                                      "--data /datasets/VOCdevkit'), or 'none'")
+                                      "--data /datasets/VOCdevkit'), or with --engine detectron2 of "
+                                      "transfer/train_d2.py (e.g. '--engine detectron2 --task voc-c4 --data "
+                                      "/datasets/VOCdevkit --gpus 8'), or 'none'")
     p.add_argument("--random-init", action=argparse.BooleanOptionalAction,
                    help="a reference row: the probe (and transfer) of the randomly initialised backbone each seed's "
                         "cells start from (default: the preset's; on for demo)")
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = launcher.resolve_cluster(cluster)
     if args.cluster != "debug" and cluster == "local" and profile.gpus_per_job > 1:
         raise UserError(f"profile {profile.name} asks for {profile.gpus_per_job} GPUs per job; local runs use one")
+    check_transfer_gpus(grid, profile, cluster)
     with gd.lock():
         return submit(gd, profile, cluster, uri, args.wait)
 

@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +193,7 @@ def _argv(value) -> list[str] | None:
     if value in (None, False, "none"):
         return None
     if isinstance(value, str):
-        return value.split()
+        return shlex.split(value)  # quotes keep a detectron2 value with spaces whole: "('a', 'b')"
     return [str(v) for v in value]
 
 
@@ -206,7 +207,7 @@ class Grid:
     cells: list[Cell]
     seeds: int
     lincls: list[str] | None  # arguments of python -m pretrain.lincls; None = no linear probe
-    transfer: list[str] | None = None  # arguments of python -m transfer.finetune (--task, --data, ...)
+    transfer: list[str] | None = None  # the transfer stage's arguments ([--engine E] --task T --data D ...)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (cell id, reason)
     profile: str = "local-cpu"
     table_rows: list[str] = field(default_factory=list)
@@ -276,20 +277,23 @@ class Grid:
         return dataclasses.replace(s, out=s.out or str(rundir.lincls_dir(run_dir, s.fast, s.random_init)))
 
     def transfer_stage(self, run_dir: Path, ref: Reference | None = None):
-        """The transfer stage (``FinetuneSettings``) of one cell x seed or reference row, or None."""
+        """The transfer stage of one cell x seed or reference row (``FinetuneSettings`` through
+        torchvision, the default; ``D2Settings`` with ``--engine detectron2``), or None."""
         if self.transfer is None:
             return None
-        from transfer import finetune
+        from transfer import finetune, train_d2
 
         source = ref.path if ref is not None and ref.path else str(run_dir)
         try:
-            s = finetune.settings([source, *self.transfer])
+            engine, argv = transfer_engine(self.transfer)
+            s = {"torchvision": finetune, "detectron2": train_d2}[engine].settings([source, *argv])
         except UserError as e:
             raise UserError(f"--transfer {' '.join(self.transfer)!r}: {e} (e.g. --task voc-c4 --data "
-                            f"/datasets/VOCdevkit)") from None
+                            f"/datasets/VOCdevkit, or --engine detectron2 --task voc-c4 --data /datasets/VOCdevkit)"
+                            ) from None
         if ref is not None and ref.path is None:
             s = dataclasses.replace(s, source=None, random_init=True)
-        return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init)))
+        return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init, s.engine)))
 
     @property
     def transfer_task(self) -> str | None:
@@ -303,6 +307,26 @@ class Grid:
         d.update(grid_id=self.grid_id, profile=self.profile, table_rows=self.table_rows, paper=self.paper,
                  dropped=self.dropped, preset=self.preset, baseline=self.baseline)
         return json.dumps(d, indent=1)
+
+
+# The transfer stage's engines: python -m transfer.finetune (the default) and transfer/train_d2.py.
+TRANSFER_ENGINES = ("torchvision", "detectron2")
+
+
+def transfer_engine(argv: list[str]) -> tuple[str, list[str]]:
+    """(engine, the other arguments) of a transfer stage's argument list: ``--engine detectron2``
+    (or ``--engine=...``) anywhere in it; torchvision (``python -m transfer.finetune``) without one."""
+    engine, rest, it = "torchvision", [], iter(argv)
+    for a in it:
+        if a == "--engine":
+            engine = next(it, "")
+        elif a.startswith("--engine="):
+            engine = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if engine not in TRANSFER_ENGINES:
+        raise UserError(f"--engine {engine!r}: one of {', '.join(TRANSFER_ENGINES)}")
+    return engine, rest
 
 
 @functools.lru_cache(maxsize=16)

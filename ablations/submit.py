@@ -18,6 +18,7 @@ import time
 from ablations.griddir import GridDir, Unit, finish
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
+from pretrain.run.errors import UserError
 from pretrain.run.tracking import GRID, experiment_id, git_commit, retry_locked
 from slurm import jobs as grid_jobs
 from slurm import launcher
@@ -70,9 +71,21 @@ def unit_jobs(gd: GridDir, u: Unit, uri: str, parent: str | None,
         evals["lincls"] = grid_jobs.LinclsJob(dataclasses.replace(
             probe, run_name=f"{u.row}_seed{u.seed}_lincls", tags={**probe.tags, **tags}, **where), cores)
     if (transfer := gd.transfer(u)) is not None:
-        evals["transfer"] = grid_jobs.TransferJob(dataclasses.replace(
+        evals["transfer"] = grid_jobs.transfer_job(dataclasses.replace(
             transfer, tags={**transfer.tags, **tags}, **where), cores)
     return pre, evals
+
+
+def check_transfer_gpus(grid, profile: launcher.Profile, cluster: str) -> None:
+    """UserError, before anything is submitted, when a detectron2 transfer stage trains on more GPUs
+    (its --gpus, by default the recipe's 8) than the profile gives a SLURM evaluation job (eval_gpus)."""
+    stage = grid.transfer_stage(rundir.GRIDS / "x")
+    if cluster != "slurm" or stage is None or stage.engine != "detectron2" or stage.device != "cuda":
+        return
+    if stage.workers > profile.eval_gpus:
+        raise UserError(f"the detectron2 transfer stage trains on {stage.workers} GPUs but profile {profile.name} "
+                        f"gives an evaluation job {profile.eval_gpus} (eval_gpus); give --gpus "
+                        f"{max(profile.eval_gpus, 1)} in --transfer, or a profile with eval_gpus: {stage.workers}")
 
 
 def job_record(job, stage: str, cluster: str) -> dict:
@@ -155,8 +168,8 @@ def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo_pre: l
             todo = [(u, evals[stage]) for u, evals in units if stage in evals]
             if not todo:
                 continue
-            ex = launcher.make_executor("slurm", gd.logs, profile, name=f"{gd.grid.name}-{stage}", stage="eval",
-                                        dependency=dep)
+            ex = launcher.make_executor("slurm", gd.logs, profile, name=f"{gd.grid.name}-{stage}",
+                                        stage=todo[0][1].tasks, dependency=dep)
             submitted = submit_batch(ex, [job for _, job in todo])
             for (u, _), j in zip(todo, submitted):
                 jobs.setdefault(u.key, {})[stage] = job_record(j, stage, "slurm")

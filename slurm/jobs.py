@@ -2,8 +2,8 @@
 functions.
 
 Training knows nothing of SLURM: a job holds the typed settings of its stage (a pretraining
-``Config``, a linear probe's ``ProbeSettings``, a transfer stage's ``FinetuneSettings``), calls the
-stage function and returns its result. Every job is checkpointable: on preemption or a time limit
+``Config``, a linear probe's ``ProbeSettings``, a transfer stage's ``FinetuneSettings`` or
+``D2Settings``), calls the stage function and returns its result. Every job is checkpointable: on preemption or a time limit
 submitit calls ``checkpoint`` (on global rank 0 only) and requeues the job, and every start resumes
 from the newest checkpoint in its folder, so the other ranks need do nothing but die and restart.
 """
@@ -21,7 +21,7 @@ from pretrain.eval import lincls
 from pretrain.run import rundir
 from pretrain.run.cli import setup_logging
 from pretrain.run.config import Config
-from transfer import finetune
+from transfer import finetune, train_d2
 
 
 def use_cores(n: int | None) -> None:
@@ -64,6 +64,7 @@ class StageJob(submitit.helpers.Checkpointable):
     added to its MLflow tags; resumable (the stage resumes from its own checkpoints)."""
 
     stage = ""
+    tasks = "eval"  # how launcher.make_executor lays the job out: one task per GPU (DDP ranks)
 
     def __init__(self, settings, cores: int | None = None):
         self.settings, self.cores = settings, cores
@@ -91,6 +92,20 @@ class TransferJob(StageJob):
 
     stage = "transfer"
     run = staticmethod(finetune.run)
+
+
+class D2TransferJob(StageJob):
+    """The same through detectron2 (``transfer.train_d2.run``): its summary. One task holds the job's
+    GPUs; each trial starts its own worker per GPU (detectron2's ``launch``)."""
+
+    stage = "transfer"
+    tasks = "spawn"
+    run = staticmethod(train_d2.run)
+
+
+def transfer_job(settings, cores: int | None = None) -> StageJob:
+    """The job of a transfer stage, by its engine (``settings.engine``)."""
+    return {"torchvision": TransferJob, "detectron2": D2TransferJob}[settings.engine](settings, cores)
 
 
 class CellJob(submitit.helpers.Checkpointable):

@@ -107,13 +107,17 @@ def resolve_cluster(choice: str) -> str:
 
 def make_executor(cluster: str, folder: Path, profile: Profile, *, name: str, stage: str,
                   dependency: str | None = None) -> submitit.Executor:
-    """An executor for ``stage`` (pretrain: one task per GPU on every node; eval: one task)."""
+    """An executor for ``stage``: ``pretrain``, one task per GPU on every node; ``eval``, one task per
+    evaluation GPU (``eval_gpus``) on one node; ``spawn``, one task holding the evaluation GPUs and
+    their cores, for a job that starts its own worker per GPU (detectron2's ``launch``)."""
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     gpus = profile.gpus_per_node if stage == "pretrain" else profile.eval_gpus
     nodes = profile.nodes if stage == "pretrain" else 1
+    tasks, cores = (1, profile.cpus_per_task * max(gpus, 1)) if stage == "spawn" else (max(gpus, 1),
+                                                                                      profile.cpus_per_task)
     params: dict = dict(
-        name=name, timeout_min=profile.timeout_min, nodes=nodes, tasks_per_node=max(gpus, 1),
-        cpus_per_task=profile.cpus_per_task, mem_gb=profile.mem_gb,
+        name=name, timeout_min=profile.timeout_min, nodes=nodes, tasks_per_node=tasks,
+        cpus_per_task=cores, mem_gb=profile.mem_gb,
     )
     if gpus:  # a CPU job asks for no GPU resource at all (clusters without GRES refuse --gpus-per-node=0)
         params["gpus_per_node"] = gpus

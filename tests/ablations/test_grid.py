@@ -1,5 +1,6 @@
 """ablations/grid.py: bad input, dry runs, and a real local grid end to end."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -198,6 +199,36 @@ def test_grid_chains_the_transfer_stage_and_tables_show_voc(tmp_path, mlflow_ser
     bad = grid_cli(*args[:-6], "--transfer", "--task demo-voc --data /x", "--name", "other", "--out",
                    str(tmp_path / "g2"))
     assert bad.returncode == 2 and "needs a standard resnet50" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("detectron2") is None,
+                    reason="detectron2 is not installed (it is built from its source, README 'Transfer'; CI never "
+                           "has it)")
+def test_grid_chains_the_detectron2_transfer_stage_into_the_same_columns(tmp_path, mlflow_server):
+    from transfer.data import make_synthetic
+
+    make_synthetic(tmp_path / "det", n_train=6, n_test=2, seed=4)
+    preset = write_preset(tmp_path, [{"N": 32, "s": 16, "s_prime": 8}], lincls=False)
+    args = ["--preset", str(preset), "--name", f"d2{os.getpid()}", "--out", str(tmp_path / "grid"),
+            "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID,
+            "--set", "model.arch=resnet50", "--lincls", "none",
+            "--transfer", f"--engine detectron2 --task demo-voc --data {tmp_path / 'det' / 'VOCdevkit'} --device cpu "
+                          "--iters 2 --trials 1 TEST.PRECISE_BN.NUM_ITER 1 DATALOADER.NUM_WORKERS 0"]
+    r = grid_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_dir = tmp_path / "grid" / "cells" / "N32-s16-sp8" / "seed0"
+    summary = json.loads((run_dir / "transfer-d2-demo-voc" / "summary.json").read_text())
+    assert summary["engine"] == "detectron2" and len(summary["trials"]) == 1
+    assert "VOC AP50" in (tmp_path / "results" / "table.md").read_text()
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(f"grid-{grid['name']}")
+    runs = client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")
+    parent = next(x for x in runs if x.data.tags["stage"] == "grid")
+    (trial,) = [x for x in runs if x.data.tags["stage"] == "transfer-voc"]
+    assert trial.data.tags["engine"] == "detectron2" and trial.data.tags["cell"] == "N32-s16-sp8"
+    assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id and "AP50" in trial.data.metrics
 
 
 @pytest.mark.slow

@@ -135,3 +135,37 @@ def test_the_loss_is_an_axis_and_undefined_combinations_are_dropped_with_the_rea
         "MoCo v2", "MoCHi (1024, 1024, 128)", "debiased (tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
         "HCL (beta 1.0, tau+ 0.1) + MoCHi (1024, 1024, 128)"]
     assert hard.seeds == 3 and hard.base == "imagenet100"
+
+
+def test_the_transfer_stage_runs_through_torchvision_or_detectron2(tmp_path):
+    from transfer.finetune import FinetuneSettings
+    from transfer.train_d2 import D2Settings
+
+    def grid(transfer, **kw):
+        return spec.build(spec.load_preset("demo"), None, {}, 2, ["model.arch=resnet50"], "none",
+                          transfer=transfer, **kw)
+
+    run_dir = tmp_path / "cells" / "c" / "seed0"
+    tv = grid("--task demo-voc --data /d --iters 2").transfer_stage(run_dir)
+    assert isinstance(tv, FinetuneSettings) and tv.out == str(run_dir / "transfer-demo-voc")  # the default engine
+    d2g = grid("--engine detectron2 --task voc-c4 --data /d/VOCdevkit --gpus 4 --iters 100 "
+               "SOLVER.CHECKPOINT_PERIOD 50 DATASETS.TRAIN \"('voc_2007_trainval', 'voc_2012_trainval')\"")
+    d2 = d2g.transfer_stage(run_dir)
+    assert isinstance(d2, D2Settings) and (d2.task, d2.gpus, d2.iters, d2.device) == ("voc-c4", 4, 100, "cuda")
+    assert d2.source == str(run_dir) and d2.out == str(run_dir / "transfer-d2-voc-c4")
+    assert d2.opts == ["SOLVER.CHECKPOINT_PERIOD", "50",  # quotes keep a value with spaces whole
+                       "DATASETS.TRAIN", "('voc_2007_trainval', 'voc_2012_trainval')"]
+    assert d2g.transfer_task == "voc-c4" and d2g.grid_id != grid("--task voc-c4 --data /d/VOCdevkit").grid_id
+    assert grid("--engine=detectron2 --task demo-voc --data /d --device cpu").transfer_stage(run_dir).workers == 1
+    # the random-init row: detectron2's own initialisation, under the row's folder
+    ref = grid("--engine detectron2 --task demo-voc --data /d --device cpu", random_init=True)
+    rand = ref.transfer_stage(tmp_path / "cells" / "random-init" / "seed1", spec.RANDOM_INIT)
+    assert rand.source is None and rand.random_init
+    assert rand.out.endswith("random-init/seed1/transfer-d2-demo-voc-random-init")
+    assert spec.from_json(d2g.to_json()).transfer_stage(run_dir) == d2
+    for transfer, message in [("--engine mmdet --task voc-c4 --data /d", "--engine 'mmdet': one of torchvision, "
+                                                                         "detectron2"),
+                              ("--engine detectron2 --task voc-c4 --data /d SOLVER.BASE_LR", "has no value"),
+                              ("--engine detectron2 --task voc-c4 --data /d --device cpu --gpus 8", "--device cpu")]:
+        with pytest.raises(UserError, match=message):
+            grid(transfer)

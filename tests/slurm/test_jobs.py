@@ -1,0 +1,24 @@
+"""slurm/jobs.py: each transfer engine's stage gets its own job, laid out as its processes need."""
+
+from slurm import jobs, launcher
+from transfer import finetune, train_d2
+from transfer.finetune import FinetuneSettings
+from transfer.train_d2 import D2Settings
+
+
+def test_a_transfer_stage_gets_the_job_of_its_engine(tmp_path):
+    tv = jobs.transfer_job(FinetuneSettings(source="r", task="voc-c4", data="/d"), cores=4)
+    d2 = jobs.transfer_job(D2Settings(source="r", task="voc-c4", data="/d", gpus=8), cores=4)
+    assert type(tv) is jobs.TransferJob and tv.run is finetune.run and tv.tasks == "eval"
+    assert type(d2) is jobs.D2TransferJob and d2.run is train_d2.run and d2.cores == 4
+    assert tv.stage == d2.stage == "transfer"  # the same column of jobs.json and --status
+    # detectron2 starts its own worker per GPU: one SLURM task holding the 8 GPUs and their cores
+    p = launcher.load_profile("gpu-8")
+    p.eval_gpus = 8
+    text = launcher.make_executor("slurm", tmp_path, p, name="g-transfer", stage=d2.tasks) \
+        ._executor._make_submission_file_text("python x", "uid")
+    assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --gpus-per-node=8" in text
+    assert f"#SBATCH --cpus-per-task={8 * p.cpus_per_task}" in text
+    text = launcher.make_executor("slurm", tmp_path, p, name="g-transfer", stage=tv.tasks) \
+        ._executor._make_submission_file_text("python x", "uid")
+    assert "#SBATCH --ntasks-per-node=8" in text and f"#SBATCH --cpus-per-task={p.cpus_per_task}" in text
