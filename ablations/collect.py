@@ -122,6 +122,24 @@ def runs_frame(uri: str, grid_id: str, experiment: str) -> pd.DataFrame:
     return df[df.get("tags.stage", pd.Series(dtype=str)).isin({m.stage for m in METRICS.values()})]
 
 
+def fewer_gpus(runs: pd.DataFrame) -> list[str]:
+    """One line per row and transfer task whose trials trained on fewer GPUs than their recipe (the
+    detectron2 path tags ``gpus`` and ``recipe_gpus``): its synchronised BN saw 2 x GPUs images per
+    step instead of the recipe's, so its AP is not the paper's protocol."""
+    if runs.empty or "tags.gpus" not in runs or "tags.recipe_gpus" not in runs:
+        return []
+    t = runs[runs["tags.stage"].isin({TRANSFER_VOC, TRANSFER_COCO}) & runs["tags.gpus"].notna()
+             & runs["tags.recipe_gpus"].notna()]
+    t = t[t["tags.gpus"].astype(int) < t["tags.recipe_gpus"].astype(int)]
+    lines = []
+    for (cell, task, gpus, wanted), g in t.groupby(["tags.cell", "tags.task", "tags.gpus", "tags.recipe_gpus"]):
+        seeds = ", ".join(sorted(set(g["tags.seed"]), key=int))
+        lines.append(f"{cell} ({task}, seeds {seeds}): trained on {gpus} GPU(s) where the recipe needs {wanted}; "
+                     f"the synchronised BN batch was {2 * int(gpus)} images, not {2 * int(wanted)}, so these AP "
+                     f"figures are not the paper's protocol (rerun with --gpus {wanted})")
+    return lines
+
+
 ROW_COLUMNS = ["cell", "seed", "setting", "kind", "plain_moco", "mixes", "paired"]
 # pandas dtypes that keep an axis's type where a reference row has no value for it
 NULLABLE = {int: "Int64", float: "Float64", bool: "boolean", str: "object"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablations import figures, spec, stats
-from ablations.collect import METRICS, close_parent, histories, per_seed, runs_frame, sync_grid
+from ablations.collect import METRICS, close_parent, fewer_gpus, histories, per_seed, runs_frame, sync_grid
 from ablations.summary import conclusions, load_reference, mechanism_table, summarize, table
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
@@ -120,6 +120,8 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
              f"grid {grid.grid_id}, {len(grid.cells)} cells + {len(grid.references)} reference rows x {grid.seeds} "
              f"seeds, base preset {grid.base}; runs in MLflow experiment {experiment} at {uri}"]
     notes += [f"reference {r['metric']} {r['value']}: {r['source']}" for r in reference if r["preset"] == grid.preset]
+    warnings = [f"Transfer on fewer GPUs: {line}" for line in fewer_gpus(runs)]
+    notes += warnings
 
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(source, json.dumps({"grid_id": grid.grid_id, "grid_dir": str(Path(grid_dir).resolve()),
@@ -142,6 +144,8 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     print("What these runs show:")
     for c in words:
         print(f"- {c}")
+    for w in warnings:
+        print(f"note: {w}")
     print(f"\nwrote {results_dir}/: table.md, table.csv, table.tex, per_seed.csv, report.html"
           + "".join(f", {f.name}" for f in figs if f.suffix == ".png"))
     print(f"browse the runs: make ui (or mlflow ui --backend-store-uri {uri}), open http://127.0.0.1:5000, "

@@ -214,3 +214,35 @@ def test_rows_are_compared_with_the_baseline_and_every_form_carries_the_same_num
     row = next(ln for ln in md.splitlines() if "MoCHi (128, 128, 32)" in ln)
     p = csv.loc["N128-s128-sp32", "linear_top1_p_holm"]
     assert re.search(rf"{p:.3f} \(paired t\)", row) and "| better " in row
+
+
+def test_voc_columns_fill_from_either_engine_and_fewer_gpus_are_noted(tmp_path, capsys):
+    """Trials of the torchvision and the detectron2 path carry the same stage, tags and metric names;
+    a detectron2 row trained on fewer GPUs than its recipe gets a note in the report."""
+    grid = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name=f"t{tmp_path.name[-6:]}")
+    grid.cells = [spec.Cell({"N": 0, "s": 0, "s_prime": 0}), spec.Cell({"N": 128, "s": 128, "s_prime": 32})]
+    grid.references = []
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(grid.experiment)
+    ap50 = {("N0-s0-sp0", "torchvision"): [80.0, 81.0], ("N128-s128-sp32", "detectron2"): [82.0, 84.0]}
+    for (cell, engine), values in ap50.items():
+        for trial, v in enumerate(values):
+            tags = {"grid_id": grid.grid_id, "cell": cell, "seed": "0", "stage": "transfer-voc", "task": "voc-c4",
+                    "trial": str(trial), "engine": engine}
+            if engine == "detectron2":
+                tags.update(gpus="1", recipe_gpus="8")
+            run = client.create_run(exp, tags=tags).info.run_id
+            for name, value in (("AP50", v), ("AP", v - 30), ("AP75", v - 20)):
+                client.log_metric(run, name, value, step=24000)
+    out = tmp_path / "results"
+    assert report.report(grid, tmp_path / "grid", uri, out) == 0
+    csv = pd.read_csv(out / "table.csv").set_index("cell")
+    assert csv.loc["N0-s0-sp0", "voc_AP50_mean"] == pytest.approx(80.5)
+    assert csv.loc["N128-s128-sp32", "voc_AP50_mean"] == pytest.approx(83.0)
+    assert csv.loc["N128-s128-sp32", "voc_AP75_mean"] == pytest.approx(63.0)
+    note = ("N128-s128-sp32 (voc-c4, seeds 0): trained on 1 GPU(s) where the recipe needs 8; the synchronised BN "
+            "batch was 2 images, not 16")
+    assert note in (out / "table.md").read_text() and note in (out / "report.html").read_text()
+    assert f"note: Transfer on fewer GPUs: {note}" in capsys.readouterr().out
+    assert "N0-s0-sp0 (voc-c4" not in (out / "table.md").read_text()  # the torchvision row: BN over its batch
