@@ -18,7 +18,7 @@ import time
 from ablations.griddir import GridDir, Unit, finish
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
-from pretrain.run.tracking import GRID, experiment_id, git_commit, retry_locked
+from pretrain.run.tracking import GRID, StoreError, experiment_id, git_commit, mlflow_client, retry_locked
 from slurm import jobs as grid_jobs
 from slurm import launcher
 
@@ -31,16 +31,16 @@ def ensure_parent(gd: GridDir, uri: str, profile: str, cluster: str) -> str | No
     f = gd.out / rundir.PARENT_FILE
     if f.is_file():
         return f.read_text().strip()
-    from mlflow.tracking import MlflowClient
-
     try:
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         exp_id = experiment_id(client, gd.grid.experiment)
         run_ = retry_locked(client.create_run, exp_id, run_name=f"grid {gd.grid.name}", tags={
             "grid_id": gd.grid.grid_id, "stage": GRID, "preset": gd.grid.base, "profile": profile,
             "cluster": cluster, "git_commit": git_commit(), "grid_dir": str(gd.out.resolve()),
             "mlflow.note.content": f"{gd.grid.paper}: {len(gd.grid.cells)} cells x {gd.grid.seeds} seeds",
         })
+    except StoreError:
+        raise
     except Exception as e:  # noqa: BLE001 - the store may be down; jobs still keep their files
         log.warning("MLflow store %s unavailable (%s); runs will be synced by --status later", uri, e)
         return None

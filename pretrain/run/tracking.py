@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import atomic_write
+from .errors import UserError
 from .rundir import METRICS_FILE, RUN_ID_FILE, TRACKING_FILE
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,55 @@ def retry_locked(fn, *args, **kwargs):
                 raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
+
+
+class StoreError(UserError):
+    """An MLflow store that cannot be used as it is (a sqlite file a crash left half-created)."""
+
+
+_READY: set[str] = set()  # stores this process has opened (and, for sqlite, created) already
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def mlflow_client(uri: str):
+    """An MlflowClient bound to ``uri``, its store created first if it is a new sqlite file.
+
+    MLflow creates a sqlite store's tables (and runs its migrations) on first open with no lock
+    between processes: jobs that start together on a new store corrupt it. Here the first open
+    holds an exclusive file lock beside the store, so one process creates it and the others find it
+    made. A store a crash left half-created is refused with one line saying how to recover
+    (``StoreError``), never used as it is.
+    """
+    from mlflow.tracking import MlflowClient
+
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    path = _sqlite_path(uri)
+    if path is None or uri in _READY:
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".init-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            c = MlflowClient(tracking_uri=uri)
+            c.search_experiments(max_results=1)  # opens the store: creates or checks its tables
+        except Exception as e:  # noqa: BLE001 - MlflowException or sqlalchemy's OperationalError
+            text = str(e)
+            if any(s in text for s in ("out-of-date database schema", "_alembic_tmp", "already exists",
+                                       "no such table", "Online migration")):
+                raise StoreError(
+                    f"the MLflow store {path} was left half-created by a process that stopped while making it "
+                    f"({' '.join(text.split())[:160]}); move it aside (mv {path} {path}.broken) and run again: "
+                    f"every run folder keeps its points in {METRICS_FILE}, and python ablations/tables.py syncs "
+                    f"a grid's runs into the new store") from None
+            raise
+    _READY.add(uri)
+    return c
 
 
 def experiment_id(client, name: str) -> str:
@@ -134,9 +184,13 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.client = None
         self.run_id = run_id or self._saved_run_id()
-        dropped = self._truncate(resume_step) if resume_step is not None else []
+        continued = self.run_id is not None
+        if resume_step is not None:
+            self._truncate(resume_step)
         # Steps replayed after a resume reproduce the same values, and MLflow cannot delete points:
-        # the (metric, step) pairs it already holds are not sent again.
+        # the (metric, step) pairs the store already holds are not sent again. They are read from
+        # the store itself: the file cannot say, since a kill after an earlier resume had cut it
+        # may have come before those points were logged again.
         self._in_mlflow: dict[str, set[int]] = {}
         self._meta = {"uri": uri, "experiment": experiment, "run_name": run_name, "tags": tags or {},
                       "params": {k: str(v) for k, v in params.items()}, "status": "RUNNING"}
@@ -144,9 +198,10 @@ class Tracker:
         self._file = open(self.run_dir / METRICS_FILE, "a")
         try:
             self._start_mlflow(uri, experiment, run_name, params, tags or {})
-            keys = {k for r in dropped for k in r if k not in NOT_METRICS}
-            self._in_mlflow = {k: {m.step for m in retry_locked(self.client.get_metric_history, self.run_id, k)}
-                               for k in keys}
+            if continued:
+                keys = retry_locked(self.client.get_run, self.run_id).data.metrics
+                self._in_mlflow = {k: {m.step for m in retry_locked(self.client.get_metric_history, self.run_id, k)}
+                                   for k in keys}
         except Exception as e:  # noqa: BLE001 - any store failure: keep training, keep the file
             log.warning("MLflow unavailable (%s: %s); metrics go to %s only", type(e).__name__, e, METRICS_FILE)
             self.client = None
@@ -158,20 +213,15 @@ class Tracker:
         p = self.run_dir / RUN_ID_FILE
         return p.read_text().strip() or None if p.is_file() else None
 
-    def _truncate(self, step: int) -> list[dict]:
-        """Drop points after ``step`` (a resumed run logs them again); return the dropped ones."""
-        records = read_metrics(self.run_dir)
-        keep = [r for r in records if r.get("step", 0) <= step]
+    def _truncate(self, step: int) -> None:
+        """Drop points after ``step`` from the file (a resumed run logs them again)."""
+        keep = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= step]
         atomic_write(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep).encode())
-        return [r for r in records if r.get("step", 0) > step]
 
     def _start_mlflow(self, uri, experiment, run_name, params, tags) -> None:
         from mlflow.entities import Param, RunTag
-        from mlflow.tracking import MlflowClient
 
-        for k, v in HTTP_DEFAULTS.items():
-            os.environ.setdefault(k, v)
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         tags = {**tags, "run_dir": str(self.run_dir.resolve())}
         if self.run_id is not None:
             retry_locked(client.update_run, self.run_id, status="RUNNING")
@@ -234,11 +284,10 @@ def sync(run_dir: Path, uri: str | None = None) -> str:
     """
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / TRACKING_FILE).read_text())
-    client = MlflowClient(tracking_uri=uri or meta["uri"])
+    client = mlflow_client(uri or meta["uri"])
     run_id = (run_dir / RUN_ID_FILE).read_text().strip() if (run_dir / RUN_ID_FILE).is_file() else ""
     try:
         run = retry_locked(client.get_run, run_id) if run_id else None
