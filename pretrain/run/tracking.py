@@ -69,8 +69,9 @@ def mlflow_client(uri: str):
     MLflow creates a sqlite store's tables (and runs its migrations) on first open with no lock
     between processes: jobs that start together on a new store corrupt it. Here the first open
     holds an exclusive file lock beside the store, so one process creates it and the others find it
-    made. A store a crash left half-created is refused with one line saying how to recover
-    (``StoreError``), never used as it is.
+    made. A store that cannot be opened (its creator was killed half-way) is set aside and made
+    again if it holds no run; one that holds runs is refused with one line saying how to recover
+    (``StoreError``). Neither is ever used as it is.
     """
     from mlflow.tracking import MlflowClient
 
@@ -85,20 +86,73 @@ def mlflow_client(uri: str):
     with open(path.with_name(path.name + ".init-lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            c = MlflowClient(tracking_uri=uri)
-            c.search_experiments(max_results=1)  # opens the store: creates or checks its tables
+            c = _open(uri)
         except Exception as e:  # noqa: BLE001 - MlflowException or sqlalchemy's OperationalError
-            text = str(e)
-            if any(s in text for s in ("out-of-date database schema", "_alembic_tmp", "already exists",
-                                       "no such table", "Online migration")):
+            # The lock is ours, so whoever was making the store is gone: killed while making it. A
+            # store that holds no run loses nothing when it is set aside and made again.
+            if _is_lock_error(e) or not path.is_file():
+                raise
+            if _runs_in(path) != 0:
                 raise StoreError(
-                    f"the MLflow store {path} was left half-created by a process that stopped while making it "
-                    f"({' '.join(text.split())[:160]}); move it aside (mv {path} {path}.broken) and run again: "
-                    f"every run folder keeps its points in {METRICS_FILE}, and python ablations/tables.py syncs "
-                    f"a grid's runs into the new store") from None
-            raise
+                    f"the MLflow store {path} holds runs but cannot be opened: left half-made by a process "
+                    f"killed while creating or migrating it, or made by an older MLflow "
+                    f"({' '.join(str(e).split())[:120]}); if an older MLflow made it: mlflow db upgrade {uri}; "
+                    f"else move it aside (mv {path} {path}.broken) and run again: every run folder keeps its "
+                    f"points in {METRICS_FILE}, and python ablations/tables.py syncs a grid's runs into the new "
+                    f"store") from None
+            aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("-journal", "-wal", "-shm"):  # a hot journal must not meet the new file
+                if path.with_name(path.name + suffix).exists():
+                    os.replace(path.with_name(path.name + suffix), aside.with_name(aside.name + suffix))
+            os.replace(path, aside)
+            _forget_engine(uri)
+            log.warning("the MLflow store %s could not be opened (%s) and holds no run: left half-made by a process "
+                        "killed while creating it; set aside as %s and made again", path,
+                        " ".join(str(e).split())[:120], aside.name)
+            c = _open(uri)
     _READY.add(uri)
     return c
+
+
+def _is_lock_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
+
+
+def _open(uri: str):
+    """Open (creating it if new) the store at ``uri``."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    retry_locked(c.search_experiments, max_results=1)  # opens the store: creates or checks its tables
+    return c
+
+
+def _forget_engine(uri: str) -> None:
+    """Drop this process's pooled connections to the store file just set aside (MLflow keeps one
+    engine per store URI), so the next open makes the new file."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _runs_in(path: Path) -> int | None:
+    """How many runs a sqlite store holds: 0 if it has no runs table yet, None if it cannot be
+    read (not a sqlite file, locked): such a file is never set aside."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(path, timeout=30)  # read-write: a hot journal is rolled back first
+    except sqlite3.Error:
+        return None
+    try:
+        return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.Error as e:
+        return 0 if "no such table" in str(e) else None
+    finally:
+        con.close()
 
 
 def experiment_id(client, name: str) -> str:
@@ -273,6 +327,22 @@ class Tracker:
                 retry_locked(self.client.set_terminated, self.run_id, status=status)
             except Exception as e:  # noqa: BLE001
                 log.warning("MLflow could not close the run: %s", e)
+
+
+def close(run_dir: Path, status: str) -> None:
+    """Record a folder's final ``status`` in its tracking.json and carry it, with any points the
+    store lacks, into MLflow (a store that is down gets it at the next ``sync``)."""
+    f = Path(run_dir) / TRACKING_FILE
+    if not f.is_file():
+        return
+    meta = json.loads(f.read_text())
+    atomic_write(f, json.dumps({**meta, "status": status}, indent=1).encode())
+    try:
+        sync(run_dir)
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        log.warning("MLflow could not close the run of %s now (%s); the next sync will", run_dir, e)
 
 
 def sync(run_dir: Path, uri: str | None = None) -> str:

@@ -124,12 +124,12 @@ t.finish()
 """
 
 
-def test_a_store_left_half_created_is_refused_with_how_to_recover(tmp_path):
+def test_a_half_created_store_holding_runs_is_refused_with_how_to_recover(tmp_path):
     import sqlite3
 
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    MlflowClient(uri).search_experiments()  # a complete store...
+    MlflowClient(uri).create_run("0")  # a complete store with a run in it...
     with sqlite3.connect(db) as con:  # ...then as a process killed inside a migration leaves one
         con.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
         con.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
@@ -139,6 +139,56 @@ def test_a_store_left_half_created_is_refused_with_how_to_recover(tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     refused = next(ln for ln in r.stdout.splitlines() if ln.startswith("REFUSED"))
-    assert "left half-created" in refused and f"mv {db} {db}.broken" in refused
-    assert "CLIENT None" in r.stdout and "left half-created" in r.stderr  # the job's warning says why
+    assert "left half-made" in refused and f"mv {db} {db}.broken" in refused and "mlflow db upgrade" in refused
+    assert "CLIENT None" in r.stdout and "left half-made" in r.stderr  # the job's warning says why
     assert [rec["step"] for rec in read_metrics(run_dir)] == [1]
+
+
+def test_a_store_whose_creator_was_killed_is_made_again(tmp_path):
+    """A process killed while creating a store (at a random moment of it): the next open sets the
+    half-made file aside if it holds no run, and every later run and point lands."""
+    import random
+
+    rng = random.Random(3)
+    for trial in range(3):
+        db = tmp_path / f"m{trial}.db"
+        uri = f"sqlite:///{db}"
+        proc = subprocess.Popen([sys.executable, "-c", f"from pretrain.run.tracking import mlflow_client; "
+                                                       f"mlflow_client({uri!r})"], cwd=REPO)
+        deadline = time.monotonic() + 60
+        while not db.exists() and time.monotonic() < deadline:  # creation has begun
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.05, 0.3))  # creating the tables and migrating them takes ~1 s
+        proc.kill()
+        proc.wait()
+        run_dir = tmp_path / f"run{trial}"
+        run_dir.mkdir()
+        t = Tracker(run_dir, uri, "e", "r", {}, {})
+        assert t.client is not None
+        t.log({"loss": 1.0}, 1)
+        t.finish()
+        assert [m.step for m in MlflowClient(uri).get_metric_history(t.run_id, "loss")] == [1]
+    assert list(tmp_path.glob("m*.db.broken-*")), "no kill landed inside a store's creation"
+
+
+def test_a_half_created_store_without_runs_is_set_aside_and_made_again(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    MlflowClient(uri).search_experiments()
+    with sqlite3.connect(db) as con:  # as a process killed inside the first migration leaves one
+        con.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+        con.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # In a fresh process: MLflow caches an opened store per process.
+    r = subprocess.run([sys.executable, "-c", HALF, uri, str(run_dir)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "REFUSED" not in r.stdout and "CLIENT None" not in r.stdout and "set aside as" in r.stderr
+    assert len(list(tmp_path.glob("mlflow.db.broken-*"))) == 1
+    run_id = (run_dir / RUN_ID_FILE).read_text()
+    with sqlite3.connect(db) as con:  # (this process's MLflow still holds the file set aside)
+        assert con.execute("SELECT step FROM metrics WHERE run_uuid = ? AND key = 'loss'", (run_id,)).fetchall() \
+            == [(1,)]
