@@ -18,7 +18,7 @@ import pandas as pd
 
 from ablations import spec
 from pretrain.run import rundir
-from pretrain.run.tracking import LINCLS, PRETRAIN, retry_locked, sync, transfer_stage
+from pretrain.run.tracking import LINCLS, PRETRAIN, StoreError, mlflow_client, retry_locked, sync, transfer_stage
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def sync_grid(grid_dir: Path, uri: str) -> int:
         try:
             sync(folder, uri)
             n += 1
+        except StoreError:
+            raise
         except Exception as e:  # noqa: BLE001 - a store that is down: the next report retries
             log.warning("could not sync %s into MLflow (%s)", folder, e)
     return n
@@ -81,12 +83,10 @@ def sync_grid(grid_dir: Path, uri: str) -> int:
 
 def close_parent(grid_dir: Path, uri: str) -> None:
     """Mark the grid's parent run FINISHED once every cell has its final result."""
-    from mlflow.tracking import MlflowClient
-
     parent = Path(grid_dir) / rundir.PARENT_FILE
     try:
         if parent.is_file():
-            retry_locked(MlflowClient(uri).set_terminated, parent.read_text().strip(), "FINISHED")
+            retry_locked(mlflow_client(uri).set_terminated, parent.read_text().strip(), "FINISHED")
     except Exception as e:  # noqa: BLE001
         log.warning("could not close the grid's MLflow run (%s)", e)
 
@@ -98,9 +98,7 @@ def runs_frame(uri: str, grid_id: str, experiment: str) -> pd.DataFrame:
     Through a client bound to ``uri``: ``mlflow.set_tracking_uri`` would also set
     MLFLOW_TRACKING_URI for every process this one starts later (a grid's jobs, tests' runs).
     """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     exp = retry_locked(client.get_experiment_by_name, experiment)
     if exp is None:
         return pd.DataFrame()

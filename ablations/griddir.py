@@ -109,6 +109,16 @@ class GridDir:
         """Write jobs.json atomically."""
         atomic_write(self.out / rundir.JOBS_FILE, json.dumps(jobs, indent=1).encode())
 
+    def submitting(self) -> list[dict]:
+        """The batches whose submission began but whose job records may not have been written (a
+        crash in between): [{name, stage, units, since}] (``ablations.submit.recover``)."""
+        f = self.out / rundir.SUBMITTING_FILE
+        return json.loads(f.read_text()) if f.is_file() else []
+
+    def save_submitting(self, batches: list[dict]) -> None:
+        """Write submitting.json atomically."""
+        atomic_write(self.out / rundir.SUBMITTING_FILE, json.dumps(batches, indent=1).encode())
+
     def save_grid(self) -> None:
         """Write grid.json (the folder's identity) atomically."""
         atomic_write(self.out / rundir.GRID_FILE, self.grid.to_json().encode())

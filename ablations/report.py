@@ -14,6 +14,7 @@ from ablations.collect import METRICS, close_parent, fewer_gpus, histories, per_
 from ablations.summary import conclusions, load_reference, mechanism_table, summarize, table
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
+from pretrain.run.tracking import StoreError, mlflow_client
 
 log = logging.getLogger(__name__)
 SOURCE_FILE = "source.json"  # which grid a results folder holds
@@ -86,8 +87,6 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     """Sync (and close the grid's parent run if ``complete``), then write the tables
     (``table.{md,csv,tex}``, ``per_seed.csv``), the figures (PNG + PDF) and ``report.html`` into
     ``results_dir``; print the tables and the conclusions."""
-    from mlflow.tracking import MlflowClient
-
     results_dir = Path(results_dir)
     source = results_dir / SOURCE_FILE
     if source.is_file() and json.loads(source.read_text()).get("grid_id") != grid.grid_id:
@@ -100,8 +99,10 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     axes = table_axes(grid)
     try:
         runs = runs_frame(uri, grid.grid_id, experiment)
-        hist = histories(MlflowClient(uri), runs, sorted({*figures.CURVES, *(m.mlflow for m in METRICS.values()
+        hist = histories(mlflow_client(uri), runs, sorted({*figures.CURVES, *(m.mlflow for m in METRICS.values()
                                                                             if m.late)})) if len(runs) else None
+    except StoreError:
+        raise
     except Exception as e:  # noqa: BLE001
         log.warning("cannot read MLflow store %s (%s); no tables written", uri, e)
         return 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.griddir import GridDir, Unit, finish
-from ablations.submit import slurm_job_states
+from ablations.submit import EVAL_STAGES, settle, slurm_job_states, slurm_jobs
 from pretrain.run import config, rundir
 from pretrain.run.tracking import read_metrics
 from slurm import launcher
@@ -71,7 +71,8 @@ def tail(path: str, n: int = 3) -> str:
 
 @dataclass(frozen=True)
 class UnitState:
-    """Where one cell x seed stands: ``kind`` is done, queued, running, failed or not submitted."""
+    """Where one cell x seed stands: ``kind`` is done, queued, running, cancelled, cancelled before it
+    started, failed, unknown to SLURM or not submitted."""
 
     kind: str
     detail: str = ""
@@ -82,7 +83,7 @@ class UnitState:
         return f"{text}: {self.log}" if self.log else text
 
 
-def unit_state(gd: GridDir, u: Unit, recs: dict, states: dict) -> UnitState:
+def unit_state(gd: GridDir, u: Unit, recs: dict, states: dict[str, launcher.SlurmJob]) -> UnitState:
     """The state of one row x seed from its folder and its jobs' scheduler states."""
     pre_done, evals_done = gd.stage_done(u)
     if pre_done and evals_done:
@@ -91,31 +92,40 @@ def unit_state(gd: GridDir, u: Unit, recs: dict, states: dict) -> UnitState:
             top1 = json.loads((probe.out_dir / rundir.LINCLS_FILE).read_text())["top1_best"]
             return UnitState("done", f"linear top-1 {top1:.2f}")
         return UnitState("done")
-    for stage in ("pretrain", "cell", "lincls", "transfer"):
+    for stage in ("pretrain", "cell", *EVAL_STAGES):
         rec = recs.get(stage)
         if rec is None or (stage == "pretrain" and pre_done):
             continue
-        st = states.get(rec["job_id"]) if rec["cluster"] == "slurm" else launcher.local_state(rec["job_id"])
-        if st in QUEUED:
-            return UnitState("queued", f"{stage}, job {rec['job_id']}")
-        if st in launcher.ACTIVE:
+        if rec["cluster"] == "slurm":
+            job = states.get(rec["job_id"], launcher.UNKNOWN)
+        else:
+            job = launcher.SlurmJob(launcher.local_state(rec["job_id"]))
+        where = f"{stage}, job {rec['job_id']}"
+        if job.state in QUEUED:
+            return UnitState("queued", where)
+        if job.active:
             if pre_done:
-                where = "evaluation"
+                progress = "evaluation"
             else:
                 metrics = read_metrics(u.run_dir)
                 epochs = gd.grid.cfg(u.cell, u.seed, u.run_dir).optim.epochs
-                where = f"epoch {metrics[-1].get('epoch', 0) + 1}/{epochs}" if metrics else "starting"
-            return UnitState("running", f"{where}, job {rec['job_id']}")
-        if stage in ("lincls", "transfer") and not pre_done and st in ("CANCELLED", "UNKNOWN"):
-            continue
-        return UnitState("failed", f"{stage}, job {rec['job_id']} {st}", tail(rec["stderr"]))
+                progress = f"epoch {metrics[-1].get('epoch', 0) + 1}/{epochs}" if metrics else "starting"
+            return UnitState("running", f"{progress}, job {rec['job_id']}")
+        if stage in EVAL_STAGES and not pre_done and job.state in ("CANCELLED", "UNKNOWN"):
+            continue  # an evaluation that its pretraining's end took with it: the pretraining says why
+        if job.state == "CANCELLED":
+            return UnitState("cancelled" if job.started else "cancelled before it started", where)
+        if job.state == "UNKNOWN":
+            return UnitState("unknown to SLURM", where)
+        return UnitState("failed", f"{where} {job.state}", tail(rec["stderr"]))
     return UnitState("not submitted")
 
 
 def status(gd: GridDir, uri: str) -> int:
     """Print each cell x seed's state; write the tables once every one is done."""
     jobs = gd.jobs()
-    states = slurm_job_states(jobs)
+    settle(gd)
+    states = slurm_jobs(jobs)
     print(f"grid {gd.grid.name} ({gd.grid.grid_id}) in {gd.out}")
     n_done = 0
     units = gd.units()
@@ -125,6 +135,9 @@ def status(gd: GridDir, uri: str) -> int:
         print(f"  {u.key:<40} {st}")
     total = len(units)
     print(f"{n_done}/{total} done")
+    for batch in gd.submitting():
+        print(f"submission {batch['name']} ({len(batch['units'])} {batch['stage']} jobs) was cut short; "
+              f"run the same command without --status to recover it")
     if n_done == total:
         return finish(gd, uri)
     return 0  # partial tables would mislead; they are written once every cell is done
@@ -142,6 +155,8 @@ def cancel(gd: GridDir) -> int:
             elif rec["cluster"] == "local" and launcher.local_state(rec["job_id"]) == "RUNNING":
                 os.kill(int(rec["job_id"]), signal.SIGTERM)
                 n_local += 1
+    for batch in gd.submitting():  # a submission a crash cut short: its jobs are known by name only
+        slurm_ids += [j for j, st in launcher.slurm_jobs(name=batch["name"], since=batch["since"]).items() if st.active]
     if slurm_ids:
         subprocess.run(["scancel", *slurm_ids], check=False)
     print(f"cancelled {len(slurm_ids)} SLURM jobs and {n_local} local jobs of grid {gd.grid.name}; "

@@ -1,7 +1,9 @@
 """Submitting a grid: one job per stage of each cell x seed that is not done, queued or running.
 
 On SLURM pretraining is one job array, and the probes and transfer stages are arrays whose task i
-starts when pretraining task i has ended (``aftercorr``). Locally (or in-process, ``debug``) each
+starts when pretraining task i has ended (``aftercorr``). Every batch is announced in
+submitting.json under a unique job name before ``sbatch`` runs, so a crash at any point is
+recovered by the next run (``recover``) without duplicates or gaps. Locally (or in-process, ``debug``) each
 cell x seed is one job that runs its stages in turn, ``array_parallelism`` at a time, and this
 process waits for them. Every job carries the typed settings of its stage (``slurm.jobs``).
 """
@@ -10,16 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import shlex
 import signal
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from submitit.core.utils import JobPaths
 
 from ablations.griddir import GridDir, Unit, finish
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
-from pretrain.run.tracking import GRID, experiment_id, git_commit, retry_locked
+from pretrain.run.tracking import GRID, StoreError, experiment_id, git_commit, mlflow_client, retry_locked
+from pretrain.train import finalize
 from slurm import jobs as grid_jobs
 from slurm import launcher
 
@@ -32,16 +41,16 @@ def ensure_parent(gd: GridDir, uri: str, profile: str, cluster: str) -> str | No
     f = gd.out / rundir.PARENT_FILE
     if f.is_file():
         return f.read_text().strip()
-    from mlflow.tracking import MlflowClient
-
     try:
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         exp_id = experiment_id(client, gd.grid.experiment)
         run_ = retry_locked(client.create_run, exp_id, run_name=f"grid {gd.grid.name}", tags={
             "grid_id": gd.grid.grid_id, "stage": GRID, "preset": gd.grid.base, "profile": profile,
             "cluster": cluster, "git_commit": git_commit(), "grid_dir": str(gd.out.resolve()),
             "mlflow.note.content": f"{gd.grid.paper}: {len(gd.grid.cells)} cells x {gd.grid.seeds} seeds",
         })
+    except StoreError:
+        raise
     except Exception as e:  # noqa: BLE001 - the store may be down; jobs still keep their files
         log.warning("MLflow store %s unavailable (%s); runs will be synced by --status later", uri, e)
         return None
@@ -88,9 +97,12 @@ def check_transfer_gpus(grid, profile: launcher.Profile, cluster: str) -> None:
                         f"{max(profile.eval_gpus, 1)} in --transfer, or a profile with eval_gpus: {stage.workers}")
 
 
-def job_record(job, stage: str, cluster: str) -> dict:
+EVAL_STAGES = (grid_jobs.LinclsJob.stage, grid_jobs.TransferJob.stage)
+
+
+def job_record(job_id: str, stage: str, cluster: str, stderr: Path) -> dict:
     """What jobs.json keeps of a submitted job."""
-    return {"stage": stage, "cluster": cluster, "job_id": str(job.job_id), "stderr": str(job.paths.stderr),
+    return {"stage": stage, "cluster": cluster, "job_id": str(job_id), "stderr": str(stderr),
             "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -107,95 +119,182 @@ def active(rec: dict | None, slurm_state: dict[str, str]) -> bool:
 
 def slurm_job_states(jobs: dict) -> dict[str, str]:
     """{job id: SLURM state} of every SLURM job in jobs.json."""
+    return {j: st.state for j, st in slurm_jobs(jobs).items()}
+
+
+def slurm_jobs(jobs: dict) -> dict[str, launcher.SlurmJob]:
+    """{job id: SlurmJob} of every SLURM job in jobs.json."""
     ids = [r["job_id"] for u in jobs.values() for r in u.values() if r.get("cluster") == "slurm"]
-    return launcher.slurm_states(ids) if ids else {}
+    return launcher.slurm_jobs(ids) if ids else {}
+
+
+@dataclass
+class Todo:
+    """What a submission has to do, unit by unit."""
+
+    pretrain: list[Unit] = field(default_factory=list)  # pretrain, then every evaluation after it
+    chained: list[tuple[Unit, str, str]] = field(default_factory=list)  # (unit, stage, live pretraining job)
+    evals: list[tuple[Unit, str]] = field(default_factory=list)  # (unit, stage) of a pretrained unit
+    stale: list[str] = field(default_factory=list)  # evaluations waiting on pretraining that is gone
+    done: int = 0
+    active: int = 0  # units with nothing to submit and a job queued or running
+
+    def __bool__(self) -> bool:
+        return bool(self.pretrain or self.chained or self.evals)
+
+    def eval_units(self) -> list[Unit]:
+        """The units that get only evaluation jobs, each once."""
+        return list({u.key: u for u, *_ in self.chained + self.evals}.values())
+
+
+def plan(gd: GridDir, jobs: dict, states: dict[str, str]) -> Todo:
+    """Every stage of every unit that is neither done nor queued or running."""
+    todo = Todo()
+    for u in gd.units():
+        pre_done = rundir.pretrain_done(u.run_dir) if u.pretrains else True
+        evals_done = gd.evals_done(u)
+        if pre_done and all(evals_done.values()):
+            todo.done += 1
+            continue
+        live = {st: r for st, r in jobs.get(u.key, {}).items() if active(r, states)}
+        if "cell" in live:  # a local job runs every stage of its unit
+            todo.active += 1
+            continue
+        missing = [st for st, d in evals_done.items() if not d and st not in live]
+        if not pre_done and "pretrain" not in live:
+            todo.pretrain.append(u)
+            todo.stale += [r["job_id"] for st, r in live.items() if st in EVAL_STAGES and r["cluster"] == "slurm"]
+        else:
+            if pre_done:
+                todo.evals += [(u, st) for st in missing]
+            else:
+                todo.chained += [(u, st, live["pretrain"]["job_id"]) for st in missing]
+            todo.active += not missing
+    return todo
 
 
 def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait: bool) -> int:
     """Submit every stage that is not done, queued or running; locally, run them and wait; then
     (or with ``wait`` on SLURM) write the tables. Returns the exit code."""
     grid = gd.grid
-    jobs = gd.jobs()
-    states = slurm_job_states(jobs)
-    todo_pre, todo_lin, skipped_done, skipped_active = [], [], 0, 0
-    for u in gd.units():
-        pre_done, lin_done = gd.stage_done(u)
-        recs = jobs.get(u.key, {})
-        if pre_done and lin_done:
-            skipped_done += 1
-        elif any(active(r, states) for r in recs.values()):
-            skipped_active += 1
-        elif pre_done:
-            todo_lin.append(u)
-        else:
-            todo_pre.append(u)
+    jobs = recover(gd, gd.jobs())
+    settle(gd)
+    todo = plan(gd, jobs, slurm_job_states(jobs))
     for cell_id, reason in grid.dropped:
         print(f"dropped {cell_id}: {reason}")
     print(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
-          f"{len(todo_pre)} to pretrain, {len(todo_lin)} to evaluate, {skipped_done} done, "
-          f"{skipped_active} already queued or running")
+          f"{len(todo.pretrain)} to pretrain, {len(todo.eval_units())} to evaluate, {todo.done} done, "
+          f"{todo.active} already queued or running")
     gd.save_grid()
-    if not todo_pre and not todo_lin:
-        return finish(gd, uri) if skipped_active == 0 else 0
+    if todo.stale:
+        subprocess.run(["scancel", *todo.stale], check=False)
+        print(f"cancelled {len(todo.stale)} evaluation jobs whose pretraining job is gone")
+    if not todo:
+        if todo.active and cluster == "slurm" and wait:
+            wait_slurm(gd)
+            return finish(gd, uri)
+        return finish(gd, uri) if todo.active == 0 else 0
     parent = ensure_parent(gd, uri, profile.name, cluster)
 
     if cluster == "slurm":
-        submit_slurm(gd, profile, jobs, todo_pre, todo_lin, uri, parent)
+        submit_slurm(gd, profile, jobs, todo, uri, parent)
         print(f"follow with: python ablations/grid.py {shlex.join(sys.argv[1:])} --status")
         if wait:
             wait_slurm(gd)
             return finish(gd, uri)
         return 0
-    failures = run_local(gd, profile, cluster, jobs, todo_pre + todo_lin, uri, parent)
+    failures = run_local(gd, profile, cluster, jobs, todo.pretrain + todo.eval_units(), uri, parent)
     if failures:
         print(f"{failures} cells failed; see --status for their log tails; run the same command to retry them")
         return 1
     return finish(gd, uri)
 
 
-def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo_pre: list, todo_lin: list, uri: str,
-                 parent: str | None) -> None:
-    """Pretraining as one array; each evaluation stage as an array chained task by task after it
-    (units whose pretraining is done get their evaluations without a dependency)."""
+def settle(gd: GridDir) -> None:
+    """Finish the runs whose final checkpoint was written but whose summary was not (a kill in
+    between): their summary is written from the checkpoint and their MLflow run closed."""
+    for u in gd.units():
+        if u.pretrains:
+            finalize(u.run_dir)
 
-    def submit_batch(executor, callables):
-        with executor.batch():
-            submitted = [executor.submit(c) for c in callables]
-        return submitted
 
-    def submit_evals(units: list[tuple[Unit, dict]], dep: str | None, why: str) -> None:
-        for stage in ("lincls", "transfer"):
-            todo = [(u, evals[stage]) for u, evals in units if stage in evals]
-            if not todo:
-                continue
-            ex = launcher.make_executor("slurm", gd.logs, profile, name=f"{gd.grid.name}-{stage}",
-                                        stage=todo[0][1].tasks, dependency=dep)
-            submitted = submit_batch(ex, [job for _, job in todo])
-            for (u, _), j in zip(todo, submitted):
-                jobs.setdefault(u.key, {})[stage] = job_record(j, stage, "slurm")
-            gd.save_jobs(jobs)
-            print(f"submitted {len(submitted)} {stage} jobs: array {submitted[0].job_id.split('_')[0]}{why}")
+def submit_batch(gd: GridDir, profile: launcher.Profile, jobs: dict, stage: str, items: list[tuple[Unit, object]],
+                 dependency: str | None = None) -> list:
+    """Submit the callables of ``items`` ((unit, job) pairs) as one SLURM array (one job if single)
+    and record them in jobs.json. A crash at any point leaves a state the next run reads: the batch
+    and its unique job name are written to submitting.json first, and ``recover`` finds its jobs in
+    SLURM by that name."""
+    name = f"{gd.grid.name}-{stage}-{secrets.token_hex(3)}"
+    batch = {"name": name, "stage": stage, "units": [u.key for u, _ in items], "since": time.strftime("%Y-%m-%d")}
+    gd.save_submitting([*gd.submitting(), batch])
+    ex = launcher.make_executor("slurm", gd.logs, profile, name=name,
+                                stage="pretrain" if stage == "pretrain" else items[0][1].tasks, dependency=dependency)
+    with ex.batch():
+        submitted = [ex.submit(job) for _, job in items]
+    for (u, _), j in zip(items, submitted):
+        jobs.setdefault(u.key, {})[stage] = job_record(j.job_id, stage, "slurm", j.paths.stderr)
+    gd.save_jobs(jobs)
+    gd.save_submitting([b for b in gd.submitting() if b["name"] != name])
+    return submitted
 
-    if todo_pre:
-        units = [(u, *unit_jobs(gd, u, uri, parent, profile.cpus_per_task)) for u in todo_pre]
-        ex = launcher.make_executor("slurm", gd.logs, profile, name=f"{gd.grid.name}-pretrain", stage="pretrain")
-        pre_jobs = submit_batch(ex, [pre for _, pre, _ in units])
-        for (u, _, _), j in zip(units, pre_jobs):
-            jobs.setdefault(u.key, {})["pretrain"] = job_record(j, "pretrain", "slurm")
+
+def recover(gd: GridDir, jobs: dict) -> dict:
+    """jobs.json completed with the batches a crash cut short (``submit_batch``). Their jobs are
+    found in SLURM by name: a task whose submitit pickle was written is recorded (it runs); one
+    without it could only fail, so it is cancelled and its unit submitted again. Returns the jobs."""
+    batches = gd.submitting()
+    for b in batches:
+        found = launcher.slurm_jobs(name=b["name"], since=b["since"])
+        if not found:
+            print(f"submission {b['name']} never reached SLURM; its {len(b['units'])} jobs are submitted again")
+            continue
+        first = next(iter(found))
+        ids = [first] if len(b["units"]) == 1 and "_" not in first else \
+            [f"{first.split('_')[0]}_{i}" for i in range(len(b["units"]))]
+        orphans = []
+        for key, jid in zip(b["units"], ids):
+            paths = JobPaths(gd.logs, job_id=jid)
+            if paths.submitted_pickle.is_file():
+                jobs.setdefault(key, {})[b["stage"]] = job_record(jid, b["stage"], "slurm", paths.stderr)
+            else:
+                orphans.append(jid)
+        if orphans:
+            subprocess.run(["scancel", *orphans], check=False)
+        print(f"submission {b['name']} was cut short: {len(ids) - len(orphans)} of its jobs recorded, "
+              f"{len(orphans)} without their payload cancelled and submitted again")
+    if batches:
         gd.save_jobs(jobs)
+        gd.save_submitting([])
+    return jobs
+
+
+def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo: Todo, uri: str,
+                 parent: str | None) -> None:
+    """Pretraining as one array, each evaluation stage as an array chained task by task after it;
+    evaluations of a unit whose pretraining job is live as jobs chained after that job; evaluations
+    of a pretrained unit as arrays without a dependency."""
+    cores = profile.cpus_per_task
+    if todo.pretrain:
+        units = [(u, *unit_jobs(gd, u, uri, parent, cores)) for u in todo.pretrain]
+        pre_jobs = submit_batch(gd, profile, jobs, "pretrain", [(u, pre) for u, pre, _ in units])
         array_id = pre_jobs[0].job_id.split("_")[0]
         print(f"submitted {len(pre_jobs)} pretraining jobs: array {array_id} (at most {profile.array_parallelism} "
               f"at once)")
         dep = f"aftercorr:{array_id}" if "_" in pre_jobs[0].job_id else f"afterok:{array_id}"
-        submit_evals([(u, evals) for u, _, evals in units], dep, f", each after its pretraining task "
-                                                                f"({dep.split(':')[0]})")
-    if todo_lin:
-        units = []
-        for u in todo_lin:
-            _, evals = unit_jobs(gd, u, uri, parent, profile.cpus_per_task)
-            done = gd.evals_done(u)
-            units.append((u, {k: v for k, v in evals.items() if not done[k]}))
-        submit_evals(units, None, " (no pretraining to wait for)")
+        for stage in EVAL_STAGES:
+            if items := [(u, evals[stage]) for u, _, evals in units if stage in evals]:
+                sub = submit_batch(gd, profile, jobs, stage, items, dep)
+                print(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]}, each after its "
+                      f"pretraining task ({dep.split(':')[0]})")
+    for u, stage, pre_id in todo.chained:
+        _, evals = unit_jobs(gd, u, uri, parent, cores)
+        (sub,) = submit_batch(gd, profile, jobs, stage, [(u, evals[stage])], f"afterok:{pre_id}")
+        print(f"submitted {stage} of {u.key}: job {sub.job_id}, after its pretraining job {pre_id} (afterok)")
+    for stage in EVAL_STAGES:
+        if items := [(u, unit_jobs(gd, u, uri, parent, cores)[1][stage]) for u, st in todo.evals if st == stage]:
+            sub = submit_batch(gd, profile, jobs, stage, items)
+            print(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]} (no pretraining to "
+                  f"wait for)")
 
 
 def wait_slurm(gd: GridDir, poll_s: float = 10.0) -> None:
@@ -235,7 +334,7 @@ def run_local(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: dict, 
                 job = ex.submit(grid_jobs.CellJob(None if done_pre else pre,
                                                   [v for k, v in evals.items() if not done[k]]))
                 key = u.key
-                jobs.setdefault(key, {})["cell"] = job_record(job, "cell", cluster)
+                jobs.setdefault(key, {})["cell"] = job_record(job.job_id, "cell", cluster, job.paths.stderr)
                 gd.save_jobs(jobs)
                 print(f"[{key}] started ({cluster} job {job.job_id}; log {job.paths.stderr})", flush=True)
                 if cluster == "debug":

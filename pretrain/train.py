@@ -27,7 +27,7 @@ from .method.mochi import Mixing
 from .method.moco import MoCo, from_config
 from .run import checkpoint, config, dist, rundir
 from .run.errors import UserError
-from .run.tracking import PRETRAIN, default_uri, open_run
+from .run.tracking import PRETRAIN, close, default_uri, open_run
 
 log = logging.getLogger(__name__)
 # Keys that may differ between a run and its resumption (they change how, not what, is computed).
@@ -210,6 +210,8 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
         total_steps = min(total_steps, cfg.run.max_steps)
 
     if global_step >= total_steps:
+        if info.main:
+            finalize(out)
         log.info("%s is already complete (%d steps); nothing to do", out, global_step)
         return model
 
@@ -236,6 +238,10 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
         )
         run_id = tracker.run_id
 
+    def summary() -> dict | None:
+        """The run's summary once it is complete (its final checkpoint carries it), else None."""
+        return {"global_step": global_step, "run_id": run_id, **last_stats} if global_step >= total_steps else None
+
     def save(epoch: int, step_in_epoch: int) -> None:
         if not info.main:
             return
@@ -246,7 +252,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
                 "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": _rng_state(),
                 "config": cfg.to_dict(), "mlflow_run_id": run_id, "skipped_images": skipped_total,
             },
-            keep=cfg.run.keep_checkpoints,
+            keep=cfg.run.keep_checkpoints, summary=summary(),
         )
 
     objective = cfg.objective
@@ -320,13 +326,25 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
     finally:
         progress.close()
         if tracker is not None:
-            done = global_step >= total_steps
-            if done:
-                checkpoint.atomic_write(
-                    out / rundir.SUMMARY_FILE,
-                    json.dumps({"global_step": global_step, "run_id": run_id, **last_stats}).encode(),
-                )
-            tracker.finish("FINISHED" if done else ("KILLED" if interrupted else "FAILED"))
+            final = checkpoint.final_summary(ckpt_dir)
+            tracker.finish("FINISHED" if final is not None else ("KILLED" if interrupted else "FAILED"))
+            if final is not None:
+                checkpoint.atomic_write(out / rundir.SUMMARY_FILE, json.dumps(final).encode())
     if skipped_total:
         log.warning("%d unreadable images were skipped", skipped_total)
     return model
+
+
+def finalize(out: Path) -> dict | None:
+    """The summary of a complete run (None if it is not complete). A kill between the final
+    checkpoint, which carries the summary, and summary.json leaves the run done but unsettled: its
+    MLflow run is closed FINISHED and summary.json written here, from the checkpoint."""
+    out = Path(out)
+    if (out / rundir.SUMMARY_FILE).is_file():
+        return json.loads((out / rundir.SUMMARY_FILE).read_text())
+    summary = checkpoint.final_summary(out / rundir.CHECKPOINTS)
+    if summary is not None:
+        close(out, "FINISHED")
+        checkpoint.atomic_write(out / rundir.SUMMARY_FILE, json.dumps(summary).encode())
+        log.info("%s: final checkpoint found without its summary; run closed and summary written", out)
+    return summary

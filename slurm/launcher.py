@@ -144,25 +144,70 @@ ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
           "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """{job id: SLURM state} from squeue (live jobs) and sacct (finished ones); array tasks as 12_3."""
-    if not job_ids:
-        return {}
-    states: dict[str, str] = {}
+@dataclass(frozen=True)
+class SlurmJob:
+    """What SLURM says of one job (or array task): its state, and whether it ever started."""
+
+    state: str
+    started: bool = True
+
+    @property
+    def active(self) -> bool:
+        """Queued or running."""
+        return self.state in ACTIVE
+
+
+UNKNOWN = SlurmJob("UNKNOWN", started=False)
+SACCT_STATES = "BF,CA,CD,DL,F,NF,OOM,PD,PR,R,RQ,RS,RV,S,TO"  # every job state sacct filters on
+
+
+def expand_array_id(job_id: str) -> list[str]:
+    """sacct's and squeue's compressed array notation as task ids: ``12_[0-2,5%2]`` is 12_0, 12_1,
+    12_2 and 12_5 (``%2`` is the throttle); any other id is itself."""
+    base, sep, rest = job_id.partition("_[")
+    if not sep:
+        return [job_id]
+    out = []
+    for part in rest.rstrip("]").split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def _query(args: list[str]) -> list[list[str]]:
+    """Rows of a '|'-separated squeue/sacct listing; [] (with a warning) if the command fails."""
     try:
-        r = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                           capture_output=True, text=True, timeout=60)
-        for line in r.stdout.splitlines():
-            jid, _, state = line.partition("|")
-            states[jid.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
-        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(job_ids)],
-                           capture_output=True, text=True, timeout=60)
-        for line in r.stdout.splitlines():  # fresher than sacct for queued and running jobs
-            jid, _, state = line.partition("|")
-            states[jid.strip()] = state.strip()
+        r = subprocess.run(args, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("cannot query SLURM job states: %s", e)
-    return {j: states.get(j, "UNKNOWN") for j in job_ids}
+        log.warning("cannot query SLURM (%s): %s", args[0], e)
+        return []
+    return [line.split("|") for line in r.stdout.splitlines() if line.strip()]
+
+
+def slurm_jobs(job_ids: list[str] = (), name: str | None = None, since: str | None = None) -> dict[str, SlurmJob]:
+    """{job id: SlurmJob} from sacct (every job it has recorded) and squeue (fresher for live jobs),
+    array tasks as 12_3, of the given ids or of every job named ``name`` (submitted after
+    ``since``, an ISO date). Ids SLURM does not know are UNKNOWN."""
+    if not job_ids and name is None:
+        return {}
+    which = ["-j", ",".join(job_ids)] if job_ids else ["--name", name]
+    jobs: dict[str, SlurmJob] = {}
+    # By name: every state, or sacct leaves out jobs cancelled before they were eligible to start.
+    window = ["-S", since or "midnight", "-E", "now", "-s", SACCT_STATES] if not job_ids else []
+    for jid, state, start in _query(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Start", *window, *which]):
+        # "CANCELLED by 1000"; a task cancelled while pending has no start time.
+        st = SlurmJob(state.split()[0] if state.strip() else "UNKNOWN", start.strip() not in ("", "None", "Unknown"))
+        for task in expand_array_id(jid.strip()):
+            jobs[task] = st
+    for jid, state in _query(["squeue", "-h", "-r", "-o", "%i|%T", *which]):
+        jobs[jid.strip()] = SlurmJob(state.strip(), started=state.strip() not in ("PENDING", "CONFIGURING")
+                                     or jobs.get(jid.strip(), UNKNOWN).started)
+    return {j: jobs.get(j, UNKNOWN) for j in job_ids} if job_ids else jobs
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: SLURM state} of the given jobs (``slurm_jobs``)."""
+    return {j: st.state for j, st in slurm_jobs(job_ids).items()}
 
 
 def local_state(pid: str) -> str:

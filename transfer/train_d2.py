@@ -48,7 +48,7 @@ from pretrain.run.tracking import open_run, transfer_stage
 from transfer import data, trials
 from transfer.convert import d2_checkpoint
 from transfer.metrics import format_summary, summarize_trials
-from transfer.recipes import (CONFIG_DIR, DATASETS, RECIPES, check_layout, data_kind, datasets, recipe_gpus, resolve,
+from transfer.recipes import (CONFIG_DIR, DATASETS, RECIPES, check_layout, data_kind, recipe_gpus, resolve,
                               scale_for_gpus, with_iters)
 
 log = logging.getLogger(__name__)

@@ -139,7 +139,8 @@ class Transformed(torch.utils.data.Dataset):
 @torch.no_grad()
 def features(net: nn.Module, dataset, transform, device, batch_size: int = 256, workers: int = 0):
     """(features [n, D] float32 on the CPU, labels [n]) of a labelled image dataset; net in eval mode."""
-    loader = torch.utils.data.DataLoader(Transformed(dataset, transform), batch_size=batch_size, num_workers=workers)
+    loader = torch.utils.data.DataLoader(Transformed(dataset, transform), batch_size=batch_size, num_workers=workers,
+                                         worker_init_fn=data.ignore_job_signals)
     net.eval().to(device)
     feats, labels = [], []
     for x, y in loader:

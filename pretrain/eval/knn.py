@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..input import data
 from ..run import checkpoint, rundir
-from ..run.tracking import default_uri
+from ..run.tracking import default_uri, mlflow_client
 from .backbone import features, initial_backbone, load_run, query_backbone, val_transform
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,7 @@ def run(run_dir: Path, k: int = 200, T: float = 0.07, train_size: int = 10000, t
     run_id_file = run_dir / rundir.RUN_ID_FILE
     if run_id_file.is_file():
         try:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(cfg.run.tracking_uri or default_uri(run_dir))
+            client = mlflow_client(cfg.run.tracking_uri or default_uri(run_dir))
             for name, v in result.items():
                 client.log_metric(run_id_file.read_text().strip(), name, v)
         except Exception as e:  # noqa: BLE001 - knn.json keeps the result

@@ -177,7 +177,7 @@ def linear_probe(backbone: nn.Module, train_ds, val_ds, num_classes: int, s: Set
         else:
             loader = torch.utils.data.DataLoader(
                 Transformed(train_ds, train_transform(s.image_size)), batch_size=s.batch_size, shuffle=True,
-                generator=gen, num_workers=s.workers, drop_last=False,
+                generator=gen, num_workers=s.workers, drop_last=False, worker_init_fn=data.ignore_job_signals,
             )
             batches = ((x.to(device), y.to(device)) for x, y in loader)
         fc.train()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,18 @@ FASHION_MNIST_FILES = {
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+
+# The signals a job's main process acts on: SLURM's preemption warning (submitit checkpoints and
+# requeues on USR1/USR2) and termination. Forked loader workers inherit the handlers.
+JOB_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+
+
+def ignore_job_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores the job's signals, so only the main
+    process checkpoints and requeues (a worker running the inherited handler could rewrite the job's
+    saved submission); workers end when the main process does."""
+    for sig in JOB_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,5 +307,6 @@ def train_loader(cfg, rank: int = 0, world: int = 1, pin_memory: bool = False, w
         drop_last=True,
         persistent_workers=cfg.data.num_workers > 0,
         prefetch_factor=4 if cfg.data.num_workers else None,
+        worker_init_fn=ignore_job_signals,
     )
     return loader, sampler

@@ -1,7 +1,8 @@
 """Atomic, checksummed checkpoints; the newest valid one is found again after any crash.
 
 A checkpoint ``checkpoint-<step>.pt`` is written to a temporary file, fsynced and renamed; then
-its manifest ``checkpoint-<step>.json`` (size and SHA-256) is written the same way. A checkpoint
+its manifest ``checkpoint-<step>.json`` (size and SHA-256, and for a run's final checkpoint the
+run's summary) is written the same way. A checkpoint
 without a manifest, or whose bytes do not match it (truncated, corrupt), is skipped in favour of
 the previous one.
 """
@@ -46,13 +47,17 @@ def atomic_torch_save(path: Path, obj) -> bytes:
     return data
 
 
-def save(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
-    """Write ``state`` as the checkpoint of global step ``step``; keep the newest ``keep``."""
+def save(folder: Path, step: int, state: dict, keep: int = 2, summary: dict | None = None) -> Path:
+    """Write ``state`` as the checkpoint of global step ``step``; keep the newest ``keep``. The final
+    checkpoint of a run carries its ``summary`` in the manifest: the run is done the moment that
+    manifest lands (``final_summary``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{PREFIX}{step:09d}.pt"
     data = atomic_torch_save(path, state)
     manifest = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "step": step}
+    if summary is not None:
+        manifest["summary"] = summary
     atomic_write(path.with_suffix(".json"), json.dumps(manifest).encode())
     for old in candidates(folder)[keep:]:
         old.unlink(missing_ok=True)
@@ -66,6 +71,17 @@ def candidates(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(folder.glob(f"{PREFIX}*.pt"), reverse=True)
+
+
+def final_summary(folder: Path) -> dict | None:
+    """The summary that the newest checkpoint's manifest carries if it is a run's final checkpoint,
+    else None. Reads only the manifest, which is written after its checkpoint's bytes."""
+    for path in candidates(folder):
+        try:
+            return json.loads(path.with_suffix(".json").read_text()).get("summary")
+        except (OSError, ValueError):  # a checkpoint whose manifest a kill prevented
+            continue
+    return None
 
 
 def verify(path: Path) -> bytes | None:

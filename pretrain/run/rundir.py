@@ -7,7 +7,7 @@ A pretraining run folder (``run.out``)::
     checkpoints/checkpoint-N.pt     + .json manifests (pretrain.run.checkpoint)
     metrics.jsonl                   every logged point: the source of truth
     mlflow_run_id, tracking.json    the MLflow run this folder logs to, and how it was opened
-    summary.json                    written when the run completes
+    summary.json                    written when the run completes (from its final checkpoint)
     knn.json                        python -m pretrain.knn
     lincls-fast/ lincls-full/       linear probes (lincls.json, settings.json, features.pt, checkpoints/)
     transfer-TASK/trialK/           detection transfer, torchvision path (summary.json; each trial result.json)
@@ -17,7 +17,8 @@ A pretraining run folder (``run.out``)::
 
 A grid folder (``runs/grids/NAME``)::
 
-    grid.json, jobs.json, mlflow_parent_run_id, .lock, logs/, cells/CELL/seedK/ (run folders)
+    grid.json, jobs.json, submitting.json (submissions under way), mlflow_parent_run_id, .lock, logs/,
+    cells/CELL/seedK/ (run folders)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ D2_WEIGHTS_FILE = "weights-d2.pkl"  # a detectron2 transfer stage's source, in d
 GRIDS = Path("runs") / "grids"  # where grids live unless --out says otherwise
 GRID_FILE = "grid.json"
 JOBS_FILE = "jobs.json"
+SUBMITTING_FILE = "submitting.json"  # batches being submitted: found again in SLURM after a crash
 PARENT_FILE = "mlflow_parent_run_id"
 LOCK_FILE = ".lock"
 LOGS = "logs"
@@ -92,8 +94,9 @@ def run_home(source: str | Path) -> Path:
 
 
 def pretrain_done(run_dir: Path) -> bool:
-    """True once the run has written its summary (its last checkpoint comes first)."""
-    return (Path(run_dir) / SUMMARY_FILE).is_file()
+    """True once the run's final checkpoint is written (it carries the summary; summary.json is
+    written from it next, by the run or, after a kill in between, by ``pretrain.train.finalize``)."""
+    return (Path(run_dir) / SUMMARY_FILE).is_file() or checkpoint.final_summary(Path(run_dir) / CHECKPOINTS) is not None
 
 
 def read_run(run_dir: Path) -> tuple[config.Config, dict]:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import atomic_write
+from .errors import UserError
 from .rundir import METRICS_FILE, RUN_ID_FILE, TRACKING_FILE
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,109 @@ def retry_locked(fn, *args, **kwargs):
                 raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
+
+
+class StoreError(UserError):
+    """An MLflow store that cannot be used as it is (a sqlite file a crash left half-created)."""
+
+
+_READY: set[str] = set()  # stores this process has opened (and, for sqlite, created) already
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def mlflow_client(uri: str):
+    """An MlflowClient bound to ``uri``, its store created first if it is a new sqlite file.
+
+    MLflow creates a sqlite store's tables (and runs its migrations) on first open with no lock
+    between processes: jobs that start together on a new store corrupt it. Here the first open
+    holds an exclusive file lock beside the store, so one process creates it and the others find it
+    made. A store that cannot be opened (its creator was killed half-way) is set aside and made
+    again if it holds no run; one that holds runs is refused with one line saying how to recover
+    (``StoreError``). Neither is ever used as it is.
+    """
+    from mlflow.tracking import MlflowClient
+
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    path = _sqlite_path(uri)
+    if path is None or uri in _READY:
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".init-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            c = _open(uri)
+        except Exception as e:  # noqa: BLE001 - MlflowException or sqlalchemy's OperationalError
+            # The lock is ours, so whoever was making the store is gone: killed while making it. A
+            # store that holds no run loses nothing when it is set aside and made again.
+            if _is_lock_error(e) or not path.is_file():
+                raise
+            if _runs_in(path) != 0:
+                raise StoreError(
+                    f"the MLflow store {path} holds runs but cannot be opened: left half-made by a process "
+                    f"killed while creating or migrating it, or made by an older MLflow "
+                    f"({' '.join(str(e).split())[:120]}); if an older MLflow made it: mlflow db upgrade {uri}; "
+                    f"else move it aside (mv {path} {path}.broken) and run again: every run folder keeps its "
+                    f"points in {METRICS_FILE}, and python ablations/tables.py syncs a grid's runs into the new "
+                    f"store") from None
+            aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("-journal", "-wal", "-shm"):  # a hot journal must not meet the new file
+                if path.with_name(path.name + suffix).exists():
+                    os.replace(path.with_name(path.name + suffix), aside.with_name(aside.name + suffix))
+            os.replace(path, aside)
+            _forget_engine(uri)
+            log.warning("the MLflow store %s could not be opened (%s) and holds no run: left half-made by a process "
+                        "killed while creating it; set aside as %s and made again", path,
+                        " ".join(str(e).split())[:120], aside.name)
+            c = _open(uri)
+    _READY.add(uri)
+    return c
+
+
+def _is_lock_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
+
+
+def _open(uri: str):
+    """Open (creating it if new) the store at ``uri``."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    retry_locked(c.search_experiments, max_results=1)  # opens the store: creates or checks its tables
+    return c
+
+
+def _forget_engine(uri: str) -> None:
+    """Drop this process's pooled connections to the store file just set aside (MLflow keeps one
+    engine per store URI), so the next open makes the new file."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _runs_in(path: Path) -> int | None:
+    """How many runs a sqlite store holds: 0 if it has no runs table yet, None if it cannot be
+    read (not a sqlite file, locked): such a file is never set aside."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(path, timeout=30)  # read-write: a hot journal is rolled back first
+    except sqlite3.Error:
+        return None
+    try:
+        return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.Error as e:
+        return 0 if "no such table" in str(e) else None
+    finally:
+        con.close()
 
 
 def experiment_id(client, name: str) -> str:
@@ -134,9 +238,13 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.client = None
         self.run_id = run_id or self._saved_run_id()
-        dropped = self._truncate(resume_step) if resume_step is not None else []
+        continued = self.run_id is not None
+        if resume_step is not None:
+            self._truncate(resume_step)
         # Steps replayed after a resume reproduce the same values, and MLflow cannot delete points:
-        # the (metric, step) pairs it already holds are not sent again.
+        # the (metric, step) pairs the store already holds are not sent again. They are read from
+        # the store itself: the file cannot say, since a kill after an earlier resume had cut it
+        # may have come before those points were logged again.
         self._in_mlflow: dict[str, set[int]] = {}
         self._meta = {"uri": uri, "experiment": experiment, "run_name": run_name, "tags": tags or {},
                       "params": {k: str(v) for k, v in params.items()}, "status": "RUNNING"}
@@ -144,9 +252,10 @@ class Tracker:
         self._file = open(self.run_dir / METRICS_FILE, "a")
         try:
             self._start_mlflow(uri, experiment, run_name, params, tags or {})
-            keys = {k for r in dropped for k in r if k not in NOT_METRICS}
-            self._in_mlflow = {k: {m.step for m in retry_locked(self.client.get_metric_history, self.run_id, k)}
-                               for k in keys}
+            if continued:
+                keys = retry_locked(self.client.get_run, self.run_id).data.metrics
+                self._in_mlflow = {k: {m.step for m in retry_locked(self.client.get_metric_history, self.run_id, k)}
+                                   for k in keys}
         except Exception as e:  # noqa: BLE001 - any store failure: keep training, keep the file
             log.warning("MLflow unavailable (%s: %s); metrics go to %s only", type(e).__name__, e, METRICS_FILE)
             self.client = None
@@ -158,20 +267,15 @@ class Tracker:
         p = self.run_dir / RUN_ID_FILE
         return p.read_text().strip() or None if p.is_file() else None
 
-    def _truncate(self, step: int) -> list[dict]:
-        """Drop points after ``step`` (a resumed run logs them again); return the dropped ones."""
-        records = read_metrics(self.run_dir)
-        keep = [r for r in records if r.get("step", 0) <= step]
+    def _truncate(self, step: int) -> None:
+        """Drop points after ``step`` from the file (a resumed run logs them again)."""
+        keep = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= step]
         atomic_write(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep).encode())
-        return [r for r in records if r.get("step", 0) > step]
 
     def _start_mlflow(self, uri, experiment, run_name, params, tags) -> None:
         from mlflow.entities import Param, RunTag
-        from mlflow.tracking import MlflowClient
 
-        for k, v in HTTP_DEFAULTS.items():
-            os.environ.setdefault(k, v)
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         tags = {**tags, "run_dir": str(self.run_dir.resolve())}
         if self.run_id is not None:
             retry_locked(client.update_run, self.run_id, status="RUNNING")
@@ -225,6 +329,22 @@ class Tracker:
                 log.warning("MLflow could not close the run: %s", e)
 
 
+def close(run_dir: Path, status: str) -> None:
+    """Record a folder's final ``status`` in its tracking.json and carry it, with any points the
+    store lacks, into MLflow (a store that is down gets it at the next ``sync``)."""
+    f = Path(run_dir) / TRACKING_FILE
+    if not f.is_file():
+        return
+    meta = json.loads(f.read_text())
+    atomic_write(f, json.dumps({**meta, "status": status}, indent=1).encode())
+    try:
+        sync(run_dir)
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        log.warning("MLflow could not close the run of %s now (%s); the next sync will", run_dir, e)
+
+
 def sync(run_dir: Path, uri: str | None = None) -> str:
     """Make the MLflow store hold everything ``run_dir`` holds; return the run id.
 
@@ -234,11 +354,10 @@ def sync(run_dir: Path, uri: str | None = None) -> str:
     """
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / TRACKING_FILE).read_text())
-    client = MlflowClient(tracking_uri=uri or meta["uri"])
+    client = mlflow_client(uri or meta["uri"])
     run_id = (run_dir / RUN_ID_FILE).read_text().strip() if (run_dir / RUN_ID_FILE).is_file() else ""
     try:
         run = retry_locked(client.get_run, run_id) if run_id else None

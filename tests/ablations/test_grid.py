@@ -111,9 +111,20 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
     lincls = [r for r in runs if r.data.tags["stage"] == "lincls"]
     assert all(0 < r.data.metrics["top1_best"] <= 100 for r in lincls)
 
+    # A pretraining job killed after its final checkpoint, before summary.json: still done, settled.
+    run_dir = tmp_path / "grid" / "cells" / "N0-s0-sp0" / "seed0"
+    summary = (run_dir / "summary.json").read_text()
+    (run_dir / "summary.json").unlink()
+    pre = next(r for r in runs if r.data.tags["stage"] == "pretrain" and r.data.tags["cell"] == "N0-s0-sp0")
+    client.update_run(pre.info.run_id, status="RUNNING")
+    meta = json.loads((run_dir / "tracking.json").read_text())
+    (run_dir / "tracking.json").write_text(json.dumps({**meta, "status": "RUNNING"}))
+
     again = grid_cli(*args)
     assert again.returncode == 0 and "0 to pretrain, 0 to evaluate, 2 done" in again.stdout
     assert len(client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")) == 5
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads(summary)
+    assert client.get_run(pre.info.run_id).info.status == "FINISHED"
     status = grid_cli(*args, "--status")
     assert status.returncode == 0 and status.stdout.count("done (linear top-1") == 2
 

@@ -1,6 +1,7 @@
 """Grids on a real SLURM cluster (slurm/cluster.sh): arrays, chained probes, preemption, cancel."""
 
 import json
+import os
 import subprocess
 import time
 
@@ -11,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from ablations import spec
 from pretrain.run import checkpoint
 from pretrain.train import train
-from slurm.launcher import load_profile, slurm_states
+from slurm.launcher import SACCT_STATES, load_profile, slurm_states
 from tests.conftest import TINY_GRID, grid_cli
 from tests.ablations.test_grid import write_preset
 
@@ -65,7 +66,9 @@ def test_grid_on_slurm_chains_probes_after_pretraining(tmp_path, slurm_conf, mlf
 
 def test_preempted_job_requeues_and_ends_as_an_uninterrupted_run(tmp_path, slurm_conf, mlflow_server):
     preset = write_preset(tmp_path, [{"N": 32, "s": 16, "s_prime": 8}], lincls=False)
-    sets = ["--set", "optim.epochs=2", "--set", "data.subset=512", "--set", "run.ckpt_every_steps=4"]
+    # Two loader workers: they inherit the job's signal handlers and must leave USR2 to the main process.
+    sets = ["--set", "optim.epochs=2", "--set", "data.subset=512", "--set", "run.ckpt_every_steps=4",
+            "--set", "data.num_workers=2"]
     args = args_for(tmp_path, preset, "--tracking-uri", mlflow_server, *TINY_GRID, *sets, "--lincls", "none")
     r = grid_cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -90,6 +93,9 @@ def test_preempted_job_requeues_and_ends_as_an_uninterrupted_run(tmp_path, slurm
 
     logs = "".join(p.read_text() for p in (tmp_path / "grid" / "logs").glob(f"{job_id}_*log.*"))
     assert "resuming from" in logs
+    # The main process alone acted on USR2, not its loader workers (submitit's own log line, once).
+    err = (tmp_path / "grid" / "logs" / f"{job_id}_0_log.err").read_text()
+    assert err.count(") - Caught signal SIGUSR2") == 1, err
     state, _ = checkpoint.load_latest(run_dir / "checkpoints")
 
     # The same cell, uninterrupted, in this process, on as many threads as the job had (a float sum
@@ -116,18 +122,104 @@ def test_preempted_job_requeues_and_ends_as_an_uninterrupted_run(tmp_path, slurm
 
 
 def test_cancel_stops_the_grid_and_a_rerun_resubmits(tmp_path, slurm_conf):
-    preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
+    # Three cells, two at a time (local-cpu profile): the third is cancelled before it starts.
+    preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8},
+                                     {"N": 16, "s": 8, "s_prime": 4}])
     args = args_for(tmp_path, preset, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *TINY_GRID,
                     "--set", "optim.epochs=50")
     assert grid_cli(*args).returncode == 0
     jobs = json.loads((tmp_path / "grid" / "jobs.json").read_text())
     ids = [rec["job_id"] for recs in jobs.values() for rec in recs.values()]
+    wait_until(lambda: list(slurm_states(ids).values()).count("RUNNING") == 2, 120, "two jobs to start")
     r = grid_cli(*args, "--cancel")
-    assert r.returncode == 0 and "cancelled 4 SLURM jobs" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "cancelled 6 SLURM jobs" in r.stdout, r.stdout + r.stderr
     wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True,
                                           text=True).stdout.strip(), 60, "the jobs to leave the queue")
     status = grid_cli(*args, "--status").stdout
-    assert status.count("failed (pretrain") == 2 and "CANCELLED" in status
+    assert status.count("cancelled (pretrain") == 2, status
+    assert status.count("cancelled before it started (pretrain") == 1, status
+    assert "failed" not in status and "UNKNOWN" not in status
     again = grid_cli(*args)
-    assert again.returncode == 0 and "2 to pretrain" in again.stdout
+    assert again.returncode == 0 and "3 to pretrain" in again.stdout
     assert grid_cli(*args, "--cancel").returncode == 0
+
+
+# sbatch as the cluster has it, except that the plan file's line for this call can kill grid.py
+# (this script's parent) just before or just after the real submission.
+SBATCH_WRAPPER = """#!/bin/bash
+n=$(( $(cat "$SBATCH_PLAN.count" 2>/dev/null || echo 0) + 1 )); echo $n > "$SBATCH_PLAN.count"
+action=$(sed -n "${n}p" "$SBATCH_PLAN")
+if [ "$action" = before ]; then kill -9 $PPID; exit 1; fi
+out=$(%s "$@") || exit $?
+echo "$out"
+if [ "$action" = after ]; then kill -9 $PPID; fi
+"""
+
+
+def test_a_submission_cut_at_any_point_is_recovered_without_duplicates_or_gaps(tmp_path, slurm_conf):
+    """grid.py killed just after the pretraining array reached SLURM, just before the probe array
+    did, and just after one chained probe did: each re-run finds the grid's jobs by name, cancels the
+    ones without a payload, submits every missing stage once (probes chained to live pretraining),
+    and --wait then waits for the queued jobs and writes the table."""
+    import shutil
+
+    preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
+    # Long enough pretraining that it still runs while the probes are submitted.
+    args = args_for(tmp_path, preset, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *TINY_GRID,
+                    "--set", "optim.epochs=12")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(SBATCH_WRAPPER % shutil.which("sbatch"))
+    (bin_dir / "sbatch").chmod(0o755)
+    plan = tmp_path / "plan"
+    # sbatch calls: 1 pretrain array (killed after), 2 pretrain array, 3 probe array (killed before),
+    # 4 and 5 one chained probe per cell (killed after the second), 6 that probe again.
+    plan.write_text("after\nok\nbefore\nok\nafter\nok\n")
+    # Unbuffered: what grid.py printed before the kill is what a terminal would have shown.
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_PLAN": str(plan), "PYTHONUNBUFFERED": "1"}
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60))
+    grid_dir = tmp_path / "grid"
+
+    def jobs():
+        return json.loads((grid_dir / "jobs.json").read_text()) if (grid_dir / "jobs.json").is_file() else {}
+
+    r1 = grid_cli(*args, env=env)
+    assert r1.returncode == -9 and not jobs()
+    assert len(json.loads((grid_dir / "submitting.json").read_text())) == 1
+    st = grid_cli(*args, "--status", env=env)
+    assert st.returncode == 0 and "(2 pretrain jobs) was cut short" in st.stdout, st.stdout + st.stderr
+
+    r2 = grid_cli(*args, env=env)
+    assert r2.returncode == -9, r2.stdout + r2.stderr
+    assert "0 of its jobs recorded, 2 without their payload cancelled" in r2.stdout and "2 to pretrain" in r2.stdout
+    assert {k: set(v) for k, v in jobs().items()} == {"N0-s0-sp0/seed0": {"pretrain"},
+                                                      "N32-s16-sp8/seed0": {"pretrain"}}
+
+    r3 = grid_cli(*args, env=env)
+    assert r3.returncode == -9, r3.stdout + r3.stderr
+    assert "never reached SLURM" in r3.stdout and "0 to pretrain, 2 to evaluate" in r3.stdout
+    assert "(afterok)" in r3.stdout  # the first chained probe, after its live pretraining job
+
+    r4 = grid_cli(*args, env=env)
+    assert r4.returncode == 0, r4.stdout + r4.stderr
+    assert "0 of its jobs recorded, 1 without their payload cancelled" in r4.stdout
+    assert "0 to pretrain, 1 to evaluate" in r4.stdout and "(afterok)" in r4.stdout
+    assert json.loads((grid_dir / "submitting.json").read_text()) == []
+
+    r5 = grid_cli(*args, "--wait", env=env, timeout=900)  # everything is queued: it waits, then reports
+    assert r5.returncode == 0, r5.stdout + r5.stderr
+    assert "2 already queued or running" in r5.stdout
+    assert "linear top-1" in (tmp_path / "results" / "table.md").read_text()
+    assert plan.with_suffix(".count").read_text().strip() == "6"
+
+    recorded = {rec["job_id"] for recs in jobs().values() for rec in recs.values()}
+    assert len(recorded) == 4 and set(slurm_states(sorted(recorded)).values()) == {"COMPLETED"}
+    # Every other job the grid ever had in SLURM is an orphan without a payload, cancelled.
+    name = json.loads((grid_dir / "grid.json").read_text())["name"]
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-S", since, "-E", "now", "-s", SACCT_STATES, "-o",
+                           "JobID,JobName,State"],
+                          capture_output=True, text=True).stdout.splitlines()
+    others = [line for line in acct if f"|{name}-" in line and line.split("|")[0] not in recorded]
+    assert len(others) == 3 and all("|CANCELLED" in line for line in others), others
+    runs = grid_runs(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), grid_dir)
+    assert sorted(r.data.tags["stage"] for r in runs) == ["grid", "lincls", "lincls", "pretrain", "pretrain"]

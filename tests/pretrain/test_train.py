@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from mlflow.tracking import MlflowClient
 
-from pretrain.run import checkpoint
+from pretrain.run import checkpoint, rundir
 from pretrain.run.tracking import read_metrics
 from pretrain.train import train
 
@@ -233,3 +233,105 @@ def test_hcl_with_mochi_and_the_oracle_trains_and_is_named_for_what_it_is(tmp_pa
     assert run.data.tags["method"] == "hcl+mochi" and run.info.run_name.startswith("hcl-b1-tp0.1_mochi-N32-s16-sp8_")
     assert run.data.params["loss.method"] == "hcl" and run.data.params["loss.beta"] == "1.0"
     assert run.data.metrics["syn_top10_share"] > 0  # the analyses apply to every method
+
+
+def test_a_kill_between_the_final_checkpoint_and_the_summary_leaves_a_done_run(tmp_path):
+    """The final checkpoint carries the summary: a run killed right after it is done, and the next
+    start (or a grid's next look) writes summary.json and closes its MLflow run."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "run.max_steps=4", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+    train(cfg)
+    summary = json.loads((out / "summary.json").read_text())
+    run_id = (out / "mlflow_run_id").read_text()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    points = {k: len(client.get_metric_history(run_id, k)) for k in client.get_run(run_id).data.metrics}
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    # What a kill between the final checkpoint's manifest and summary.json leaves behind.
+    (out / "summary.json").unlink()
+    meta = json.loads((out / "tracking.json").read_text())
+    (out / "tracking.json").write_text(json.dumps({**meta, "status": "RUNNING"}))
+    client.update_run(run_id, status="RUNNING")
+
+    assert rundir.pretrain_done(out)
+    assert checkpoint.final_summary(out / "checkpoints") == summary
+    train(cfg)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert {k: len(client.get_metric_history(run_id, k)) for k in points} == points
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ckpts
+    # A run that is not complete is not done: its newest checkpoint carries no summary.
+    short = tmp_path / "short"
+    train(tiny_cfg(short, "run.max_steps=2", "run.ckpt_every_steps=1"))
+    assert rundir.pretrain_done(short)
+    cfg_longer = tiny_cfg(short, "run.max_steps=2", "run.ckpt_every_steps=1")
+    assert checkpoint.final_summary(short / "checkpoints")["global_step"] == cfg_longer.run.max_steps
+    checkpoint.save(short / "checkpoints", 3, {"x": torch.zeros(1)})  # a later, non-final checkpoint
+    (short / "summary.json").unlink()
+    assert not rundir.pretrain_done(short)
+
+
+# Kills a run inside its n-th MLflow log_batch call that carries metrics, before or after the store
+# has the points, then runs `python -m pretrain` with the given arguments.
+KILL_IN_LOG = """
+import os, runpy, signal, sys
+from mlflow.tracking import MlflowClient
+n, when = int(os.environ["KILL_AT_BATCH"]), os.environ["KILL_WHEN"]
+real, calls = MlflowClient.log_batch, [0]
+def log_batch(self, run_id, metrics=(), *a, **kw):
+    if metrics:
+        calls[0] += 1
+        if calls[0] == n and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+    out = real(self, run_id, metrics, *a, **kw)
+    if metrics and calls[0] == n and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+MlflowClient.log_batch = log_batch
+sys.argv = ["pretrain", *sys.argv[1:]]
+runpy.run_module("pretrain", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_sigkill_at_random_moments_leaves_every_point_in_mlflow_once(tmp_path):
+    """Ten kills: at random times (start-up, a step, a checkpoint, a log call) and inside the
+    logging call itself, before and after the store took the points; two loader workers. Every
+    (metric, step) of the finished run is in the store exactly once, and in metrics.jsonl once."""
+    import random
+
+    out = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--preset=demo", *TINY, f"run.out={out}", "optim.epochs=3", "data.num_workers=2", "run.log_every=1",
+            "run.ckpt_every_steps=2", f"run.tracking_uri={uri}"]
+    script = tmp_path / "kill_in_log.py"
+    script.write_text(KILL_IN_LOG)
+    rng = random.Random(17)
+    kills = 0
+    for i in range(10):
+        if i % 2:
+            env = {**os.environ, "KILL_AT_BATCH": str(rng.randint(1, 4)), "KILL_WHEN": rng.choice(["before", "after"])}
+            r = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, timeout=300)
+            kills += r.returncode == -signal.SIGKILL
+        else:
+            proc = subprocess.Popen([sys.executable, "-m", "pretrain", *args], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                proc.wait(timeout=rng.uniform(3.0, 9.0))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                kills += 1
+        if (out / "summary.json").exists():
+            break
+    assert kills >= 6
+    r = subprocess.run([sys.executable, "-m", "pretrain", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    records = read_metrics(out)
+    run_id = (out / "mlflow_run_id").read_text()
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [r["step"] for r in records] == list(range(1, 25))
+    for key in run.data.metrics:
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == [r["step"] for r in records if key in r], key
+    assert len(client.search_runs([run.info.experiment_id])) == 1

@@ -57,3 +57,11 @@ def test_auto_cluster_falls_back_to_local_without_a_controller(tmp_path, monkeyp
     assert launcher.resolve_cluster("auto") == "local"
     with pytest.raises(UserError, match="no SLURM controller"):
         launcher.resolve_cluster("slurm")
+
+
+@pytest.mark.parametrize("job_id, tasks", [
+    ("12", ["12"]), ("12_3", ["12_3"]), ("12_[0-2]", ["12_0", "12_1", "12_2"]),
+    ("12_[0-1,5%2]", ["12_0", "12_1", "12_5"]), ("12_[7]", ["12_7"]),
+])
+def test_compressed_array_ids_expand_to_their_tasks(job_id, tasks):
+    assert launcher.expand_array_id(job_id) == tasks

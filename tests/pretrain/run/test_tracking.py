@@ -3,10 +3,13 @@
 import json
 import subprocess
 import sys
+import time
+
+import pytest
 
 from mlflow.tracking import MlflowClient
 
-from pretrain.run.tracking import RUN_ID_FILE, Tracker, sync
+from pretrain.run.tracking import RUN_ID_FILE, Tracker, read_metrics, sync
 from tests.conftest import REPO, free_port
 
 WRITER = """
@@ -66,3 +69,126 @@ def test_sync_rebuilds_a_run_the_store_never_saw(tmp_path, monkeypatch, mlflow_s
     assert len(client.get_metric_history(run_id, "loss")) == 5
     assert client.get_run(run_id).data.tags["synced_points"] == "0"
     assert json.loads((run_dir / "tracking.json").read_text())["status"] == "FINISHED"
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+from pretrain.run.tracking import Tracker
+i, uri, points, root = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+while not (root / "go").exists():  # every process opens the store at the same moment
+    time.sleep(0.001)
+d = root / f"job{i}"
+d.mkdir()
+t = Tracker(d, uri, "first-use", f"job{i}", {"p": i}, {"job": str(i)})
+for step in range(points):
+    t.log({"loss": 1.0 / (step + 1)}, step)
+t.finish()
+"""
+
+
+@pytest.mark.parametrize("jobs", [2, 8])
+def test_jobs_that_start_together_on_a_new_store_lose_nothing(tmp_path, jobs):
+    """The store does not exist yet: the first open is serialised, so no job falls back to its file."""
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    procs = [subprocess.Popen([sys.executable, "-c", STARTER, str(i), uri, "20", str(tmp_path)], cwd=REPO,
+                              stderr=subprocess.PIPE, text=True) for i in range(jobs)]
+    time.sleep(3)  # all started and waiting
+    (tmp_path / "go").write_text("")
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    assert not any("MLflow unavailable" in e or "logging failed" in e for e in errors), errors
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("first-use").experiment_id])
+    assert sorted(r.data.tags["job"] for r in runs) == sorted(str(i) for i in range(jobs))
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == list(range(20))
+
+
+HALF = """
+import sys
+from pathlib import Path
+from pretrain.run.errors import UserError
+from pretrain.run.tracking import StoreError, Tracker, mlflow_client
+uri, run_dir = sys.argv[1], Path(sys.argv[2])
+try:
+    mlflow_client(uri)
+except StoreError as e:
+    assert isinstance(e, UserError)
+    print("REFUSED", e)
+t = Tracker(run_dir, uri, "e", "r", {}, {})  # a job logging to it says so, and keeps its file
+print("CLIENT", t.client)
+t.log({"loss": 1.0}, 1)
+t.finish()
+"""
+
+
+def test_a_half_created_store_holding_runs_is_refused_with_how_to_recover(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    MlflowClient(uri).create_run("0")  # a complete store with a run in it...
+    with sqlite3.connect(db) as con:  # ...then as a process killed inside a migration leaves one
+        con.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+        con.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    r = subprocess.run([sys.executable, "-c", HALF, uri, str(run_dir)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    refused = next(ln for ln in r.stdout.splitlines() if ln.startswith("REFUSED"))
+    assert "left half-made" in refused and f"mv {db} {db}.broken" in refused and "mlflow db upgrade" in refused
+    assert "CLIENT None" in r.stdout and "left half-made" in r.stderr  # the job's warning says why
+    assert [rec["step"] for rec in read_metrics(run_dir)] == [1]
+
+
+def test_a_store_whose_creator_was_killed_is_made_again(tmp_path):
+    """A process killed while creating a store (at a random moment of it): the next open sets the
+    half-made file aside if it holds no run, and every later run and point lands."""
+    import random
+
+    rng = random.Random(3)
+    for trial in range(3):
+        db = tmp_path / f"m{trial}.db"
+        uri = f"sqlite:///{db}"
+        proc = subprocess.Popen([sys.executable, "-c", f"from pretrain.run.tracking import mlflow_client; "
+                                                       f"mlflow_client({uri!r})"], cwd=REPO)
+        deadline = time.monotonic() + 60
+        while not db.exists() and time.monotonic() < deadline:  # creation has begun
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.05, 0.3))  # creating the tables and migrating them takes ~1 s
+        proc.kill()
+        proc.wait()
+        run_dir = tmp_path / f"run{trial}"
+        run_dir.mkdir()
+        t = Tracker(run_dir, uri, "e", "r", {}, {})
+        assert t.client is not None
+        t.log({"loss": 1.0}, 1)
+        t.finish()
+        assert [m.step for m in MlflowClient(uri).get_metric_history(t.run_id, "loss")] == [1]
+    assert list(tmp_path.glob("m*.db.broken-*")), "no kill landed inside a store's creation"
+
+
+def test_a_half_created_store_without_runs_is_set_aside_and_made_again(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    MlflowClient(uri).search_experiments()
+    with sqlite3.connect(db) as con:  # as a process killed inside the first migration leaves one
+        con.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+        con.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # In a fresh process: MLflow caches an opened store per process.
+    r = subprocess.run([sys.executable, "-c", HALF, uri, str(run_dir)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "REFUSED" not in r.stdout and "CLIENT None" not in r.stdout and "set aside as" in r.stderr
+    assert len(list(tmp_path.glob("mlflow.db.broken-*"))) == 1
+    run_id = (run_dir / RUN_ID_FILE).read_text()
+    with sqlite3.connect(db) as con:  # (this process's MLflow still holds the file set aside)
+        assert con.execute("SELECT step FROM metrics WHERE run_uuid = ? AND key = 'loss'", (run_id,)).fetchall() \
+            == [(1,)]
