@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from submitit.core.utils import JobPaths
-
 from ablations.griddir import GridDir, Unit, finish
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
@@ -253,9 +251,8 @@ def recover(gd: GridDir, jobs: dict) -> dict:
             [f"{first.split('_')[0]}_{i}" for i in range(len(b["units"]))]
         orphans = []
         for key, jid in zip(b["units"], ids):
-            paths = JobPaths(gd.logs, job_id=jid)
-            if paths.submitted_pickle.is_file():
-                jobs.setdefault(key, {})[b["stage"]] = job_record(jid, b["stage"], "slurm", paths.stderr)
+            if (stderr := launcher.submitted_stderr(gd.logs, jid)) is not None:
+                jobs.setdefault(key, {})[b["stage"]] = job_record(jid, b["stage"], "slurm", stderr)
             else:
                 orphans.append(jid)
         if orphans:

@@ -184,6 +184,14 @@ def _query(args: list[str]) -> list[list[str]]:
     return [line.split("|") for line in r.stdout.splitlines() if line.strip()]
 
 
+def submitted_stderr(folder: Path, job_id: str) -> Path | None:
+    """The stderr file of job ``job_id`` of an executor in ``folder`` if submitit wrote its payload
+    (the submitted pickle; it is moved into place only after ``sbatch`` returned), else None: a job
+    without it can only fail."""
+    paths = submitit.core.utils.JobPaths(folder, job_id=job_id)
+    return paths.stderr if paths.submitted_pickle.is_file() else None
+
+
 def slurm_jobs(job_ids: list[str] = (), name: str | None = None, since: str | None = None) -> dict[str, SlurmJob]:
     """{job id: SlurmJob} from sacct (every job it has recorded) and squeue (fresher for live jobs),
     array tasks as 12_3, of the given ids or of every job named ``name`` (submitted after
