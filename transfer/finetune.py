@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -81,33 +81,14 @@ TASKS = {
 
 
 @dataclass
-class FinetuneSettings:
+class FinetuneSettings(trials.StageSettings):
     """One transfer stage (N trials of one task on one source), as ``python -m transfer.finetune``
     and a grid's transfer job describe it."""
 
     engine: ClassVar[str] = "torchvision"
-    source: str | None  # run folder, checkpoint or MoCo-format checkpoint; None with random_init
-    task: str
-    data: str  # VOCdevkit folder (VOC tasks) or COCO root with annotations/ (COCO tasks)
-    trials: int = 5  # seeds 0..trials-1, as MoCo reports
     iters: int | None = None  # default: the recipe's; steps and warm-up scale with it
     batch: int | None = None  # default: the recipe's; lr scales with it
     ckpt_every: int = 1000
-    random_init: bool = False
-    out: str | None = None  # default: SOURCE_RUN/transfer-TASK[-random-init]
-    parent_run: str | None = None  # default: the source run's pretraining run
-    tags: dict[str, str] = field(default_factory=dict)
-    tracking_uri: str | None = None  # where the trials log (default: the source run's store)
-    experiment: str | None = None  # default: the source run's experiment
-
-    @property
-    def out_dir(self) -> Path:
-        """Where this stage writes."""
-        if self.out:
-            return Path(self.out)
-        if self.source is None:
-            raise UserError("a transfer stage without a source needs an output folder")
-        return rundir.transfer_dir(rundir.run_home(self.source), self.task, self.random_init, self.engine)
 
     def recipe(self) -> Task:
         """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""

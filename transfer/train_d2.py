@@ -71,25 +71,15 @@ def require_detectron2() -> None:
 
 
 @dataclass
-class D2Settings:
-    """One detectron2 transfer stage (N trials of one recipe on one source), as
-    ``python transfer/train_d2.py`` and a grid's transfer job describe it."""
+class D2Settings(trials.StageSettings):
+    """One detectron2 transfer stage (N trials of one recipe of transfer/recipes.py on one source),
+    as ``python transfer/train_d2.py`` and a grid's transfer job describe it."""
 
     engine: ClassVar[str] = "detectron2"
-    source: str | None  # run folder, checkpoint or MoCo-format checkpoint; None with random_init
-    task: str  # a recipe of transfer/recipes.py RECIPES
-    data: str  # the folder holding VOC2007/ (VOC tasks), or the COCO folder with annotations/
-    trials: int = 5  # seeds 0..trials-1, as MoCo reports
     device: str = "cuda"
     gpus: int | None = None  # worker processes, one per GPU; default: the recipe's (8) on cuda, 1 on cpu
     iters: int | None = None  # default: the recipe's at this GPU count; steps and warm-up scale with it
     opts: list[str] = field(default_factory=list)  # detectron2 KEY VALUE options, applied last
-    random_init: bool = False
-    out: str | None = None  # default: SOURCE_RUN/transfer-d2-TASK[-random-init]
-    parent_run: str | None = None  # default: the source run's pretraining run
-    tags: dict[str, str] = field(default_factory=dict)
-    tracking_uri: str | None = None  # default: the source run's store
-    experiment: str | None = None  # default: the source run's experiment
 
     @property
     def workers(self) -> int:
@@ -97,15 +87,6 @@ class D2Settings:
         if self.gpus is not None:
             return self.gpus
         return recipe_gpus(resolve(self.task)) if self.device == "cuda" else 1
-
-    @property
-    def out_dir(self) -> Path:
-        """Where this stage writes."""
-        if self.out:
-            return Path(self.out)
-        if self.source is None:
-            raise UserError("a transfer stage without a source needs an output folder")
-        return rundir.transfer_dir(rundir.run_home(self.source), self.task, self.random_init, self.engine)
 
     def check(self) -> None:
         """UserError for a task, number, device or option that cannot run (nothing is read)."""

@@ -124,13 +124,19 @@ t.finish()
 """
 
 
-def test_a_half_created_store_holding_runs_is_refused_with_how_to_recover(tmp_path):
+def open_half_made(tmp_path, with_run: bool) -> subprocess.CompletedProcess:
+    """Make a store (holding a run or not), leave it as a process killed inside a migration leaves
+    one, and run HALF on it in a fresh process (MLflow caches an opened store per process)."""
     import sqlite3
 
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    MlflowClient(uri).create_run("0")  # a complete store with a run in it...
-    with sqlite3.connect(db) as con:  # ...then as a process killed inside a migration leaves one
+    client = MlflowClient(uri)
+    if with_run:
+        client.create_run("0")
+    else:
+        client.search_experiments()  # creates the tables
+    with sqlite3.connect(db) as con:
         con.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
         con.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
     run_dir = tmp_path / "run"
@@ -138,10 +144,16 @@ def test_a_half_created_store_holding_runs_is_refused_with_how_to_recover(tmp_pa
     r = subprocess.run([sys.executable, "-c", HALF, uri, str(run_dir)], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_a_half_created_store_holding_runs_is_refused_with_how_to_recover(tmp_path):
+    r = open_half_made(tmp_path, with_run=True)
+    db = tmp_path / "mlflow.db"
     refused = next(ln for ln in r.stdout.splitlines() if ln.startswith("REFUSED"))
     assert "left half-made" in refused and f"mv {db} {db}.broken" in refused and "mlflow db upgrade" in refused
     assert "CLIENT None" in r.stdout and "left half-made" in r.stderr  # the job's warning says why
-    assert [rec["step"] for rec in read_metrics(run_dir)] == [1]
+    assert [rec["step"] for rec in read_metrics(tmp_path / "run")] == [1]
 
 
 def test_a_store_whose_creator_was_killed_is_made_again(tmp_path):
@@ -172,23 +184,12 @@ def test_a_store_whose_creator_was_killed_is_made_again(tmp_path):
 
 
 def test_a_half_created_store_without_runs_is_set_aside_and_made_again(tmp_path):
-    import sqlite3
-
-    db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
-    MlflowClient(uri).search_experiments()
-    with sqlite3.connect(db) as con:  # as a process killed inside the first migration leaves one
-        con.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
-        con.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    # In a fresh process: MLflow caches an opened store per process.
-    r = subprocess.run([sys.executable, "-c", HALF, uri, str(run_dir)], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = open_half_made(tmp_path, with_run=False)
     assert "REFUSED" not in r.stdout and "CLIENT None" not in r.stdout and "set aside as" in r.stderr
     assert len(list(tmp_path.glob("mlflow.db.broken-*"))) == 1
-    run_id = (run_dir / RUN_ID_FILE).read_text()
-    with sqlite3.connect(db) as con:  # (this process's MLflow still holds the file set aside)
+    import sqlite3
+
+    run_id = (tmp_path / "run" / RUN_ID_FILE).read_text()
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:  # (this process's MLflow still holds the file set aside)
         assert con.execute("SELECT step FROM metrics WHERE run_uuid = ? AND key = 'loss'", (run_id,)).fetchall() \
             == [(1,)]
