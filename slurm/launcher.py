@@ -198,7 +198,8 @@ def slurm_jobs(job_ids: list[str] = (), name: str | None = None, since: str | No
     ``since``, an ISO date). Ids SLURM does not know are UNKNOWN."""
     if not job_ids and name is None:
         return {}
-    which = ["-j", ",".join(job_ids)] if job_ids else ["--name", name]
+    # An array task that never started is recorded only under its array's id (12_[2-3]): ask for both.
+    which = ["-j", ",".join(sorted({*job_ids, *(j.split("_")[0] for j in job_ids)}))] if job_ids else ["--name", name]
     jobs: dict[str, SlurmJob] = {}
     # By name: every state, or sacct leaves out jobs cancelled before they were eligible to start.
     window = ["-S", since or "midnight", "-E", "now", "-s", SACCT_STATES] if not job_ids else []

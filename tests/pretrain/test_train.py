@@ -293,36 +293,48 @@ runpy.run_module("pretrain", run_name="__main__", alter_sys=True)
 
 
 def test_sigkill_at_random_moments_leaves_every_point_in_mlflow_once(tmp_path):
-    """Ten kills: at random times (start-up, a step, a checkpoint, a log call) and inside the
+    """Ten kills: at random moments (start-up, a step, a checkpoint, a log call) and inside the
     logging call itself, before and after the store took the points; two loader workers. Every
-    (metric, step) of the finished run is in the store exactly once, and in metrics.jsonl once."""
+    (metric, step) of the finished run is in the store exactly once, and in metrics.jsonl once.
+    Kills are placed by the run's progress, not by the clock, so that a fast machine does not
+    finish the run before they land."""
     import random
 
     out = tmp_path / "run"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["--preset=demo", *TINY, f"run.out={out}", "optim.epochs=3", "data.num_workers=2", "run.log_every=1",
+    args = ["--preset=demo", *TINY, f"run.out={out}", "optim.epochs=6", "data.num_workers=2", "run.log_every=1",
             "run.ckpt_every_steps=2", f"run.tracking_uri={uri}"]
     script = tmp_path / "kill_in_log.py"
     script.write_text(KILL_IN_LOG)
     rng = random.Random(17)
+
+    def logged() -> int:
+        return len(read_metrics(out)) if (out / rundir.METRICS_FILE).is_file() else 0
+
     kills = 0
     for i in range(10):
-        if i % 2:
-            env = {**os.environ, "KILL_AT_BATCH": str(rng.randint(1, 4)), "KILL_WHEN": rng.choice(["before", "after"])}
+        if i % 2:  # inside the n-th logging call of this start
+            env = {**os.environ, "KILL_AT_BATCH": str(rng.randint(1, 3)), "KILL_WHEN": rng.choice(["before", "after"])}
             r = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, timeout=300)
             kills += r.returncode == -signal.SIGKILL
+            continue
+        # at a random moment of start-up, or 0-0.3 s after the run got 1-2 steps further
+        ahead, target = rng.randint(0, 2), logged()
+        target += ahead
+        proc = subprocess.Popen([sys.executable, "-m", "pretrain", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        if ahead == 0:
+            time.sleep(rng.uniform(0.5, 3.0))
         else:
-            proc = subprocess.Popen([sys.executable, "-m", "pretrain", *args], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            try:
-                proc.wait(timeout=rng.uniform(3.0, 9.0))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                kills += 1
-        if (out / "summary.json").exists():
-            break
-    assert kills >= 6
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and logged() < target and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+    assert kills >= 8 and not (out / "summary.json").exists()
     r = subprocess.run([sys.executable, "-m", "pretrain", *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     records = read_metrics(out)
@@ -330,7 +342,7 @@ def test_sigkill_at_random_moments_leaves_every_point_in_mlflow_once(tmp_path):
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert [r["step"] for r in records] == list(range(1, 25))
+    assert [r["step"] for r in records] == list(range(1, 49))
     for key in run.data.metrics:
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == [r["step"] for r in records if key in r], key
