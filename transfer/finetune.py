@@ -284,11 +284,7 @@ def run(s: FinetuneSettings) -> dict:
             log.info("trial %d: %s", t, ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
     if not info.main:
         return {}
-    summary = {"task": s.task, "engine": s.engine, "trials": results, "summary": metrics.summarize_trials(results),
-               "random_init": s.random_init, "source": src.source, "settings": dataclasses.asdict(task),
-               "out": str(out)}
-    trials.write_json(out / rundir.SUMMARY_FILE, summary)
-    return summary
+    return trials.write_summary(s, src, results, dataclasses.asdict(task))
 
 
 def parser() -> ArgumentParser:

@@ -47,7 +47,7 @@ from pretrain.run.errors import UserError
 from pretrain.run.tracking import open_run, transfer_stage
 from transfer import data, trials
 from transfer.convert import d2_checkpoint
-from transfer.metrics import format_summary, summarize_trials
+from transfer.metrics import format_summary
 from transfer.recipes import (CONFIG_DIR, DATASETS, RECIPES, check_layout, data_kind, recipe_gpus, resolve,
                               scale_for_gpus, with_iters)
 
@@ -311,13 +311,10 @@ def run(s: D2Settings) -> dict:
         results.append(read_result(result_file))
         log.info("trial %d: %s", t, ", ".join(f"{k} {v:.2f}" for k, v in results[-1].items()))
     sol = cfgs[0].SOLVER
-    summary = {"task": s.task, "engine": s.engine, "trials": results, "summary": summarize_trials(results),
-               "random_init": s.random_init, "source": src.source, "out": str(out),
-               "settings": {"device": s.device, "gpus": workers, "recipe_gpus": wanted, "opts": list(s.opts),
-                            "ims_per_batch": sol.IMS_PER_BATCH, "base_lr": sol.BASE_LR, "max_iter": sol.MAX_ITER,
-                            "steps": list(sol.STEPS), "warmup_iters": sol.WARMUP_ITERS}}
-    trials.write_json(out / rundir.SUMMARY_FILE, summary)
-    return summary
+    return trials.write_summary(s, src, results, {
+        "device": s.device, "gpus": workers, "recipe_gpus": wanted, "opts": list(s.opts),
+        "ims_per_batch": sol.IMS_PER_BATCH, "base_lr": sol.BASE_LR, "max_iter": sol.MAX_ITER,
+        "steps": list(sol.STEPS), "warmup_iters": sol.WARMUP_ITERS})
 
 
 def parser() -> ArgumentParser:

@@ -21,6 +21,7 @@ from pretrain.run.errors import UserError
 from pretrain.run.tracking import default_uri
 
 from .convert import resnet50_state
+from .metrics import summarize_trials
 
 
 @dataclass
@@ -101,3 +102,12 @@ def strict(value):
 def write_json(path: Path, value) -> None:
     """``value`` as strict JSON (null for NaN, which json.dumps would write as a bare NaN), atomically."""
     atomic_write(Path(path), json.dumps(strict(value), indent=1, allow_nan=False).encode())
+
+
+def write_summary(s: StageSettings, src: Origin, results: list[dict], settings: dict) -> dict:
+    """The stage's summary (each trial's figures, their mean and std, the source and the settings
+    it trained with), written to ``OUT/summary.json`` as strict JSON; returns it."""
+    summary = {"task": s.task, "engine": s.engine, "trials": results, "summary": summarize_trials(results),
+               "random_init": s.random_init, "source": src.source, "settings": settings, "out": str(s.out_dir)}
+    write_json(s.out_dir / rundir.SUMMARY_FILE, summary)
+    return summary
