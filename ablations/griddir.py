@@ -92,9 +92,13 @@ class GridDir:
             out["transfer"] = (transfer.out_dir / rundir.SUMMARY_FILE).is_file()
         return out
 
+    def pretrained(self, u: Unit) -> bool:
+        """Whether the unit's pretraining is done (always, for a reference row)."""
+        return rundir.pretrain_done(u.run_dir) if u.pretrains else True
+
     def stage_done(self, u: Unit) -> tuple[bool, bool]:
-        """(pretraining done (always, for a reference row), every evaluation stage done)."""
-        return (rundir.pretrain_done(u.run_dir) if u.pretrains else True), all(self.evals_done(u).values())
+        """(pretraining done, every evaluation stage done)."""
+        return self.pretrained(u), all(self.evals_done(u).values())
 
     def complete(self) -> bool:
         """True when every stage of every row x seed is done."""

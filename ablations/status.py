@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.griddir import GridDir, Unit, finish
-from ablations.submit import EVAL_STAGES, settle, slurm_job_states, slurm_jobs
+from ablations.submit import EVAL_STAGES, active, settle, slurm_jobs
 from pretrain.run import config, rundir
 from pretrain.run.tracking import read_metrics
 from slurm import launcher
@@ -146,13 +146,13 @@ def status(gd: GridDir, uri: str) -> int:
 def cancel(gd: GridDir) -> int:
     """Stop the grid's queued and running jobs (scancel; local jobs get SIGTERM)."""
     jobs = gd.jobs()
-    states = slurm_job_states(jobs)
+    states = slurm_jobs(jobs)
     slurm_ids, n_local = [], 0
     for recs in jobs.values():
-        for rec in recs.values():
-            if rec["cluster"] == "slurm" and states.get(rec["job_id"]) in launcher.ACTIVE:
+        for rec in (r for r in recs.values() if active(r, states)):
+            if rec["cluster"] == "slurm":
                 slurm_ids.append(rec["job_id"])
-            elif rec["cluster"] == "local" and launcher.local_state(rec["job_id"]) == "RUNNING":
+            else:  # local
                 os.kill(int(rec["job_id"]), signal.SIGTERM)
                 n_local += 1
     for batch in gd.submitting():  # a submission a crash cut short: its jobs are known by name only

@@ -104,20 +104,15 @@ def job_record(job_id: str, stage: str, cluster: str, stderr: Path) -> dict:
             "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def active(rec: dict | None, slurm_state: dict[str, str]) -> bool:
-    """Whether a recorded job is queued or running."""
+def active(rec: dict | None, states: dict[str, launcher.SlurmJob]) -> bool:
+    """Whether a recorded job is queued or running (``states``: ``slurm_jobs`` of jobs.json)."""
     if not rec:
         return False
     if rec["cluster"] == "slurm":
-        return slurm_state.get(rec["job_id"], "UNKNOWN") in launcher.ACTIVE
+        return states.get(rec["job_id"], launcher.UNKNOWN).active
     if rec["cluster"] == "local":
         return launcher.local_state(rec["job_id"]) == "RUNNING"
     return False
-
-
-def slurm_job_states(jobs: dict) -> dict[str, str]:
-    """{job id: SLURM state} of every SLURM job in jobs.json."""
-    return {j: st.state for j, st in slurm_jobs(jobs).items()}
 
 
 def slurm_jobs(jobs: dict) -> dict[str, launcher.SlurmJob]:
@@ -145,11 +140,11 @@ class Todo:
         return list({u.key: u for u, *_ in self.chained + self.evals}.values())
 
 
-def plan(gd: GridDir, jobs: dict, states: dict[str, str]) -> Todo:
+def plan(gd: GridDir, jobs: dict, states: dict[str, launcher.SlurmJob]) -> Todo:
     """Every stage of every unit that is neither done nor queued or running."""
     todo = Todo()
     for u in gd.units():
-        pre_done = rundir.pretrain_done(u.run_dir) if u.pretrains else True
+        pre_done = gd.pretrained(u)
         evals_done = gd.evals_done(u)
         if pre_done and all(evals_done.values()):
             todo.done += 1
@@ -177,7 +172,7 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
     grid = gd.grid
     jobs = recover(gd, gd.jobs())
     settle(gd)
-    todo = plan(gd, jobs, slurm_job_states(jobs))
+    todo = plan(gd, jobs, slurm_jobs(jobs))
     for cell_id, reason in grid.dropped:
         print(f"dropped {cell_id}: {reason}")
     print(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
@@ -297,9 +292,7 @@ def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo: Todo,
 def wait_slurm(gd: GridDir, poll_s: float = 10.0) -> None:
     """Return once none of the grid's SLURM jobs is queued or running."""
     while True:
-        jobs = gd.jobs()
-        states = slurm_job_states(jobs)
-        live = [j for j, s in states.items() if s in launcher.ACTIVE]
+        live = [j for j, st in slurm_jobs(gd.jobs()).items() if st.active]
         if not live:
             return
         log.info("%d jobs queued or running", len(live))

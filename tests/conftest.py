@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny real training config and a real MLflow tracking server on loopback."""
 
+import json
 import os
 import socket
 import subprocess
@@ -94,3 +95,10 @@ def slurm_conf():
     if os.environ.get("MOCHI_REQUIRE_SLURM"):
         pytest.fail("MOCHI_REQUIRE_SLURM is set but no SLURM controller answers through SLURM_CONF")
     pytest.skip("no SLURM controller answers: start one with `bash slurm/cluster.sh start` and export SLURM_CONF")
+
+
+def grid_runs(client, grid_dir: Path) -> list:
+    """Every MLflow run of the grid in ``grid_dir`` (its parent run and every stage's runs)."""
+    grid = json.loads((grid_dir / "grid.json").read_text())
+    exp = client.get_experiment_by_name(f"grid-{grid['name']}")
+    return client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.ablations.test_spec import build
-from tests.conftest import REPO, TINY_GRID, grid_cli
+from tests.conftest import REPO, TINY_GRID, grid_cli, grid_runs
 
 
 @pytest.mark.parametrize("args, message", [
@@ -181,16 +181,29 @@ def test_grid_py_help_runs_as_a_script():
     assert r.returncode == 0 and "--sweep" in r.stdout and "--profile" in r.stdout
 
 
-@pytest.mark.slow
-def test_grid_chains_the_transfer_stage_and_tables_show_voc(tmp_path, mlflow_server):
+def transfer_grid(tmp_path, mlflow_server, name: str, transfer: str) -> list[str]:
+    """The arguments of a local one-cell ResNet-50 grid without a probe whose transfer stage is
+    ``transfer`` (``{det}`` stands for the local detection set's VOCdevkit, made here)."""
     from transfer.data import make_synthetic
 
     make_synthetic(tmp_path / "det", n_train=6, n_test=2, seed=4)
     preset = write_preset(tmp_path, [{"N": 32, "s": 16, "s_prime": 8}], lincls=False)
-    args = ["--preset", str(preset), "--name", f"tr{os.getpid()}", "--out", str(tmp_path / "grid"),
+    return ["--preset", str(preset), "--name", f"{name}{os.getpid()}", "--out", str(tmp_path / "grid"),
             "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID,
             "--set", "model.arch=resnet50", "--lincls", "none",
-            "--transfer", f"--task demo-voc --data {tmp_path / 'det' / 'VOCdevkit'} --iters 2 --batch 2 --trials 2"]
+            "--transfer", transfer.format(det=tmp_path / "det" / "VOCdevkit")]
+
+
+def transfer_runs(tmp_path, mlflow_server) -> tuple:
+    """(the grid's parent run, its transfer-voc runs) in MLflow."""
+    runs = grid_runs(MlflowClient(mlflow_server), tmp_path / "grid")
+    parent = next(r for r in runs if r.data.tags["stage"] == "grid")
+    return parent, [r for r in runs if r.data.tags["stage"] == "transfer-voc"]
+
+
+@pytest.mark.slow
+def test_grid_chains_the_transfer_stage_and_tables_show_voc(tmp_path, mlflow_server):
+    args = transfer_grid(tmp_path, mlflow_server, "tr", "--task demo-voc --data {det} --iters 2 --batch 2 --trials 2")
     r = grid_cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     run_dir = tmp_path / "grid" / "cells" / "N32-s16-sp8" / "seed0"
@@ -198,12 +211,7 @@ def test_grid_chains_the_transfer_stage_and_tables_show_voc(tmp_path, mlflow_ser
     assert len(summary["trials"]) == 2
     table = (tmp_path / "results" / "table.md").read_text()
     assert "VOC AP50" in table and "VOC AP75" in table
-    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
-    client = MlflowClient(mlflow_server)
-    exp = client.get_experiment_by_name(f"grid-{grid['name']}")
-    runs = client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")
-    transfer = [r for r in runs if r.data.tags["stage"] == "transfer-voc"]
-    parent = next(r for r in runs if r.data.tags["stage"] == "grid")
+    parent, transfer = transfer_runs(tmp_path, mlflow_server)
     assert len(transfer) == 2 and all(r.data.tags["cell"] == "N32-s16-sp8" for r in transfer)
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and "AP50" in r.data.metrics for r in transfer)
     # a resnet18 cell cannot feed the detection recipes: dropped with the reason, so the grid is refused
@@ -217,27 +225,15 @@ def test_grid_chains_the_transfer_stage_and_tables_show_voc(tmp_path, mlflow_ser
                     reason="detectron2 is not installed (it is built from its source, README 'Transfer'; CI never "
                            "has it)")
 def test_grid_chains_the_detectron2_transfer_stage_into_the_same_columns(tmp_path, mlflow_server):
-    from transfer.data import make_synthetic
-
-    make_synthetic(tmp_path / "det", n_train=6, n_test=2, seed=4)
-    preset = write_preset(tmp_path, [{"N": 32, "s": 16, "s_prime": 8}], lincls=False)
-    args = ["--preset", str(preset), "--name", f"d2{os.getpid()}", "--out", str(tmp_path / "grid"),
-            "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID,
-            "--set", "model.arch=resnet50", "--lincls", "none",
-            "--transfer", f"--engine detectron2 --task demo-voc --data {tmp_path / 'det' / 'VOCdevkit'} --device cpu "
-                          "--iters 2 --trials 1 TEST.PRECISE_BN.NUM_ITER 1 DATALOADER.NUM_WORKERS 0"]
+    args = transfer_grid(tmp_path, mlflow_server, "d2", "--engine detectron2 --task demo-voc --data {det} --device cpu "
+                         "--iters 2 --trials 1 TEST.PRECISE_BN.NUM_ITER 1 DATALOADER.NUM_WORKERS 0")
     r = grid_cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     run_dir = tmp_path / "grid" / "cells" / "N32-s16-sp8" / "seed0"
     summary = json.loads((run_dir / "transfer-d2-demo-voc" / "summary.json").read_text())
     assert summary["engine"] == "detectron2" and len(summary["trials"]) == 1
     assert "VOC AP50" in (tmp_path / "results" / "table.md").read_text()
-    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
-    client = MlflowClient(mlflow_server)
-    exp = client.get_experiment_by_name(f"grid-{grid['name']}")
-    runs = client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")
-    parent = next(x for x in runs if x.data.tags["stage"] == "grid")
-    (trial,) = [x for x in runs if x.data.tags["stage"] == "transfer-voc"]
+    parent, (trial,) = transfer_runs(tmp_path, mlflow_server)
     assert trial.data.tags["engine"] == "detectron2" and trial.data.tags["cell"] == "N32-s16-sp8"
     assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id and "AP50" in trial.data.metrics
 

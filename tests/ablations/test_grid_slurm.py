@@ -13,7 +13,7 @@ from ablations import spec
 from pretrain.run import checkpoint
 from pretrain.train import train
 from slurm.launcher import SACCT_STATES, load_profile, slurm_states
-from tests.conftest import TINY_GRID, grid_cli
+from tests.conftest import TINY_GRID, grid_cli, grid_runs
 from tests.ablations.test_grid import write_preset
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -26,12 +26,6 @@ def wait_until(pred, timeout: float, what: str, poll: float = 1.0):
             raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
         time.sleep(poll)
     return value
-
-
-def grid_runs(client, grid_dir):
-    grid = json.loads((grid_dir / "grid.json").read_text())
-    exp = client.get_experiment_by_name(f"grid-{grid['name']}")
-    return client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")
 
 
 def args_for(tmp_path, preset, *extra):
