@@ -40,7 +40,7 @@ OPERATIONAL = {
 
 def lr_at(cfg: config.Config, epoch: int) -> float:
     """MoCo's schedule: linear scaling, cosine set once per epoch, no warm-up."""
-    lr = cfg.optim.base_lr * cfg.optim.batch_size / 256
+    lr = cfg.optim.lr
     if cfg.optim.schedule == "cosine":
         lr *= 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.optim.epochs))
     return lr

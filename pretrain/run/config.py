@@ -80,6 +80,11 @@ class OptimCfg:
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine (per epoch, as MoCo) or constant
 
+    @property
+    def lr(self) -> float:
+        """The peak learning rate, linearly scaled from ``base_lr`` (given for a batch of 256)."""
+        return self.base_lr * self.batch_size / 256
+
 
 @dataclass
 class DataCfg:

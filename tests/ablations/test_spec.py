@@ -1,5 +1,7 @@
 """ablations/spec.py: what a grid is, built from presets and axes, with typed values throughout."""
 
+from pathlib import Path
+
 import pytest
 
 from ablations import spec
@@ -169,3 +171,10 @@ def test_the_transfer_stage_runs_through_torchvision_or_detectron2(tmp_path):
                               ("--engine detectron2 --task voc-c4 --data /d --device cpu --gpus 8", "--device cpu")]:
         with pytest.raises(UserError, match=message):
             grid(transfer)
+
+
+def test_imagenet100_grid_presets_keep_the_sourced_batch_and_lr():
+    for name in ("in100-table1", "in100-memory", "hardneg-in100"):
+        g = build(preset=name, extra=["data.path=/datasets/imagenet"])
+        cfgs = [g.cfg(c, 0, Path("runs/x")) for c in g.cells]
+        assert {(c.optim.batch_size, c.optim.lr) for c in cfgs} == {(128, 0.03)}, name

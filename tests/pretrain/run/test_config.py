@@ -27,6 +27,15 @@ def test_presets_are_valid_and_follow_the_recipes():
     assert im1k.model.arch == "resnet50" and im1k.model.dim == 128 and im1k.model.mlp
     im100 = config.load("imagenet100")
     assert im100.mochi.mix_start == 10 and im100.moco.K == 16384
+    assert im1k.optim.lr == 0.03 and config.with_values(im1k, {"optim.batch_size": 512}).optim.lr == 0.06
+
+
+def test_imagenet100_follows_the_sourced_moco_v2_recipe():
+    # SsnL/moco_align_uniform's README: MoCo v2 on ImageNet-100 scores 77.54% at batch 128, lr 0.03,
+    # and 67.52% at batch 256, lr 0.03; the preset must sit on the first, and name its source.
+    im100 = config.load("imagenet100")
+    assert (im100.optim.batch_size, im100.optim.lr) == (128, 0.03)
+    assert "moco_align_uniform" in (config.PRESET_DIR / "imagenet100.yaml").read_text()
     assert config.load("demo").data.dataset == "fashion-mnist"
 
 
