@@ -18,7 +18,7 @@ A pretraining run folder (``run.out``)::
 A grid folder (``runs/grids/NAME``)::
 
     grid.json, jobs.json, submitting.json (submissions under way), mlflow_parent_run_id, .lock, logs/,
-    cells/CELL/seedK/ (run folders)
+    preflight/preflight.json (the cluster check run ahead of the arrays), cells/CELL/seedK/ (run folders)
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ JOBS_FILE = "jobs.json"
 SUBMITTING_FILE = "submitting.json"  # batches being submitted: found again in SLURM after a crash
 PARENT_FILE = "mlflow_parent_run_id"
 LOCK_FILE = ".lock"
+PREFLIGHT = "preflight"  # the grid's preflight: its report and scratch checkpoints
+PREFLIGHT_FILE = "preflight.json"
 LOGS = "logs"
 CELLS = "cells"
 

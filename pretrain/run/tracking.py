@@ -22,7 +22,7 @@ from .rundir import METRICS_FILE, RUN_ID_FILE, TRACKING_FILE
 
 log = logging.getLogger(__name__)
 # The ``stage`` tag of each kind of run; a grid's tables pick their columns by it.
-PRETRAIN, LINCLS, GRID = "pretrain", "lincls", "grid"
+PRETRAIN, LINCLS, GRID, PREFLIGHT = "pretrain", "lincls", "grid", "preflight"
 # MLflow's HTTP client retries a dead server for minutes by default (7 retries, backoff 2); a
 # training job should notice within seconds and carry on with the JSON-lines file. Users' own
 # settings of these variables win.
