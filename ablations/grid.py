@@ -4,12 +4,15 @@
     python ablations/grid.py --sweep N,s,s_prime --N 64,128 --s 0,128 --s_prime 0,32
     python ablations/grid.py --preset in100-table1 --profile gpu-1 --set data.path=/data/imagenet
     python ablations/grid.py --preset in100-table1 --dry-run   # the cells and estimated GPU-hours
+    python ablations/grid.py --preset in100-table1 --preflight # prove the cluster runs it; measured cost
     python ablations/grid.py --preset in100-table1 --status    # queued / running (epoch) / done / failed
     python ablations/grid.py --preset in100-table1 --cancel
 
 Each cell x seed is a run folder ``OUT/cells/CELL/seedK``. On SLURM its pretraining runs in a job
 array and its linear probe in a second array that starts when the corresponding pretraining task
-ends (``aftercorr``); locally both run in one job, ``array_parallelism`` jobs at a time. Running the
+ends (``aftercorr``); locally both run in one job, ``array_parallelism`` jobs at a time. A preflight
+job (``ablations.preflight``) runs first on the grid's profile, the pretraining array waiting on it
+(``afterok``); ``--no-preflight`` skips it. Running the
 same command again skips finished cells and resumes unfinished ones; a folder holding a different
 grid is refused. MLflow: one parent run per grid, one child per cell x seed x stage.
 
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from ablations import spec, status
 from ablations.griddir import GridDir
-from ablations.submit import check_transfer_gpus, submit
+from ablations.submit import check_transfer_gpus, preflight_only, submit
 from pretrain.run import rundir
 from pretrain.run.cli import ArgumentParser, execute, setup_logging
 from pretrain.run.errors import UserError
@@ -72,6 +75,11 @@ def parser() -> ArgumentParser:
     mode.add_argument("--dry-run", action="store_true", help="print the cells and estimated GPU-hours; submit nothing")
     mode.add_argument("--status", action="store_true", help="show each cell's state (writes the tables once all are done)")
     mode.add_argument("--cancel", action="store_true", help="stop this grid's queued and running jobs")
+    mode.add_argument("--preflight", action="store_true",
+                      help="run only the preflight (data, step on the device vs the CPU, precision, process group, "
+                           "resume, tracking, speed) on the grid's profile; print its lines and the projected cost")
+    p.add_argument("--no-preflight", dest="check", action="store_false",
+                   help="submit without the preflight job that otherwise runs ahead of the pretraining array")
     p.add_argument("--wait", action="store_true", help="on SLURM: wait for every job, then write the tables")
     return p
 
@@ -130,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"profile {profile.name} asks for {profile.gpus_per_job} GPUs per job; local runs use one")
     check_transfer_gpus(grid, profile, cluster)
     with gd.lock():
-        return submit(gd, profile, cluster, uri, args.wait)
+        if args.preflight:
+            return preflight_only(gd, profile, cluster, uri)
+        return submit(gd, profile, cluster, uri, args.wait, args.check)
 
 
 if __name__ == "__main__":

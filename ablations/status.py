@@ -10,8 +10,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ablations import preflight
 from ablations.griddir import GridDir, Unit, finish
-from ablations.submit import EVAL_STAGES, active, settle, slurm_jobs
+from ablations.submit import EVAL_STAGES, PREFLIGHT_KEY, active, settle, slurm_jobs
 from pretrain.run import config, rundir
 from pretrain.run.tracking import read_metrics
 from slurm import launcher
@@ -55,9 +56,17 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
         print(f"dropped {cell_id}: {reason}")
     for ref in grid.references:
         print(f"reference row {ref.id}: {ref.label} ({grid.seeds} seeds; probe and transfer only)")
+    report = preflight.passed_before(gd, profile)
+    measured = preflight.project(gd, profile, report) if report is not None else None
+    if measured is not None:
+        print(f"projected pretraining cost: {measured.device_hours:.3g} {measured.unit}, about "
+              f"{measured.wall_hours:.3g} h wall with {profile.array_parallelism} jobs at once, at "
+              f"{measured.img_per_s:.1f} img/s per job measured by the preflight on {report.device} "
+              f"({report.date}); linear probes not included; nothing submitted")
+        return
     print(f"estimated pretraining cost: {total:.2f} {unit} at {profile.img_per_s:g} img/s per "
           f"{'GPU' if profile.gpus_per_job else 'job'} (ResNet-50, 224 px; profile img_per_s), linear probes not "
-          f"included; nothing submitted")
+          f"included; nothing submitted (--preflight measures it on the cluster)")
 
 
 def tail(path: str, n: int = 3) -> str:
@@ -121,12 +130,25 @@ def unit_state(gd: GridDir, u: Unit, recs: dict, states: dict[str, launcher.Slur
     return UnitState("not submitted")
 
 
+def preflight_state(gd: GridDir, rec: dict | None, states: dict[str, launcher.SlurmJob]) -> str:
+    """The preflight in words: passed (where), failed (why, and the fix), queued or running, or not run."""
+    if active(rec, states):
+        return f"queued or running (job {rec['job_id']})"
+    report = preflight.read_report(preflight.folder(gd))
+    if report is None:
+        return "died before its report: see " + rec["stderr"] if rec else "not run"
+    if report.passed:
+        return f"passed on {report.device} ({report.date})"
+    return preflight.failure_line(report)
+
+
 def status(gd: GridDir, uri: str) -> int:
     """Print each cell x seed's state; write the tables once every one is done."""
     jobs = gd.jobs()
     settle(gd)
     states = slurm_jobs(jobs)
     print(f"grid {gd.grid.name} ({gd.grid.grid_id}) in {gd.out}")
+    print(f"  {'preflight':<40} {preflight_state(gd, jobs.get(PREFLIGHT_KEY, {}).get('preflight'), states)}")
     n_done = 0
     units = gd.units()
     for u in units:

@@ -21,11 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ablations import preflight
 from ablations.griddir import GridDir, Unit, finish
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import GRID, StoreError, experiment_id, git_commit, mlflow_client, retry_locked
+from pretrain.tools.preflight import Report
 from pretrain.train import finalize
 from slurm import jobs as grid_jobs
 from slurm import launcher
@@ -166,9 +168,12 @@ def plan(gd: GridDir, jobs: dict, states: dict[str, launcher.SlurmJob]) -> Todo:
     return todo
 
 
-def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait: bool) -> int:
+def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait: bool, check: bool = True) -> int:
     """Submit every stage that is not done, queued or running; locally, run them and wait; then
-    (or with ``wait`` on SLURM) write the tables. Returns the exit code."""
+    (or with ``wait`` on SLURM) write the tables. With ``check``, a submission that pretrains is
+    preceded by the grid's preflight (unless one passed on this profile): on SLURM the pretraining
+    array waits on it (afterok); locally a failed one stops the grid before its first cell.
+    Returns the exit code."""
     grid = gd.grid
     jobs = recover(gd, gd.jobs())
     settle(gd)
@@ -188,9 +193,20 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
             return finish(gd, uri)
         return finish(gd, uri) if todo.active == 0 else 0
     parent = ensure_parent(gd, uri, profile.name, cluster)
+    after = None
+    if check and todo.pretrain and preflight.passed_before(gd, profile) is None:
+        if cluster == "slurm":
+            after = submit_preflight(gd, profile, jobs, uri, parent).job_id
+            print(f"submitted the preflight: job {after}; the pretraining array starts once it passes (afterok)")
+        else:
+            report = run_preflight(gd, profile, cluster, jobs, uri, parent)
+            print(preflight.describe(gd, profile, report), flush=True)
+            if not report.passed:
+                print(preflight.failure_line(report), file=sys.stderr)
+                return 1
 
     if cluster == "slurm":
-        submit_slurm(gd, profile, jobs, todo, uri, parent)
+        submit_slurm(gd, profile, jobs, todo, uri, parent, after)
         print(f"follow with: python ablations/grid.py {shlex.join(sys.argv[1:])} --status")
         if wait:
             wait_slurm(gd)
@@ -211,21 +227,20 @@ def settle(gd: GridDir) -> None:
             finalize(u.run_dir)
 
 
-def submit_batch(gd: GridDir, profile: launcher.Profile, jobs: dict, stage: str, items: list[tuple[Unit, object]],
+def submit_batch(gd: GridDir, profile: launcher.Profile, jobs: dict, stage: str, items: list[tuple[str, object]],
                  dependency: str | None = None) -> list:
-    """Submit the callables of ``items`` ((unit, job) pairs) as one SLURM array (one job if single)
-    and record them in jobs.json. A crash at any point leaves a state the next run reads: the batch
+    """Submit the callables of ``items`` ((jobs.json key, job) pairs: a unit's key, or the
+    preflight's) as one SLURM array (one job if single) and record them in jobs.json. A crash at any point leaves a state the next run reads: the batch
     and its unique job name are written to submitting.json first, and ``recover`` finds its jobs in
     SLURM by that name."""
     name = f"{gd.grid.name}-{stage}-{secrets.token_hex(3)}"
-    batch = {"name": name, "stage": stage, "units": [u.key for u, _ in items], "since": time.strftime("%Y-%m-%d")}
+    batch = {"name": name, "stage": stage, "units": [key for key, _ in items], "since": time.strftime("%Y-%m-%d")}
     gd.save_submitting([*gd.submitting(), batch])
-    ex = launcher.make_executor("slurm", gd.logs, profile, name=name,
-                                stage="pretrain" if stage == "pretrain" else items[0][1].tasks, dependency=dependency)
+    ex = launcher.make_executor("slurm", gd.logs, profile, name=name, stage=items[0][1].tasks, dependency=dependency)
     with ex.batch():
         submitted = [ex.submit(job) for _, job in items]
-    for (u, _), j in zip(items, submitted):
-        jobs.setdefault(u.key, {})[stage] = job_record(j.job_id, stage, "slurm", j.paths.stderr)
+    for (key, _), j in zip(items, submitted):
+        jobs.setdefault(key, {})[stage] = job_record(j.job_id, stage, "slurm", j.paths.stderr)
     gd.save_jobs(jobs)
     gd.save_submitting([b for b in gd.submitting() if b["name"] != name])
     return submitted
@@ -260,30 +275,77 @@ def recover(gd: GridDir, jobs: dict) -> dict:
     return jobs
 
 
+PREFLIGHT_KEY = "preflight"  # the preflight job's entry in jobs.json, beside the units'
+
+
+def preflight_job(gd: GridDir, profile: launcher.Profile, uri: str, parent: str | None) -> grid_jobs.PreflightJob:
+    """The grid's preflight job, its old report removed (so a job that dies leaves none behind)."""
+    (preflight.folder(gd) / rundir.PREFLIGHT_FILE).unlink(missing_ok=True)
+    return grid_jobs.PreflightJob(preflight.settings(gd, uri, parent, profile), profile.cpus_per_task)
+
+
+def submit_preflight(gd: GridDir, profile: launcher.Profile, jobs: dict, uri: str, parent: str | None):
+    """Submit the grid's preflight to SLURM (recorded in jobs.json); returns the submitit job."""
+    (job,) = submit_batch(gd, profile, jobs, "preflight", [(PREFLIGHT_KEY, preflight_job(gd, profile, uri, parent))])
+    return job
+
+
+def run_preflight(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: dict, uri: str,
+                  parent: str | None) -> Report:
+    """Run the grid's preflight on ``cluster`` and wait for it; its report (one failed line naming
+    what killed the job if it wrote none)."""
+    if cluster == "slurm":
+        job = submit_preflight(gd, profile, jobs, uri, parent)
+    else:
+        ex = launcher.make_executor(cluster, gd.logs, profile, name=f"{gd.grid.name}-preflight", stage="pretrain")
+        job = ex.submit(preflight_job(gd, profile, uri, parent))
+    print(f"preflight: {cluster} job {job.job_id} (log {job.paths.stderr})", flush=True)
+    try:
+        job.result()
+    except Exception as e:  # noqa: BLE001 - the job failed: its report says why, or its error does
+        return preflight.from_failed_job(gd, e)
+    return preflight.read_report(preflight.folder(gd)) or preflight.from_failed_job(gd, "no report was written")
+
+
+def preflight_only(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str) -> int:
+    """``--preflight``: run the grid's preflight alone on ``cluster``, print its lines and the grid's
+    projected cost; 0 if it passed, else 1 with the first failure's cause and fix on stderr."""
+    gd.save_grid()
+    jobs = recover(gd, gd.jobs())
+    report = run_preflight(gd, profile, cluster, jobs, uri, ensure_parent(gd, uri, profile.name, cluster))
+    print(preflight.describe(gd, profile, report))
+    if not report.passed:
+        print(preflight.failure_line(report), file=sys.stderr)
+        return 1
+    return 0
+
+
 def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo: Todo, uri: str,
-                 parent: str | None) -> None:
-    """Pretraining as one array, each evaluation stage as an array chained task by task after it;
-    evaluations of a unit whose pretraining job is live as jobs chained after that job; evaluations
-    of a pretrained unit as arrays without a dependency."""
+                 parent: str | None, after: str | None = None) -> None:
+    """Pretraining as one array (after job ``after``, the preflight, if given: afterok), each
+    evaluation stage as an array chained task by task after it; evaluations of a unit whose
+    pretraining job is live as jobs chained after that job; evaluations of a pretrained unit as
+    arrays without a dependency."""
     cores = profile.cpus_per_task
     if todo.pretrain:
         units = [(u, *unit_jobs(gd, u, uri, parent, cores)) for u in todo.pretrain]
-        pre_jobs = submit_batch(gd, profile, jobs, "pretrain", [(u, pre) for u, pre, _ in units])
+        pre_jobs = submit_batch(gd, profile, jobs, "pretrain", [(u.key, pre) for u, pre, _ in units],
+                                f"afterok:{after}" if after else None)
         array_id = pre_jobs[0].job_id.split("_")[0]
         print(f"submitted {len(pre_jobs)} pretraining jobs: array {array_id} (at most {profile.array_parallelism} "
               f"at once)")
         dep = f"aftercorr:{array_id}" if "_" in pre_jobs[0].job_id else f"afterok:{array_id}"
         for stage in EVAL_STAGES:
-            if items := [(u, evals[stage]) for u, _, evals in units if stage in evals]:
+            if items := [(u.key, evals[stage]) for u, _, evals in units if stage in evals]:
                 sub = submit_batch(gd, profile, jobs, stage, items, dep)
                 print(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]}, each after its "
                       f"pretraining task ({dep.split(':')[0]})")
     for u, stage, pre_id in todo.chained:
         _, evals = unit_jobs(gd, u, uri, parent, cores)
-        (sub,) = submit_batch(gd, profile, jobs, stage, [(u, evals[stage])], f"afterok:{pre_id}")
+        (sub,) = submit_batch(gd, profile, jobs, stage, [(u.key, evals[stage])], f"afterok:{pre_id}")
         print(f"submitted {stage} of {u.key}: job {sub.job_id}, after its pretraining job {pre_id} (afterok)")
     for stage in EVAL_STAGES:
-        if items := [(u, unit_jobs(gd, u, uri, parent, cores)[1][stage]) for u, st in todo.evals if st == stage]:
+        if items := [(u.key, unit_jobs(gd, u, uri, parent, cores)[1][stage]) for u, st in todo.evals if st == stage]:
             sub = submit_batch(gd, profile, jobs, stage, items)
             print(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]} (no pretraining to "
                   f"wait for)")

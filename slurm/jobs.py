@@ -45,6 +45,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
     """Pretrain one run folder (``pretrain.train.train``); resumable. Returns the run's summary."""
 
     stage = "pretrain"
+    tasks = "pretrain"  # how launcher.make_executor lays the job out: one task per GPU on every node
 
     def __init__(self, cfg: Config, tags: dict[str, str], parent: str | None = None, cores: int | None = None):
         self.cfg, self.tags, self.parent, self.cores = cfg, dict(tags), parent, cores
@@ -57,6 +58,26 @@ class PretrainJob(submitit.helpers.Checkpointable):
         train(self.cfg, tags={**self.tags, "slurm_job_id": job_id()}, parent=self.parent)
         summary = Path(self.cfg.run.out) / rundir.SUMMARY_FILE
         return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+class PreflightJob:
+    """A grid's preflight (``pretrain.tools.preflight.run``) on every task of a pretraining job's
+    layout: its report as a dict. Raises ``PreflightFailed`` once a failed report is written, so
+    jobs waiting on it with ``afterok`` never start. Not checkpointable: a requeued one runs anew."""
+
+    stage = "preflight"
+    tasks = "pretrain"
+
+    def __init__(self, settings, cores: int | None = None):
+        self.settings, self.cores = settings, cores
+
+    def __call__(self) -> dict:
+        from pretrain.tools import preflight
+
+        setup_logging()
+        use_cores(self.cores)
+        s = self.settings
+        return dataclasses.asdict(preflight.run(dataclasses.replace(s, tags={**s.tags, "slurm_job_id": job_id()})))
 
 
 class StageJob(submitit.helpers.Checkpointable):

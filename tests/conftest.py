@@ -71,11 +71,13 @@ def mlflow_server(tmp_path_factory):
 
 
 REPO = Path(__file__).resolve().parent.parent
-# A grid small enough for tests: 8 steps of real ResNet-18 training per cell, a 2-epoch probe.
+# A grid small enough for tests: 8 steps of real ResNet-18 training per cell, a 2-epoch probe; the
+# preflight is tested on its own (tests/ablations/test_preflight.py), so these grids skip it.
 TINY_GRID = [
     "--set", "optim.epochs=1", "--set", "data.subset=256", "--set", "optim.batch_size=32", "--set", "moco.K=256",
     "--set", "mochi.mix_start=0", "--set", "data.num_workers=0", "--set", "run.log_every=2",
     "--set", "moco.shuffle_bn_groups=2", "--lincls", "--fast --train-size=500 --val-size=200 --epochs=2",
+    "--no-preflight",
 ]
 
 
