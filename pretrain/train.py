@@ -97,27 +97,6 @@ def _check_same_run(saved: dict, cfg: config.Config, where: Path) -> None:
         )
 
 
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": repr(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate(eval(state["python"], {"__builtins__": {}}))  # a tuple of ints we wrote ourselves
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class Progress:
     """Throughput over each logging window and the ETA; shown as a tqdm bar on a terminal, as
     periodic plain log lines otherwise (batch logs)."""
@@ -200,7 +179,10 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         global_step, run_id = state["global_step"], state.get("mlflow_run_id")
         skipped_total = state.get("skipped_images", 0)
-        _set_rng_state(state["rng"])
+        try:
+            checkpoint.set_rng_state(state["rng"])
+        except ValueError as e:
+            raise UserError(f"{ckpt_path}: {e}; choose another run.out") from None
         log.info("resuming from %s (epoch %d, step %d)", ckpt_path, start_epoch, start_step)
     del state
 
@@ -249,7 +231,7 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
             ckpt_dir, global_step,
             {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": _rng_state(),
+                "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": checkpoint.rng_state(),
                 "config": cfg.to_dict(), "mlflow_run_id": run_id, "skipped_images": skipped_total,
             },
             keep=cfg.run.keep_checkpoints, summary=summary(),

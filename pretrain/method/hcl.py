@@ -18,7 +18,8 @@ beta = 0 makes every weight 1, which is the debiased loss; beta = 0 and tau_plus
 - The clamp at n * exp(-1/tau), as in the debiased loss.
 - The negative set: in the authors' code the other 2B - 2 views of the batch; here the negatives
   the MoCo step built, the queue (and MoCHi's synthetic points when mixing is on); a negative the
-  class oracle removed (-inf) gets weight 0 and is not counted in n.
+  class oracle removed (-inf) gets weight 0 and is not counted in n. A query with none left
+  (n = 0) has g = 0, so loss 0 and no gradient, as in InfoNCE and the debiased loss.
 - Computed with the row's largest logit factored out (the weights as a softmax), so large 1/tau
   and beta do not overflow.
 
@@ -41,8 +42,11 @@ def hcl(logits: torch.Tensor, tau: float, tau_plus: float, beta: float) -> torch
     l_pos, l_neg = logits[:, 0], logits[:, 1:]
     kept = torch.isfinite(l_neg)
     n = kept.sum(dim=1).to(logits.dtype)
-    # mean 1 over the n negatives; a removed one stays at weight 0 (beta = 0 would make 0 * -inf)
-    w = n[:, None] * torch.softmax(torch.where(kept, beta * l_neg, float("-inf")), dim=1)
+    # mean 1 over the n negatives; a removed one stays at weight 0 (beta = 0 would make 0 * -inf).
+    # A row with none kept softmaxes zeros instead of all -inf (NaN, in value and gradient): its
+    # weights are 0 all the same, n being 0.
+    some = kept.any(dim=1, keepdim=True)
+    w = n[:, None] * torch.softmax(torch.where(kept, beta * l_neg, torch.where(some, float("-inf"), 0.0)), dim=1)
     m = logits.max(dim=1).values.detach()
     pos = torch.exp(l_pos - m)
     neg = (w * torch.exp(l_neg - m[:, None])).sum(dim=1)

@@ -155,13 +155,14 @@ class MoCo(nn.Module):
             # A copy: the enqueue below edits the queue in place, and backward needs this one.
             queue = self.queue.clone()
             l_neg_all = torch.einsum("nc,kc->nk", q, queue)  # [B, K]
-            l_neg = l_neg_all
+            l_neg, removed = l_neg_all, None
             if oracle:
-                l_neg = l_neg.masked_fill(analysis.false_negative_mask(labels, self.queue_labels), float("-inf"))
+                removed = analysis.false_negative_mask(labels, self.queue_labels)
+                l_neg = l_neg.masked_fill(removed, float("-inf"))
             cols = [l_pos, l_neg]
             l_syn = None
             if mixing.active:
-                h = mochi.synthesize(q, queue, mixing, generator, l_neg=l_neg.detach())
+                h = mochi.synthesize(q, queue, mixing, generator, l_neg=l_neg_all.detach(), removed=removed)
                 l_syn = mochi.synthetic_logits(q, h)
                 cols.append(l_syn)
             logits = torch.cat(cols, dim=1) / self.tau
@@ -193,10 +194,11 @@ class MoCo(nn.Module):
         else:
             # The same task with the synthetic negatives as extra columns.
             st["acc_all"] = (torch.cat([moco_task, l_syn], dim=1).argmax(dim=1) == 0).float().mean()
+            # Over the points made: under the oracle a query with too few kept entries has -inf ones.
             if s:
-                st["syn_s_cos"] = l_syn[:, :s].mean()
+                st["syn_s_cos"] = l_syn[:, :s][torch.isfinite(l_syn[:, :s])].mean()
             if l_syn.shape[1] > s:
-                st["syn_sprime_cos"] = l_syn[:, s:].mean()
+                st["syn_sprime_cos"] = l_syn[:, s:][torch.isfinite(l_syn[:, s:])].mean()
             st["syn_top1_share"] = analysis.synthetic_share_topk(l_neg, l_syn, 1)
             st["syn_top10_share"] = analysis.synthetic_share_topk(l_neg, l_syn, 10)
         if labels is not None and bool((self.queue_labels >= 0).all()):

@@ -5,6 +5,10 @@ its manifest ``checkpoint-<step>.json`` (size and SHA-256, and for a run's final
 run's summary) is written the same way. A checkpoint
 without a manifest, or whose bytes do not match it (truncated, corrupt), is skipped in favour of
 the previous one.
+
+A checkpoint holds data only (tensors, numbers, strings, lists, dicts): it is read back with
+``torch.load(weights_only=True)``, and nothing in it is evaluated; the random generators' states
+too (``rng_state``).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import io
 import json
 import logging
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -108,3 +114,44 @@ def load_latest(folder: Path, map_location="cpu") -> tuple[dict | None, Path | N
             continue
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True), path
     return None, None
+
+
+def rng_state() -> dict:
+    """The state of every random generator training draws from (torch's CPU and CUDA ones, numpy's,
+    Python's ``random``), as data a checkpoint holds: tensors, numbers, and Python's state as the
+    list [version, [625 ints], gauss_next] of ``random.getstate()``."""
+    np_state = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": [version, list(internal), gauss_next],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _python_state(saved) -> tuple:
+    """``random.getstate()``'s tuple from the list ``rng_state`` stored; ValueError for anything else."""
+    ok = isinstance(saved, list) and len(saved) == 3
+    if ok:
+        version, internal, gauss_next = saved
+        ok = (type(version) is int and isinstance(internal, list) and all(type(x) is int for x in internal)
+              and (gauss_next is None or type(gauss_next) is float))
+    if not ok:
+        raise ValueError(f"the checkpoint's python RNG state is not the list [version, [ints], gauss_next] "
+                         f"this version writes (got {type(saved).__name__}; a checkpoint from before?)")
+    return version, tuple(internal), gauss_next
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the generators to what ``rng_state`` captured; ValueError, before touching any of
+    them, if Python's state is not the list it writes (an older checkpoint stored it as a string)."""
+    python = _python_state(state["python"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(python)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

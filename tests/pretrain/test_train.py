@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import torch.multiprocessing as mp
 from mlflow.tracking import MlflowClient
 
 from pretrain.run import checkpoint, rundir
+from pretrain.run.errors import UserError
 from pretrain.run.tracking import read_metrics
 from pretrain.train import train
 
@@ -133,6 +136,18 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     # The monitor's numbers do not depend on the interruption either.
     ref_knn = [r["knn_top1"] for r in read_metrics(ref_out) if "knn_top1" in r]
     assert [r["knn_top1"] for r in records if "knn_top1" in r] == ref_knn
+
+
+def test_a_checkpoint_whose_python_rng_state_is_a_string_is_refused_on_resume(tmp_path):
+    """The format before stored repr(random.getstate()) and eval()'d it back; resuming from such a
+    checkpoint is now a one-line user error, its string never evaluated."""
+    out = tmp_path / "run"
+    train(tiny_cfg(out, "run.max_steps=2"))
+    state, path = checkpoint.load_latest(out / "checkpoints")
+    state["rng"]["python"] = repr(random.getstate())
+    checkpoint.save(out / "checkpoints", state["global_step"], state)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: the checkpoint's python RNG state is not"):
+        train(tiny_cfg(out, "run.max_steps=4"))
 
 
 def _ddp_worker(rank, world, port, out, result_dir):

@@ -138,3 +138,23 @@ def test_the_default_loss_is_moco_v2s_cross_entropy_bit_for_bit():
     assert Loss("debiased", 0.1)(logits, TAU) == debiased(logits, TAU, 0.1)
     assert (INFONCE.label, Loss("debiased", 0.1).label, Loss("hcl", 0.1, 1.0).label) == \
         ("InfoNCE", "debiased (tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)")
+
+
+@pytest.mark.parametrize("loss", [
+    lambda x: infonce(x), lambda x: debiased(x, TAU, 0.1), lambda x: hcl(x, TAU, 0.1, 1.0),
+    lambda x: hcl(x, TAU, 0.0, 0.5), lambda x: hcl(x, TAU, 0.1, 0.0),
+])
+def test_a_row_the_oracle_emptied_adds_nothing_and_its_gradient_is_finite(loss):
+    """A query with every negative removed (the class oracle, no mixing) has nothing to contrast:
+    InfoNCE's (1 + 0)-way softmax gives it loss 0, and so do the estimators (g = 0 with n = 0). It
+    still counts in the batch mean, as it does in MoCo's cross-entropy."""
+    logits = logits_of(B=4, M=10, seed=13, dtype=torch.float64)
+    logits[2, 1:] = float("-inf")
+    others = logits[[0, 1, 3]]
+    x = logits.clone().requires_grad_(True)
+    value = loss(x)
+    assert torch.isfinite(value)
+    assert value.item() == pytest.approx(loss(others).item() * 3 / 4, rel=1e-12)
+    value.backward()
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad[2] == 0).all()

@@ -188,3 +188,66 @@ def test_a_mixing_is_active_when_it_synthesises_something(N, s, sp, active):
     queue = F.normalize(torch.randn(128, 8), dim=1)
     assert mochi.synthesize(q, queue, m).shape == (3, s + sp, 8)
     assert Mixing(N, s, sp) == m and hash(Mixing(N, s, sp)) == hash(m)  # a value: compared and hashed by its fields
+
+
+def oracle_setup(N=8, kept_counts=(3, 1, 0, 20), K=24, extra=3, seed=4):
+    """Orthonormal queue; query b keeps only ``kept_counts[b]`` entries, the class oracle removed the
+    rest, and the removed entries are the query's most similar (so they would be its hardest).
+    Returns q, queue, removed [B, K], outside (a direction outside span(queue), which q has)."""
+    g = torch.Generator().manual_seed(seed)
+    D = K + extra
+    basis = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))[0].float()
+    queue, outside = basis[:K].contiguous(), basis[K]
+    B = len(kept_counts)
+    removed = torch.ones(B, K, dtype=torch.bool)
+    q = torch.zeros(B, D)
+    for b, n in enumerate(kept_counts):
+        order = torch.randperm(K, generator=g)
+        removed[b, order[:n]] = False
+        weights = torch.where(removed[b], 1.0, 0.3) + 0.05 * torch.rand(K, generator=g)
+        q[b] = weights @ queue + 0.7 * outside
+    return F.normalize(q, dim=1), queue, removed, outside
+
+
+def test_the_oracle_removed_entries_never_enter_a_synthetic_point():
+    """Queries with fewer kept negatives than N mix from the kept ones only: every pair point lies in
+    the span of the query's kept entries, every query point in that span plus q, pairs still differ."""
+    N, s, sp = 8, 40, 40
+    q, queue, removed, outside = oracle_setup(N)
+    h = mochi.synthesize(q, queue, Mixing(N, s, sp), torch.Generator().manual_seed(5), l_neg=q @ queue.T,
+                         removed=removed)
+    for b in (0, 3):
+        kept = set((~removed[b]).nonzero().flatten().tolist())
+        for p in h[b, :s]:
+            i, j, _ = decode_pair(p, queue)
+            assert {i, j} <= kept and i != j
+        for p in h[b, s:]:
+            cb = (p @ outside) / (q[b] @ outside)  # the query's share, read outside span(queue)
+            coef = (p - cb * q[b]) @ queue.T
+            assert coef[removed[b]].abs().max() < 1e-5
+            assert coef[~removed[b]].abs().max() > 0.1
+    # Query 0 has three kept entries: its points use all of them, nothing else; query 3 has more
+    # than N, and mixes its N hardest kept ones.
+    used = [{k for p in h[b, :s] for k in decode_pair(p, queue)[:2]} for b in (0, 3)]
+    assert used[0] == set((~removed[0]).nonzero().flatten().tolist())
+    hardest_kept = (q[3] @ queue.T).masked_fill(removed[3], float("-inf")).topk(N).indices
+    assert used[1] == set(hardest_kept.tolist())
+
+
+def test_points_a_query_cannot_make_are_zero_and_drop_out_of_its_logits():
+    """Pairs need two kept negatives, query mixes one: query 1 (one kept) makes only its s' points,
+    query 2 (none kept) makes nothing; what is not made is zero and its logit -inf."""
+    N, s, sp = 8, 6, 4
+    q, queue, removed, outside = oracle_setup(N)
+    h = mochi.synthesize(q, queue, Mixing(N, s, sp), torch.Generator().manual_seed(6), removed=removed)
+    made = h.norm(dim=-1)
+    assert torch.equal(made[1, :s], torch.zeros(s)) and torch.allclose(made[1, s:], torch.ones(sp))
+    assert torch.equal(made[2], torch.zeros(s + sp))
+    assert torch.allclose(made[[0, 3]], torch.ones(2, s + sp))
+    only = (~removed[1]).nonzero().item()
+    for p in h[1, s:]:
+        coef = (p - (p @ outside) / (q[1] @ outside) * q[1]) @ queue.T
+        assert coef.abs().argmax().item() == only
+    logits = mochi.synthetic_logits(q, h)
+    assert torch.isneginf(logits[1, :s]).all() and torch.isneginf(logits[2]).all()
+    assert torch.isfinite(logits[0]).all() and torch.isfinite(logits[1, s:]).all() and torch.isfinite(logits[3]).all()

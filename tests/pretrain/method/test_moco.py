@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.method import mochi
+from pretrain.method.loss import INFONCE, Loss
 from pretrain.method.mochi import Mixing
 from pretrain.method.moco import MoCo
 
@@ -122,7 +123,7 @@ def test_class_oracle_removes_same_label_entries_from_logits_and_mixing():
     g = torch.Generator().manual_seed(3)
     torch.randperm(8, generator=g)
     masked = (q @ queue_before.T).masked_fill(same, float("-inf"))
-    h = mochi.synthesize(q, queue_before, Mixing(8, 4, 2), generator=g, l_neg=masked)
+    h = mochi.synthesize(q, queue_before, Mixing(8, 4, 2), generator=g, removed=same)
     assert torch.allclose(logits[:, 65:], torch.einsum("bd,bsd->bs", q, h) / 0.2, atol=1e-5)
     for b in range(8):
         assert (qlab[mochi.hardest(q[b : b + 1], queue_before, 8, masked[b : b + 1])] != labels[b]).all()
@@ -132,6 +133,27 @@ def test_class_oracle_removes_same_label_entries_from_logits_and_mixing():
     assert 0 < stats["false_neg_share"].item() <= 1
     # Keys and their labels were enqueued together.
     assert torch.equal(model.queue_labels[:8], labels)
+
+
+@pytest.mark.parametrize("loss", [INFONCE, Loss("debiased", 0.1), Loss("hcl", 0.1, 1.0)])
+def test_a_query_whose_class_fills_the_queue_mixes_nothing_and_adds_no_loss(loss):
+    """The oracle removes every queue entry of a class-0 query: it has no negative to mix, so its
+    synthetic logits are -inf like its queue logits, and it adds 0 to the batch's mean loss."""
+    model = small(K=64)
+    model.queue_labels.zero_()
+    im_q, im_k = images()
+    labels = torch.tensor([0, 1, 0, 2, 0, 3, 1, 2])
+    logits, stats = model(im_q, im_k, Mixing(8, 4, 2), generator=torch.Generator().manual_seed(3), labels=labels,
+                          oracle=True, with_stats=True)
+    empty = labels == 0
+    assert torch.isneginf(logits[empty, 1:]).all() and torch.isfinite(logits[~empty]).all()
+    value = loss(logits, model.tau)
+    assert torch.isfinite(value)
+    assert value.item() == pytest.approx(loss(logits[~empty], model.tau).item() * 5 / 8, rel=1e-6)
+    value.backward()
+    grads = [p.grad for p in model.encoder_q.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(stats["syn_s_cos"]) and torch.isfinite(stats["syn_sprime_cos"])
 
 
 def test_stats_are_skipped_when_not_asked():

@@ -1,5 +1,11 @@
 """Atomic checkpoints: the newest valid one survives truncation, corruption and a missing manifest."""
 
+import json
+import os
+import random
+
+import numpy as np
+import pytest
 import torch
 
 from pretrain.run import checkpoint
@@ -53,3 +59,39 @@ def test_keep_prunes_oldest_and_stale_temporaries_go(tmp_path):
 
 def test_empty_folder(tmp_path):
     assert checkpoint.load_latest(tmp_path / "nothing") == (None, None)
+
+
+def draws():
+    """The next few numbers of each generator training draws from."""
+    return [random.random() for _ in range(5)], np.random.rand(5).tolist(), torch.rand(5).tolist()
+
+
+def test_rng_state_survives_a_checkpoint_round_trip(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached second normal in Python's state
+    checkpoint.save(tmp_path, 1, {"rng": checkpoint.rng_state()})
+    want = draws()
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    state, _ = checkpoint.load_latest(tmp_path)  # torch.load(weights_only=True)
+    checkpoint.set_rng_state(state["rng"])
+    assert draws() == want
+
+
+def test_pythons_rng_state_is_data_not_code():
+    python = checkpoint.rng_state()["python"]
+    assert json.loads(json.dumps(python)) == python  # plain lists and numbers
+    assert not isinstance(python, str)
+
+
+def test_a_string_in_the_python_state_is_refused_not_run(monkeypatch):
+    """The format before this one stored repr(random.getstate()) and eval()'d it back; a string there
+    is now refused, even one that would evaluate to a valid state (after a side effect)."""
+    monkeypatch.setenv("MOCHI_RNG_EVAL", "no")
+    env = "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0].__init__.__globals__['environ']"
+    crafted = f"({env}.__setitem__('MOCHI_RNG_EVAL', 'yes'), {random.getstate()!r})[1]"
+    state = {**checkpoint.rng_state(), "python": crafted}
+    before = random.getstate()
+    with pytest.raises(ValueError, match="python RNG state"):
+        checkpoint.set_rng_state(state)
+    assert os.environ["MOCHI_RNG_EVAL"] == "no"
+    assert random.getstate() == before
