@@ -92,13 +92,23 @@ PLAIN = Mixing()
 
 @torch.no_grad()
 def hardest(q: torch.Tensor, queue: torch.Tensor, N: int, l_neg: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices [B, N] of each query's N most similar queue entries (unordered).
+    """Indices [B, N] of each query's N most similar queue entries, in ascending queue order.
 
-    q: [B, D], queue: [K, D]; l_neg: optional precomputed q @ queue.T, [B, K].
+    q: [B, D], queue: [K, D]; l_neg: optional precomputed q @ queue.T, [B, K]. ``topk`` returns an
+    unsorted set in an order that differs between devices; sorting the indices makes a position in
+    the hard set name the same entry everywhere, so a seed mixes the same points on any device.
     """
     if l_neg is None:
         l_neg = q.float() @ queue.float().T
-    return l_neg.topk(N, dim=1, sorted=False).indices
+    return l_neg.topk(N, dim=1, sorted=False).indices.sort(dim=1).values
+
+
+def draw(fn, *shape: int, device: torch.device, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
+    """``fn(*shape, ...)`` (torch.rand, randint, randperm) drawn where ``generator`` lives, then moved
+    to ``device``: a CPU generator gives the same numbers to a model on any device (the preflight
+    compares a GPU's steps with the CPU's this way); a generator on ``device`` costs no copy."""
+    where = generator.device if generator is not None else device
+    return fn(*shape, device=where, generator=generator, **kw).to(device)
 
 
 @torch.no_grad()
@@ -117,7 +127,7 @@ def synthesize(
         q: [B, D] L2-normalised queries.
         queue: [K, D] L2-normalised negatives, one per row, K >= mixing.N. Never modified.
         mixing: (N, s, s'), already checked when it was made.
-        generator: source of randomness (on q's device); the global one if None.
+        generator: source of randomness (on any device: see ``draw``); the global one if None.
         l_neg: optional [B, K] precomputed ``q @ queue.T`` so the caller's logits are reused.
         removed: optional [B, K] bool, True where the class oracle removed the entry from the
             query's negatives; such an entry is never mixed (see the module's note).
@@ -151,9 +161,9 @@ def synthesize(
     def positions(size: int, fewer: int = 0) -> torch.Tensor:
         """[B, size] positions drawn uniformly in [0, N - fewer), or in [0, count - fewer) per query."""
         if count is None:
-            return torch.randint(0, N - fewer, (B, size), device=dev, generator=generator)
+            return draw(torch.randint, 0, N - fewer, (B, size), device=dev, generator=generator)
         high = (count - fewer).clamp(min=1)  # a point that cannot be made draws 0, then is zeroed
-        u = torch.rand(B, size, device=dev, generator=generator)
+        u = draw(torch.rand, B, size, device=dev, generator=generator)
         return torch.minimum((u * high).long(), high - 1)  # u * high may round up to high in fp32
 
     def made(points: torch.Tensor, needed: int) -> torch.Tensor:
@@ -169,12 +179,12 @@ def synthesize(
         pj = pj + (pj >= pi).long()  # uniform over the positions other than pi
         ni = queue[hard.gather(1, pi)]  # [B, s, D]
         nj = queue[hard.gather(1, pj)]
-        a = torch.rand(B, s, 1, device=dev, generator=generator)
+        a = draw(torch.rand, B, s, 1, device=dev, generator=generator)
         parts.append(made(F.normalize(a * ni + (1 - a) * nj, dim=-1), 2))
     if s_prime > 0:
         pj = positions(s_prime)
         nj = queue[hard.gather(1, pj)]
-        b = 0.5 * torch.rand(B, s_prime, 1, device=dev, generator=generator)
+        b = 0.5 * draw(torch.rand, B, s_prime, 1, device=dev, generator=generator)
         parts.append(made(F.normalize(b * q[:, None, :] + (1 - b) * nj, dim=-1), 1))
     return torch.cat(parts, dim=1)
 

@@ -104,7 +104,7 @@ class MoCo(nn.Module):
         if _dist_on():
             world, rank = dist.get_world_size(), dist.get_rank()
             x = concat_all_gather(im_k)
-            perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
+            perm = mochi.draw(torch.randperm, x.shape[0], device=x.device, generator=generator)
             dist.broadcast(perm, src=0)
             mine = perm.view(world, -1)[rank]
             k = self.encoder_k(x[mine])
@@ -113,7 +113,7 @@ class MoCo(nn.Module):
         else:
             b = im_k.shape[0]
             groups = max(1, min(self.shuffle_bn_groups, b // 2))  # BN needs >= 2 samples a group
-            perm = torch.randperm(b, device=im_k.device, generator=generator)
+            perm = mochi.draw(torch.randperm, b, device=im_k.device, generator=generator)
             shuffled = im_k[perm]
             k = torch.cat([self.encoder_k(c) for c in shuffled.tensor_split(groups)], dim=0)
             k = k[torch.argsort(perm)]

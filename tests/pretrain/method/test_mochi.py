@@ -147,6 +147,31 @@ def test_hardest_matches_a_brute_force_sort():
     for b in range(9):
         want = set((q[b] @ queue.T).argsort(descending=True)[:10].tolist())
         assert set(got[b].tolist()) == want
+        assert got[b].tolist() == sorted(want)  # in queue order: the same positions on every device
+
+
+def test_a_cpu_generator_draws_the_same_points_whatever_order_topk_returns(monkeypatch):
+    q, queue, _, _ = orthonormal_setup()
+    a = mochi.synthesize(q, queue, Mixing(4, 5, 3), generator=torch.Generator().manual_seed(7))
+    real_topk = torch.Tensor.topk
+
+    def reversed_topk(self, *args, **kw):  # another device's order of the same set
+        out = real_topk(self, *args, **kw)
+        return type(out)((out.values.flip(-1), out.indices.flip(-1)))
+
+    monkeypatch.setattr(torch.Tensor, "topk", reversed_topk)
+    b = mochi.synthesize(q, queue, Mixing(4, 5, 3), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cpu_generator_gives_a_gpu_the_cpus_points():
+    q, queue, _, _ = orthonormal_setup()
+    m = Mixing(4, 5, 3)
+    cpu = mochi.synthesize(q, queue, m, generator=torch.Generator().manual_seed(7))
+    gpu = mochi.synthesize(q.cuda(), queue.cuda(), m, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
 
 
 def test_synthetic_logits_are_dot_products_and_carry_grad_to_q_only():
