@@ -5,6 +5,7 @@ He et al. 2020 (MoCo), Chen et al. 2020 (MoCo v2), Kalantidis et al. 2020 (MoCHi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -17,8 +18,22 @@ from .encoders import encoder
 from .mochi import PLAIN, Mixing
 
 
+_LOCAL = [False]  # set by ``local_only``
+
+
 def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return not _LOCAL[0] and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def local_only():
+    """Inside it, a model on one rank of a process group runs as on a single device: no all-gather of
+    keys, emulated Shuffle BN (the preflight's rank-local comparisons of one device with the CPU)."""
+    _LOCAL[0], old = True, _LOCAL[0]
+    try:
+        yield
+    finally:
+        _LOCAL[0] = old
 
 
 @torch.no_grad()

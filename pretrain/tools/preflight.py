@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from ..input import data, pipelines
-from ..method.moco import MoCo, from_config
+from ..method.moco import MoCo, from_config, local_only
 from ..run import checkpoint, config, dist, rundir
 from ..run.errors import UserError
 from ..run.tracking import PREFLIGHT, experiment_id, mlflow_client, retry_locked
@@ -555,6 +555,29 @@ def _guard(name: str, fn, *args) -> list[Check]:
     return out if isinstance(out, list) else [out]  # a list of lines, a line, or measure_speed's tuple
 
 
+def local_checks(s: PreflightSettings, info: dist.DistInfo) -> list[Check]:
+    """The data, step, precision and resume lines of every config, on this rank alone."""
+    checks: list[Check] = []
+    first = s.configs[0]
+    for cfg in s.configs:
+        label = _label(cfg)
+        data_line = _guard("data", check_data, cfg, info.device, s.sample)
+        if cfg is first or data_line[0].status == FAIL:
+            checks += data_line
+        if data_line[0].status == FAIL:
+            continue
+        size = _size(cfg, cfg.optim.batch_size // info.world, s.compare_batch)
+        try:
+            batch = comparison_batch(cfg, 0, 1, info.device, size)
+        except Exception as e:  # noqa: BLE001
+            checks.append(Check("step", FAIL, f"{label}: no batch from the input pipeline: {e}",
+                                "see the job's log"))
+            continue
+        checks += _guard("step", check_steps, cfg, batch, info.device, s.steps, label)
+        checks += _guard("resume", check_resume, cfg, batch, info.device, Path(s.out_dir) / "scratch", label)
+    return checks
+
+
 def _agree(flag: bool, info: dist.DistInfo) -> bool:
     """Rank 0's ``flag`` on every rank."""
     if info.world == 1:
@@ -571,23 +594,8 @@ def run(s: PreflightSettings) -> Report:
     info = dist.init(first.run.device)
     checks: list[Check] = []
     if info.main:
-        for cfg in s.configs:
-            label = _label(cfg)
-            data_line = _guard("data", check_data, cfg, info.device, s.sample)
-            if cfg is first or data_line[0].status == FAIL:
-                checks += data_line
-            if data_line[0].status == FAIL:
-                continue
-            size = _size(cfg, cfg.optim.batch_size // info.world, s.compare_batch)
-            batch = None
-            try:
-                batch = comparison_batch(cfg, 0, 1, info.device, size)
-            except Exception as e:  # noqa: BLE001
-                checks.append(Check("step", FAIL, f"{label}: no batch from the input pipeline: {e}",
-                                    "see the job's log"))
-                continue
-            checks += _guard("step", check_steps, cfg, batch, info.device, s.steps, label)
-            checks += _guard("resume", check_resume, cfg, batch, info.device, Path(s.out_dir) / "scratch", label)
+        with local_only():  # rank 0 alone: its model must not wait for the other ranks
+            checks += local_checks(s, info)
         checks += _guard("tracking", check_tracking, s)
     # The ranks go on together only where rank 0's checks passed: a rank that fails alone in a
     # collective would leave the others waiting in it.

@@ -106,3 +106,33 @@ def test_distance_measures_the_difference_against_the_update():
     assert dl == pytest.approx(0.1) and du == pytest.approx(0.5)
     assert pf._verdict("step", "x", dl, du, pf.FP32, "fix it").status == "fail"
     assert pf._verdict("step", "x", 0.0, 0.0, pf.FP32, "fix it").status == "pass"
+
+
+RANK_SCRIPT = """
+import sys
+from pathlib import Path
+from pretrain.tools import preflight as pf
+from tests.conftest import tiny_cfg
+out = Path(sys.argv[1])
+pf.run(pf.PreflightSettings([tiny_cfg(out / "run")], out / "pf", tracking_uri=f"sqlite:///{out}/mlflow.db"))
+"""
+
+
+def test_two_gloo_ranks_agree_and_rank_zero_checks_alone(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(tmp_path)], cwd=REPO,
+                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    report = pf.read_report(tmp_path / "pf")
+    group = next(c for c in report.checks if c.name == "process group")
+    assert report.passed and report.world == 2 and group.status == "pass" and "2 ranks over gloo" in group.detail
+    assert [c.name for c in report.checks].count("step") == 1  # rank 0's alone, not one per rank
