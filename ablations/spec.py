@@ -217,7 +217,14 @@ class Grid:
     baseline: str | None = None  # the cell every row is compared with (default: the first plain-MoCo cell)
 
     def identity(self) -> dict:
-        """What makes two grids the same (and a re-run idempotent): not where or how they run."""
+        """What makes two grids the same (and a re-run idempotent): not where or how they run. A
+        stage counts by the typed settings its arguments parse to (``--epochs=2`` is ``--epochs 2``)."""
+        probe, transfer = self._probe_settings(STAGE_SOURCE), self._transfer_settings(STAGE_SOURCE)
+        return {**self._stored(), "lincls": None if probe is None else stage_identity(probe),
+                "transfer": None if transfer is None else {"engine": transfer.engine, **stage_identity(transfer)}}
+
+    def _stored(self) -> dict:
+        """What ``grid.json`` keeps of the identity: the stages as the argument lists they were given."""
         out = {"name": self.name, "base": self.base, "set": self.set, "seeds": self.seeds,
                "lincls": self.lincls, "transfer": self.transfer, "cells": [c.values for c in self.cells]}
         if self.references:
@@ -257,13 +264,8 @@ class Grid:
         data and architecture from the grid's base), or None without a probe stage."""
         if self.lincls is None:
             return None
-        from pretrain import lincls
-
         source = ref.path if ref is not None and ref.path else str(run_dir)
-        try:
-            s = dataclasses.replace(lincls.settings([source, *self.lincls]), seed=seed)
-        except UserError as e:
-            raise UserError(f"--lincls {' '.join(self.lincls)!r}: {e}") from None
+        s = dataclasses.replace(self._probe_settings(source), seed=seed)
         if ref is not None:
             base = config.with_values(self.base_config(), {"run.seed": seed})
             d, model = base.data, base.model
@@ -281,19 +283,36 @@ class Grid:
         torchvision, the default; ``D2Settings`` with ``--engine detectron2``), or None."""
         if self.transfer is None:
             return None
+        s = self._transfer_settings(ref.path if ref is not None and ref.path else str(run_dir))
+        if ref is not None and ref.path is None:
+            s = dataclasses.replace(s, source=None, random_init=True)
+        return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init, s.engine)))
+
+    def _probe_settings(self, source: str):
+        """The probe's arguments parsed, on ``source`` (``ProbeSettings``), or None without a probe."""
+        if self.lincls is None:
+            return None
+        from pretrain import lincls
+
+        try:
+            return lincls.settings([source, *self.lincls])
+        except UserError as e:
+            raise UserError(f"--lincls {' '.join(self.lincls)!r}: {e}") from None
+
+    def _transfer_settings(self, source: str):
+        """The transfer stage's arguments parsed, on ``source`` (``FinetuneSettings`` or
+        ``D2Settings``), or None without a transfer stage."""
+        if self.transfer is None:
+            return None
         from transfer import finetune, train_d2
 
-        source = ref.path if ref is not None and ref.path else str(run_dir)
         try:
             engine, argv = transfer_engine(self.transfer)
-            s = {"torchvision": finetune, "detectron2": train_d2}[engine].settings([source, *argv])
+            return {"torchvision": finetune, "detectron2": train_d2}[engine].settings([source, *argv])
         except UserError as e:
             raise UserError(f"--transfer {' '.join(self.transfer)!r}: {e} (e.g. --task voc-c4 --data "
                             f"/datasets/VOCdevkit, or --engine detectron2 --task voc-c4 --data /datasets/VOCdevkit)"
                             ) from None
-        if ref is not None and ref.path is None:
-            s = dataclasses.replace(s, source=None, random_init=True)
-        return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init, s.engine)))
 
     @property
     def transfer_task(self) -> str | None:
@@ -303,10 +322,25 @@ class Grid:
 
     def to_json(self) -> str:
         """``grid.json``: the identity plus where and how the grid runs."""
-        d = self.identity()
+        d = self._stored()
         d.update(grid_id=self.grid_id, profile=self.profile, table_rows=self.table_rows, paper=self.paper,
                  dropped=self.dropped, preset=self.preset, baseline=self.baseline)
         return json.dumps(d, indent=1)
+
+
+# The run folder a stage's arguments are parsed on where no unit is meant (the grid's identity).
+STAGE_SOURCE = "runs/x"
+# Fields of a stage's settings that are not the grid's to say: the run folder it reads and its seed
+# (each unit's), where it logs (set when it is submitted), the random-init row's stand-in config,
+# and how many loader processes it uses (how it runs; its default is the machine's).
+NOT_IDENTITY = frozenset({"source", "seed", "workers", "parent_run", "run_name", "tracking_uri", "experiment",
+                          "pretrain_config"})
+
+
+def stage_identity(settings) -> dict:
+    """{field: value} of a stage's typed settings (``ProbeSettings``, ``FinetuneSettings``,
+    ``D2Settings``) that the grid decides, for its identity: every field but ``NOT_IDENTITY``'s."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in NOT_IDENTITY}
 
 
 # The transfer stage's engines: python -m transfer.finetune (the default) and transfer/train_d2.py.

@@ -169,3 +169,23 @@ def test_the_transfer_stage_runs_through_torchvision_or_detectron2(tmp_path):
                               ("--engine detectron2 --task voc-c4 --data /d --device cpu --gpus 8", "--device cpu")]:
         with pytest.raises(UserError, match=message):
             grid(transfer)
+
+
+def test_the_grid_id_comes_from_the_stages_typed_settings_not_their_spelling():
+    def grid_id(lincls="--fast", transfer=None):
+        return spec.build(spec.load_preset("demo"), None, {}, None, ["model.arch=resnet50"], lincls,
+                          transfer=transfer).grid_id
+
+    same = grid_id("--fast --epochs 2")
+    assert grid_id("--fast --epochs=2") == same == grid_id("--epochs 2 --fast") == grid_id(["--fast", "--epochs", "2"])
+    assert grid_id("--fast --epochs 3") != same and grid_id("--epochs 2") != same
+    assert grid_id("--fast --lr=0.5") == grid_id("--fast --lr 0.50")  # typed: a float
+    # the seed is each unit's and the loader's processes are how the probe runs, not what it measures
+    assert grid_id("--fast --epochs 2 --seed 7 --workers 1") == same
+    tv = "--task demo-voc --data /d --iters 2"
+    assert grid_id(transfer=tv) == grid_id(transfer="--iters=2 --data=/d --task demo-voc")
+    assert grid_id(transfer=tv) != grid_id(transfer="--task demo-voc --data /d --iters 3")
+    d2 = "--engine detectron2 --task demo-voc --data /d --device cpu"
+    assert grid_id(transfer=d2) == grid_id(transfer="--engine=detectron2 --task=demo-voc --data /d --device=cpu")
+    assert grid_id(transfer=d2) != grid_id(transfer=d2 + " --iters 5") != grid_id(transfer=tv)
+
