@@ -52,6 +52,7 @@ SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", "tau_plus": "tp", "beta
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer", "random_init", "reference"}
 MIXING_AXES = ("N", "s", "s_prime")
+LOSS_AXES = ("method", "tau_plus", "beta")
 
 
 @dataclass(frozen=True)
@@ -436,10 +437,6 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     else:
         raw = [{}]
     raw = [typed_values(c) for c in raw]
-    if preset.get("baseline") is True and not any(all(c.get(k) == 0 for k in MIXING_AXES) and
-                                                  c.get("method", "infonce") == "infonce" for c in raw):
-        raw.insert(0, {**{k: v for k, v in (raw[0] if raw else {}).items() if k not in MIXING_AXES},
-                       "N": 0, "s": 0, "s_prime": 0})
 
     grid = Grid(
         name=name or preset["name"], base=preset.get("base", "demo"),
@@ -459,6 +456,8 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     grid.base_config()  # the base itself must be valid
     grid.probe(Path("runs/x"), 0)  # and the stages' arguments must parse
     grid.transfer_stage(Path("runs/x"))
+    if preset.get("baseline") is True and not any(_is_plain_moco(grid, c) for c in raw):
+        raw.insert(0, _plain_moco_like(grid, raw[0] if raw else {}))
     seen = set()
     for values_ in raw:
         cell = Cell(values_)
@@ -484,6 +483,24 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     if grid.references and grid.lincls is None and grid.transfer is None:
         raise UserError("reference rows need a probe or a transfer stage to measure them (--lincls or --transfer)")
     return grid
+
+
+def _is_plain_moco(grid: Grid, values: dict[str, object]) -> bool:
+    """Whether a cell's objective is plain MoCo v2 (``Objective.is_plain_moco``, the one rule); a
+    cell whose config does not validate is not (it will be dropped)."""
+    try:
+        return grid.objective(Cell(values)).is_plain_moco
+    except UserError:
+        return False
+
+
+def _plain_moco_like(grid: Grid, like: dict[str, object]) -> dict[str, object]:
+    """The values of a plain MoCo v2 cell with ``like``'s other axes (K, epochs, ...): (N, s, s') =
+    (0, 0, 0), and InfoNCE where ``like`` names a loss or the base's is another."""
+    values = {k: v for k, v in like.items() if k not in (*MIXING_AXES, *LOSS_AXES)} | {"N": 0, "s": 0, "s_prime": 0}
+    if any(k in like for k in LOSS_AXES) or not grid.base_config().objective.loss.is_infonce:
+        values |= {"method": "infonce", "tau_plus": 0.0, "beta": 0.0}
+    return typed_values(values)
 
 
 def from_json(text: str) -> Grid:
