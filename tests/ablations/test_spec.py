@@ -133,7 +133,7 @@ def test_the_loss_is_an_axis_and_undefined_combinations_are_dropped_with_the_rea
     assert spec.axis("loss.tau_plus").name == "tau_plus" and spec.axis("beta").type is float
     hard = spec.build(spec.load_preset("hardneg-in100"), None, {}, None, [], None)
     assert [hard.objective(c).label for c in hard.cells] == [
-        "MoCo v2", "MoCHi (1024, 1024, 128)", "debiased (tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
+        "MoCo v2", "MoCHi (1024, 1024, 128)", "debiased (Chuang et al., tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
         "HCL (beta 1.0, tau+ 0.1) + MoCHi (1024, 1024, 128)"]
     assert hard.seeds == 3 and hard.base == "imagenet100"
 
