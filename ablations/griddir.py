@@ -59,7 +59,10 @@ class GridDir:
         mine = self.grid.identity()
         if saved != mine:
             what = next(k for k in mine if saved.get(k) != mine[k])
-            raise UserError(f"{self.out} holds a different grid ({what} differs: {saved.get(what)!r} there); "
+            there, here = saved.get(what), mine[what]
+            if isinstance(there, dict) and isinstance(here, dict):  # a stage's settings: the fields that differ
+                there = {f: v for f, v in there.items() if here.get(f) != v}
+            raise UserError(f"{self.out} holds a different grid ({what} differs: {there!r} there); "
                             f"choose another --out or --name")
         if json.loads(text).get("grid_id", self.grid.grid_id) != self.grid.grid_id:
             raise UserError(f"{self.out} holds this grid as an earlier version of grid.py wrote it (grid id "

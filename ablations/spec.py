@@ -52,6 +52,7 @@ SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", "tau_plus": "tp", "beta
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer", "random_init", "reference"}
 MIXING_AXES = ("N", "s", "s_prime")
+LOSS_AXES = ("method", "tau_plus", "beta")
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,14 @@ class Grid:
     baseline: str | None = None  # the cell every row is compared with (default: the first plain-MoCo cell)
 
     def identity(self) -> dict:
-        """What makes two grids the same (and a re-run idempotent): not where or how they run."""
+        """What makes two grids the same (and a re-run idempotent): not where or how they run. A
+        stage counts by the typed settings its arguments parse to (``--epochs=2`` is ``--epochs 2``)."""
+        probe, transfer = self._probe_settings(STAGE_SOURCE), self._transfer_settings(STAGE_SOURCE)
+        return {**self._stored(), "lincls": None if probe is None else stage_identity(probe),
+                "transfer": None if transfer is None else {"engine": transfer.engine, **stage_identity(transfer)}}
+
+    def _stored(self) -> dict:
+        """What ``grid.json`` keeps of the identity: the stages as the argument lists they were given."""
         out = {"name": self.name, "base": self.base, "set": self.set, "seeds": self.seeds,
                "lincls": self.lincls, "transfer": self.transfer, "cells": [c.values for c in self.cells]}
         if self.references:
@@ -257,13 +265,8 @@ class Grid:
         data and architecture from the grid's base), or None without a probe stage."""
         if self.lincls is None:
             return None
-        from pretrain import lincls
-
         source = ref.path if ref is not None and ref.path else str(run_dir)
-        try:
-            s = dataclasses.replace(lincls.settings([source, *self.lincls]), seed=seed)
-        except UserError as e:
-            raise UserError(f"--lincls {' '.join(self.lincls)!r}: {e}") from None
+        s = dataclasses.replace(self._probe_settings(source), seed=seed)
         if ref is not None:
             base = config.with_values(self.base_config(), {"run.seed": seed})
             d, model = base.data, base.model
@@ -281,19 +284,36 @@ class Grid:
         torchvision, the default; ``D2Settings`` with ``--engine detectron2``), or None."""
         if self.transfer is None:
             return None
+        s = self._transfer_settings(ref.path if ref is not None and ref.path else str(run_dir))
+        if ref is not None and ref.path is None:
+            s = dataclasses.replace(s, source=None, random_init=True)
+        return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init, s.engine)))
+
+    def _probe_settings(self, source: str):
+        """The probe's arguments parsed, on ``source`` (``ProbeSettings``), or None without a probe."""
+        if self.lincls is None:
+            return None
+        from pretrain import lincls
+
+        try:
+            return lincls.settings([source, *self.lincls])
+        except UserError as e:
+            raise UserError(f"--lincls {' '.join(self.lincls)!r}: {e}") from None
+
+    def _transfer_settings(self, source: str):
+        """The transfer stage's arguments parsed, on ``source`` (``FinetuneSettings`` or
+        ``D2Settings``), or None without a transfer stage."""
+        if self.transfer is None:
+            return None
         from transfer import finetune, train_d2
 
-        source = ref.path if ref is not None and ref.path else str(run_dir)
         try:
             engine, argv = transfer_engine(self.transfer)
-            s = {"torchvision": finetune, "detectron2": train_d2}[engine].settings([source, *argv])
+            return {"torchvision": finetune, "detectron2": train_d2}[engine].settings([source, *argv])
         except UserError as e:
             raise UserError(f"--transfer {' '.join(self.transfer)!r}: {e} (e.g. --task voc-c4 --data "
                             f"/datasets/VOCdevkit, or --engine detectron2 --task voc-c4 --data /datasets/VOCdevkit)"
                             ) from None
-        if ref is not None and ref.path is None:
-            s = dataclasses.replace(s, source=None, random_init=True)
-        return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init, s.engine)))
 
     @property
     def transfer_task(self) -> str | None:
@@ -303,10 +323,25 @@ class Grid:
 
     def to_json(self) -> str:
         """``grid.json``: the identity plus where and how the grid runs."""
-        d = self.identity()
+        d = self._stored()
         d.update(grid_id=self.grid_id, profile=self.profile, table_rows=self.table_rows, paper=self.paper,
                  dropped=self.dropped, preset=self.preset, baseline=self.baseline)
         return json.dumps(d, indent=1)
+
+
+# The run folder a stage's arguments are parsed on where no unit is meant (the grid's identity).
+STAGE_SOURCE = "runs/x"
+# Fields of a stage's settings that are not the grid's to say: the run folder it reads and its seed
+# (each unit's), where it logs (set when it is submitted), the random-init row's stand-in config,
+# and how many loader processes it uses (how it runs; its default is the machine's).
+NOT_IDENTITY = frozenset({"source", "seed", "workers", "parent_run", "run_name", "tracking_uri", "experiment",
+                          "pretrain_config"})
+
+
+def stage_identity(settings) -> dict:
+    """{field: value} of a stage's typed settings (``ProbeSettings``, ``FinetuneSettings``,
+    ``D2Settings``) that the grid decides, for its identity: every field but ``NOT_IDENTITY``'s."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in NOT_IDENTITY}
 
 
 # The transfer stage's engines: python -m transfer.finetune (the default) and transfer/train_d2.py.
@@ -402,10 +437,6 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     else:
         raw = [{}]
     raw = [typed_values(c) for c in raw]
-    if preset.get("baseline") is True and not any(all(c.get(k) == 0 for k in MIXING_AXES) and
-                                                  c.get("method", "infonce") == "infonce" for c in raw):
-        raw.insert(0, {**{k: v for k, v in (raw[0] if raw else {}).items() if k not in MIXING_AXES},
-                       "N": 0, "s": 0, "s_prime": 0})
 
     grid = Grid(
         name=name or preset["name"], base=preset.get("base", "demo"),
@@ -425,6 +456,8 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     grid.base_config()  # the base itself must be valid
     grid.probe(Path("runs/x"), 0)  # and the stages' arguments must parse
     grid.transfer_stage(Path("runs/x"))
+    if preset.get("baseline") is True and not any(_is_plain_moco(grid, c) for c in raw):
+        raw.insert(0, _plain_moco_like(grid, raw[0] if raw else {}))
     seen = set()
     for values_ in raw:
         cell = Cell(values_)
@@ -450,6 +483,24 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     if grid.references and grid.lincls is None and grid.transfer is None:
         raise UserError("reference rows need a probe or a transfer stage to measure them (--lincls or --transfer)")
     return grid
+
+
+def _is_plain_moco(grid: Grid, values: dict[str, object]) -> bool:
+    """Whether a cell's objective is plain MoCo v2 (``Objective.is_plain_moco``, the one rule); a
+    cell whose config does not validate is not (it will be dropped)."""
+    try:
+        return grid.objective(Cell(values)).is_plain_moco
+    except UserError:
+        return False
+
+
+def _plain_moco_like(grid: Grid, like: dict[str, object]) -> dict[str, object]:
+    """The values of a plain MoCo v2 cell with ``like``'s other axes (K, epochs, ...): (N, s, s') =
+    (0, 0, 0), and InfoNCE where ``like`` names a loss or the base's is another."""
+    values = {k: v for k, v in like.items() if k not in (*MIXING_AXES, *LOSS_AXES)} | {"N": 0, "s": 0, "s_prime": 0}
+    if any(k in like for k in LOSS_AXES) or not grid.base_config().objective.loss.is_infonce:
+        values |= {"method": "infonce", "tau_plus": 0.0, "beta": 0.0}
+    return typed_values(values)
 
 
 def from_json(text: str) -> Grid:

@@ -65,10 +65,10 @@ def unit_jobs(gd: GridDir, u: Unit, uri: str, parent: str | None,
     ``cores`` threads."""
     grid = gd.grid
     tags = {"grid_id": grid.grid_id, "grid": grid.name, "cell": u.row, "seed": str(u.seed)}
-    if u.cell is not None:
-        tags.update({f"axis.{a}": str(v) for a, v in u.cell.values.items()})
+    if u.cell is not None:  # setting: the row in words, as the tables name it
+        tags.update({f"axis.{a}": str(v) for a, v in u.cell.values.items()}, setting=grid.objective(u.cell).label)
     else:
-        tags["reference"] = u.ref.kind
+        tags.update(reference=u.ref.kind, setting=u.ref.label)
     where = {"tracking_uri": uri, "experiment": grid.experiment, "parent_run": parent}
     pre = None
     if u.cell is not None:

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--variants", default="eager,compiled", help="comma list of eager, compiled")
     p.add_argument("--methods", default=",".join(bench.METHODS),
-                   help=f"comma list of {', '.join(bench.METHODS)}: each timed beside MoCo v2 (debiased and "
-                        f"HCL with tau+ 0.1, beta 1.0)")
+                   help=f"comma list of {', '.join(bench.METHODS)}: each timed beside MoCo v2 (debiased, "
+                        f"Chuang et al.'s, and HCL with tau+ 0.1, beta 1.0)")
     p.add_argument("--shuffle-bn-groups", type=int, default=8)
     p.add_argument("--stats-every", type=int, default=RunCfg().log_every,
                    help="compute the step statistics every this many steps, as training does every run.log_every "

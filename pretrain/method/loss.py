@@ -1,7 +1,8 @@
 """The contrastive loss a run trains with, as one value: ``Loss(method, tau_plus, beta)``.
 
 - ``infonce``: MoCo v2's InfoNCE (``pretrain.method.infonce``), the default;
-- ``debiased``: Chuang et al. 2020 with class prior ``tau_plus`` (``pretrain.method.debiased``);
+- ``debiased``: Chuang et al. 2020 with class prior ``tau_plus`` (``pretrain.method.debiased``); not
+  lightly's ``DCLLoss``, which is the decoupled loss of Yeh et al., another method;
 - ``hcl``: Robinson et al. 2021, the debiased estimator with negatives weighted by exp(``beta`` l)
   (``pretrain.method.hcl``).
 
@@ -51,18 +52,18 @@ class Loss:
 
     @property
     def label(self) -> str:
-        """The loss in words: ``InfoNCE``, ``debiased (tau+ 0.1)``, ``HCL (beta 1.0, tau+ 0.1)``."""
-        if self.method == "debiased":
-            return f"debiased (tau+ {self.tau_plus:g})"
+        """The loss in words: ``InfoNCE``, ``debiased (Chuang et al., tau+ 0.1)``, ``HCL (beta 1.0, tau+ 0.1)``."""
+        if self.method == "debiased":  # the authors named: "DCL" also names Yeh et al.'s decoupled loss
+            return f"debiased (Chuang et al., tau+ {self.tau_plus:g})"
         if self.method == "hcl":
             return f"HCL (beta {self.beta:.1f}, tau+ {self.tau_plus:g})"
         return "InfoNCE"
 
     @property
     def slug(self) -> str:
-        """The loss in a file or run name: ``infonce``, ``dcl-tp0.1``, ``hcl-b1-tp0.1``."""
+        """The loss in a file or run name: ``infonce``, ``debiased-tp0.1``, ``hcl-b1-tp0.1``."""
         if self.method == "debiased":
-            return f"dcl-tp{self.tau_plus:g}"
+            return f"debiased-tp{self.tau_plus:g}"
         if self.method == "hcl":
             return f"hcl-b{self.beta:g}-tp{self.tau_plus:g}"
         return "infonce"

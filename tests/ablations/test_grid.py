@@ -1,5 +1,6 @@
 """ablations/grid.py: bad input, dry runs, and a real local grid end to end."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -11,6 +12,9 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ablations import spec
+from ablations.griddir import GridDir
+from pretrain.run.errors import UserError
 from tests.ablations.test_spec import build
 from tests.conftest import REPO, TINY_GRID, grid_cli, grid_runs
 
@@ -54,6 +58,27 @@ def test_a_folder_holding_another_grid_is_refused_untouched(tmp_path):
     r = grid_cli("--out", str(out), "--cluster", "local")
     assert r.returncode == 2 and "holds a different grid" in r.stderr and r.stderr.count("\n") == 1
     assert (out / "grid.json").read_text() == other and sorted(p.name for p in out.iterdir()) == ["grid.json"]
+
+
+def test_a_folder_is_the_same_grid_however_its_stages_arguments_were_spelled(tmp_path):
+    def folder(lincls):
+        return GridDir(tmp_path / "grid", spec.build(spec.load_preset("demo"), None, {}, None, [], lincls), tmp_path)
+
+    written = folder("--fast --epochs=2")
+    written.out.mkdir()
+    written.save_grid()
+    folder("--epochs 2 --fast").check_same()
+    with pytest.raises(UserError, match=r"holds a different grid \(lincls differs: \{'epochs': 2\} there\)"):
+        folder("--fast --epochs 3").check_same()
+    # grid.json as grid.py wrote it when the id hashed the stages' argument lists: refused in one line
+    d = json.loads((written.out / "grid.json").read_text())
+    stored = {k: d[k] for k in ("name", "base", "set", "seeds", "lincls", "transfer", "cells", "references")}
+    d["grid_id"] = f"demo-{hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:8]}"
+    (written.out / "grid.json").write_text(json.dumps(d))
+    with pytest.raises(UserError, match=f"as an earlier version of grid.py wrote it \\(grid id {d['grid_id']}, now "
+                                        f"{written.grid.grid_id}\\)") as e:
+        written.check_same()
+    assert "\n" not in str(e.value)
 
 
 def test_dry_run_prints_cells_and_gpu_hours_and_submits_nothing(tmp_path):

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ablations import spec
 from pretrain.run.errors import UserError
@@ -134,7 +135,7 @@ def test_the_loss_is_an_axis_and_undefined_combinations_are_dropped_with_the_rea
     assert spec.axis("loss.tau_plus").name == "tau_plus" and spec.axis("beta").type is float
     hard = spec.build(spec.load_preset("hardneg-in100"), None, {}, None, [], None)
     assert [hard.objective(c).label for c in hard.cells] == [
-        "MoCo v2", "MoCHi (1024, 1024, 128)", "debiased (tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
+        "MoCo v2", "MoCHi (1024, 1024, 128)", "debiased (Chuang et al., tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
         "HCL (beta 1.0, tau+ 0.1) + MoCHi (1024, 1024, 128)"]
     assert hard.seeds == 3 and hard.base == "imagenet100"
 
@@ -178,3 +179,46 @@ def test_imagenet100_grid_presets_keep_the_sourced_batch_and_lr():
         g = build(preset=name, extra=["data.path=/datasets/imagenet"])
         cfgs = [g.cfg(c, 0, Path("runs/x")) for c in g.cells]
         assert {(c.optim.batch_size, c.optim.lr) for c in cfgs} == {(128, 0.03)}, name
+
+
+def test_the_grid_id_comes_from_the_stages_typed_settings_not_their_spelling():
+    def grid_id(lincls="--fast", transfer=None):
+        return spec.build(spec.load_preset("demo"), None, {}, None, ["model.arch=resnet50"], lincls,
+                          transfer=transfer).grid_id
+
+    same = grid_id("--fast --epochs 2")
+    assert grid_id("--fast --epochs=2") == same == grid_id("--epochs 2 --fast") == grid_id(["--fast", "--epochs", "2"])
+    assert grid_id("--fast --epochs 3") != same and grid_id("--epochs 2") != same
+    assert grid_id("--fast --lr=0.5") == grid_id("--fast --lr 0.50")  # typed: a float
+    # the seed is each unit's and the loader's processes are how the probe runs, not what it measures
+    assert grid_id("--fast --epochs 2 --seed 7 --workers 1") == same
+    tv = "--task demo-voc --data /d --iters 2"
+    assert grid_id(transfer=tv) == grid_id(transfer="--iters=2 --data=/d --task demo-voc")
+    assert grid_id(transfer=tv) != grid_id(transfer="--task demo-voc --data /d --iters 3")
+    d2 = "--engine detectron2 --task demo-voc --data /d --device cpu"
+    assert grid_id(transfer=d2) == grid_id(transfer="--engine=detectron2 --task=demo-voc --data /d --device=cpu")
+    assert grid_id(transfer=d2) != grid_id(transfer=d2 + " --iters 5") != grid_id(transfer=tv)
+
+
+def baseline_preset(tmp_path, cells, **keys):
+    """A grid preset on the demo base with ``baseline: true`` and these cells."""
+    p = tmp_path / "plain.yaml"
+    p.write_text(yaml.safe_dump({"base": "demo", "cells": cells, "baseline": True, **keys}))
+    return spec.build(spec.load_preset(str(p)), None, {}, 1, [], None)
+
+
+def test_baseline_true_adds_a_plain_moco_cell_only_where_objective_finds_none(tmp_path):
+    # N 64 with s = s' = 0 synthesises nothing: it is plain MoCo, whatever its N (Objective.is_plain_moco)
+    g = baseline_preset(tmp_path, [{"N": 64, "s": 0, "s_prime": 0}, {"N": 64, "s": 32, "s_prime": 0}])
+    assert [c.id for c in g.cells] == ["N64-s0-sp0", "N64-s32-sp0"]
+    # a cell that leaves (N, s, s') to the base, where the grid's set makes them synthesise nothing
+    g = baseline_preset(tmp_path, [{"K": 512}, {"K": 1024}], set={"mochi.s": 0, "mochi.s_prime": 0})
+    assert [c.id for c in g.cells] == ["K512", "K1024"]
+    # none is plain MoCo: exactly one is added, first, with the first cell's other axes
+    g = baseline_preset(tmp_path, [{"N": 64, "s": 32, "s_prime": 0, "K": 1024}, {"N": 64, "s": 32, "s_prime": 8}])
+    assert [c.id for c in g.cells] == ["N0-s0-sp0_K1024", "N64-s32-sp0_K1024", "N64-s32-sp8"]
+    assert [g.objective(c).label for c in g.cells][0] == "MoCo v2"
+    # and it is MoCo v2 even when the first cell trains another loss
+    g = baseline_preset(tmp_path, [{"N": 64, "s": 32, "s_prime": 0, "method": "hcl", "tau_plus": 0.1, "beta": 1.0}])
+    assert [g.objective(c).label for c in g.cells] == ["MoCo v2", "HCL (beta 1.0, tau+ 0.1) + MoCHi (64, 32, 0)"]
+    assert g.cells[0].id == "N0-s0-sp0_infonce_tp0.0_b0.0"

@@ -3,7 +3,8 @@
 import pytest
 
 from ablations import spec
-from ablations.submit import check_transfer_gpus
+from ablations.griddir import GridDir
+from ablations.submit import check_transfer_gpus, unit_jobs
 from pretrain.run.errors import UserError
 from slurm import launcher
 
@@ -23,3 +24,18 @@ def test_a_detectron2_stage_needing_more_gpus_than_the_profile_gives_is_refused_
                         launcher.load_profile("local-cpu"), "slurm")
     check_transfer_gpus(grid("--task voc-c4 --data /d"), gpu1, "slurm")  # torchvision: DDP tasks, as before
     check_transfer_gpus(d2, gpu1, "local")  # a local job sees this machine's GPUs; the stage checks them itself
+
+
+def test_every_run_of_a_row_is_tagged_with_the_rows_setting_in_words(tmp_path):
+    """The MLflow runs of a row (pretraining, probe) say in words what it trained: ``loss.method=debiased``
+    is Chuang et al.'s debiased loss (not lightly's DCLLoss, the decoupled loss of Yeh et al.)."""
+    g = spec.build(spec.load_preset("hardneg-in100"), None, {}, 1, [], None)
+    gd = GridDir(tmp_path / "grid", g, tmp_path / "results")
+    u = next(u for u in gd.units() if u.row == "N0-s0-sp0_debiased_tp0.1")
+    pre, evals = unit_jobs(gd, u, "sqlite:///unused.db", None)
+    assert pre.tags["setting"] == evals["lincls"].settings.tags["setting"] == "debiased (Chuang et al., tau+ 0.1)"
+    assert pre.cfg.flat()["loss.method"] == "debiased"  # the config value (a param) stays
+    ref = spec.build(spec.load_preset("demo"), None, {}, 1, [], None)
+    gd = GridDir(tmp_path / "demo", ref, tmp_path / "results")
+    u = next(u for u in gd.units() if u.ref is not None)
+    assert unit_jobs(gd, u, "sqlite:///unused.db", None)[1]["lincls"].settings.tags["setting"] == "random init"

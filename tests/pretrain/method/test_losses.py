@@ -137,7 +137,7 @@ def test_the_default_loss_is_moco_v2s_cross_entropy_bit_for_bit():
     assert Loss("hcl", 0.1, 1.0)(logits, TAU) == hcl(logits, TAU, 0.1, 1.0)
     assert Loss("debiased", 0.1)(logits, TAU) == debiased(logits, TAU, 0.1)
     assert (INFONCE.label, Loss("debiased", 0.1).label, Loss("hcl", 0.1, 1.0).label) == \
-        ("InfoNCE", "debiased (tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)")
+        ("InfoNCE", "debiased (Chuang et al., tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)")
 
 
 @pytest.mark.parametrize("loss", [

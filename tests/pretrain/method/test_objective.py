@@ -23,12 +23,12 @@ def test_the_one_definition_of_plain_moco_and_its_names(N, s, sp, plain, label):
 
 
 @pytest.mark.parametrize("loss, mixing, method, label, slug", [
-    (Loss("debiased", 0.1), Mixing(), "debiased", "debiased (tau+ 0.1)", "dcl-tp0.1"),
+    (Loss("debiased", 0.1), Mixing(), "debiased", "debiased (Chuang et al., tau+ 0.1)", "debiased-tp0.1"),
     (Loss("hcl", 0.1, 1.0), Mixing(), "hcl", "HCL (beta 1.0, tau+ 0.1)", "hcl-b1-tp0.1"),
     (Loss("hcl", 0.1, 1.0), Mixing(64, 0, 0), "hcl", "HCL (beta 1.0, tau+ 0.1)", "hcl-b1-tp0.1"),
     (Loss("hcl", 0.05, 0.5), Mixing(1024, 1024, 128), "hcl+mochi",
      "HCL (beta 0.5, tau+ 0.05) + MoCHi (1024, 1024, 128)", "hcl-b0.5-tp0.05_mochi-N1024-s1024-sp128"),
-    (Loss("debiased", 0.0), Mixing(), "debiased", "debiased (tau+ 0)", "dcl-tp0"),
+    (Loss("debiased", 0.0), Mixing(), "debiased", "debiased (Chuang et al., tau+ 0)", "debiased-tp0"),
 ])
 def test_other_losses_are_not_plain_moco_and_are_named_in_words(loss, mixing, method, label, slug):
     o = Objective(loss, mixing)

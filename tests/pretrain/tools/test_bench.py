@@ -48,7 +48,7 @@ def test_bench_times_every_method_beside_moco_v2(tmp_path):
     assert bench.main(["--arch", "resnet18", "--batch", "8", "--image-size", "32", "--K", "64", "--N", "16", "--s", "8",
                        "--s-prime", "4", "--steps", "1", "--warmup", "0", "--variants", "eager", "--json", str(out)]) == 0
     row = json.loads(out.read_text())["results"][0]
-    assert list(row["ratios"]) == ["MoCo v2", "MoCHi (16, 8, 4)", "debiased (tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
+    assert list(row["ratios"]) == ["MoCo v2", "MoCHi (16, 8, 4)", "debiased (Chuang et al., tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
                                    "HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)"]
     assert row["ratios"]["MoCo v2"] == 1.0 and all(v > 0 for v in row["ratios"].values())
     assert row["hcl+mochi_img_s"] == pytest.approx(row["ratios"]["HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)"]
