@@ -22,7 +22,7 @@ from pretrain.run.errors import UserError
 TABLE_METRICS = ["linear_top1", "knn_top1", "voc_AP50", "voc_AP", "voc_AP75", "coco_box_AP", "coco_mask_AP"]
 MECHANISM_METRICS = ["proxy_acc", "proxy_acc_all", "hardest_cos", "syn_top10_share"]
 DETECT = 0.5  # points: the difference the "seeds needed" column is for
-REFERENCE_FILE = Path(__file__).resolve().parent.parent / "results" / "reference.yaml"
+REFERENCE_FILE = Path(__file__).resolve().parent / "reference.yaml"  # package data: an input, not a result
 # A compared row's family: the grid's cells are hypotheses about methods; random init and released
 # checkpoints are reference rows, adjusted among themselves.
 METHODS, REFERENCES = "methods", "reference rows"
@@ -148,7 +148,7 @@ def best_rows(summary: pd.DataFrame, m: str) -> set[str]:
 
 
 def load_reference() -> list[dict]:
-    """Sourced reference numbers from ``results/reference.yaml``."""
+    """Sourced reference numbers from ``ablations/reference.yaml`` (shipped with the package)."""
     return yaml_reference(REFERENCE_FILE)
 
 

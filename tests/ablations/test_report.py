@@ -270,3 +270,22 @@ def test_voc_columns_fill_from_either_engine_and_fewer_gpus_are_noted(tmp_path, 
     assert note in (out / "table.md").read_text() and note in (out / "report.html").read_text()
     assert f"note: Transfer on fewer GPUs: {note}" in capsys.readouterr().out
     assert "N0-s0-sp0 (voc-c4" not in (out / "table.md").read_text()  # the torchvision row: BN over its batch
+
+
+def test_the_reference_numbers_are_package_data():
+    """ablations/reference.yaml is an input: it lives in the package, is listed as its package data
+    (so a wheel carries it) and parses, every entry with a source; results/ keeps outputs only."""
+    import fnmatch
+    from pathlib import Path
+
+    import ablations
+
+    tomllib = pytest.importorskip("tomllib")
+    package = Path(ablations.__file__).resolve().parent
+    assert summary.REFERENCE_FILE.parent == package and summary.REFERENCE_FILE.is_file()
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["ablations"]
+    assert any(fnmatch.fnmatch(summary.REFERENCE_FILE.relative_to(package).as_posix(), p) for p in patterns)
+    entries = summary.load_reference()
+    assert entries and all(e["source"] for e in entries)
+    assert not (package.parent / "results" / "reference.yaml").exists()
