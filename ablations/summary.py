@@ -82,8 +82,9 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
         found: dict[str, stats.Comparison] = {}
         for fam in (METHODS, REFERENCES):
             rows = [r for r in order if family[r] == fam]
-            found.update(zip(rows, stats.family([stats.compare(dict(zip(by[r]["seed"], by[r][name])), base_values,
-                                                               paired=bool(first.at[r, "paired"])) for r in rows])))
+            comps = [stats.compare(dict(zip(by[r]["seed"], by[r][name])), base_values,
+                                   paired=bool(first.at[r, "paired"])) for r in rows]
+            found.update(zip(rows, stats.family(comps)))
 
         def column(get, missing=math.nan) -> list:
             return [get(found[r]) if r in found else missing for r in order]
@@ -101,8 +102,8 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
         out[f"{name}_verdict"] = ["baseline" if r == base else stats.verdict(found[r], m.higher_is_better)
                                   for r in order]
         out[f"{name}_seeds_needed"] = [
-            stats.seeds_needed(detect, found[r].sd, paired=found[r].test != stats.WELCH, alpha=stats.ALPHA / found[r].m)
-            if r in found and m.points else None for r in order]
+            stats.seeds_needed(detect, found[r].sd, paired=found[r].test != stats.WELCH,
+                               alpha=stats.ALPHA / found[r].m) if r in found and m.points else None for r in order]
     return out
 
 
@@ -240,7 +241,7 @@ def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None =
                 t = t.rename(columns={c: f"{label}: {c}" for c in (delta, p_col, "verdict", f"seeds for {detect:g} pt")})
         refs = [reference_for(reference or [], preset, {a: row[a] for a in axes}, m) for _, row in summary.iterrows()]
         if any(refs):
-            t[f"{label} (reference)"] = [
+            t[f"{label} (reference, mean ± sd)"] = [
                 "" if r is None else f"{r['value']:.2f}" + (f" ± {r['std']:.2f}" if r.get("std") is not None else "")
                 for r in refs]
             t[f"Δ {label} vs reference"] = [

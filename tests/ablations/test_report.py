@@ -103,9 +103,9 @@ def test_heatmap_and_memory_figures_and_reference_columns(tmp_path, monkeypatch)
     body = [dict(zip(head, r)) for r in body]
     assert head[:4] == ["K", "N", "s", "s_prime"]  # the swept axes, in --sweep order
     row = next(r for r in body if r["K"] == "512" and r["N"] == "0")
-    assert row["linear top-1 (reference)"] == "70.00 ± 0.50"
+    assert row["linear top-1 (reference, mean ± sd)"] == "70.00 ± 0.50"
     assert row["Δ linear top-1 vs reference"] == "-8.00"  # ours 62.0 (the third cell) vs 70.0
-    assert all(r["linear top-1 (reference)"] == "" for r in body if r is not row)
+    assert all(r["linear top-1 (reference, mean ± sd)"] == "" for r in body if r is not row)
     assert "a test value" in (tmp_path / "r2" / "report.html").read_text()
 
 
