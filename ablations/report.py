@@ -11,7 +11,8 @@ import pandas as pd
 
 from ablations import figures, spec, stats
 from ablations.collect import METRICS, close_parent, fewer_gpus, histories, per_seed, runs_frame, sync_grid
-from ablations.summary import conclusions, load_reference, mechanism_table, summarize, table
+from ablations.summary import (MECHANISM_METRICS, TABLE_METRICS, conclusions, family_note, load_reference,
+                               mechanism_rows, mechanism_table, shown, summarize, table)
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import StoreError, mlflow_client
@@ -26,15 +27,34 @@ def table_axes(grid: spec.Grid) -> list[str]:
 
 
 STATISTICS = (
-    "Values: mean ± sample sd over seeds (n). Δ: the row minus the baseline row, with its 95% t interval; "
-    "seeds pair (seed k gives every cell the same initial weights, data order and augmentation draws), so "
-    "rows are compared on per-seed differences (paired t-test); rows whose seeds do not pair (released "
-    "checkpoints) by Welch's t-test. Each interval is the row's own, not adjusted for the number of rows; "
-    "p: Holm-Bonferroni adjusted over the rows of one column, and the verdicts follow it. Verdicts need "
-    f"at least {stats.MIN_N} seeds and p < {stats.ALPHA}; bold marks the best row only where it is "
-    "significantly better than the baseline. Seeds for 0.5 pt: seeds per row a paired t-test would need "
-    "for 80% power to detect a 0.5-point difference at the observed spread."
+    "Values: mean ± sample sd over seeds (n). Δ: the row minus the baseline row; seeds pair (seed k gives "
+    "every cell the same initial weights, data order and augmentation draws), so rows are compared on "
+    "per-seed differences (paired t-test); rows whose seeds do not pair (released checkpoints) by Welch's "
+    "t-test. The rows of a column form two families: the methods (the grid's cells) and the reference rows "
+    "(random init, released checkpoints), which are not hypotheses about methods. Within a family of m "
+    "tested rows, Bonferroni: p is multiplied by m and each Δ interval is the t interval at level "
+    "1 - 0.05/m, so the family's intervals are simultaneous 95% intervals and one excludes 0 exactly where "
+    f"the verdict is a difference. Verdicts need at least {stats.MIN_N} seeds and adjusted p < {stats.ALPHA}; "
+    "bold marks the best row only where it is significantly better than the baseline. The rows' own, "
+    "unadjusted 95% intervals are in table.csv (M_diff_low_unadj, M_diff_high_unadj). Seeds for 0.5 pt: "
+    "seeds per row the row's test would need for 80% power to detect a 0.5-point difference at the observed "
+    "spread and the family's level 0.05/m."
 )
+Table = tuple[str, pd.DataFrame, str]  # heading, table, the note under it
+
+
+def _latex_text(text: str) -> str:
+    """Plain text for a LaTeX document: its special characters escaped."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(special.get(ch, ch) for ch in text)
+
+
+def latex(tables: list[Table]) -> str:
+    """The tables as LaTeX booktabs (cells and headers escaped, bold marks dropped), each followed by its note."""
+    return "\n".join(t.to_latex(index=False, escape=True).replace("**", "") +
+                      (f"\\par\\smallskip{{\\footnotesize {_latex_text(note)}}}\n" if note else "")
+                      for _, t, note in tables)
 
 
 def _cells_html(t: pd.DataFrame) -> str:
@@ -52,12 +72,14 @@ def _cells_html(t: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def html_report(title: str, tables: list[tuple[str, pd.DataFrame]], conclusions: list[str], figures: list[Path],
+def html_report(title: str, tables: list[Table], conclusions: list[str], figures: list[Path],
                 notes: list[str], path: Path) -> None:
-    """One self-contained page: the tables, what they let one conclude, and every figure (PNG files beside it)."""
+    """One self-contained page: the tables with their notes, what they let one conclude, and every
+    figure (PNG files beside it)."""
     import html
 
-    body = "".join(f"<h2>{html.escape(h)}</h2>{_cells_html(t)}" for h, t in tables)
+    body = "".join(f"<h2>{html.escape(h)}</h2>{_cells_html(t)}"
+                   + (f"<p><small>{html.escape(note)}</small></p>" if note else "") for h, t, note in tables)
     words = "".join(f"<li>{html.escape(c)}</li>" for c in conclusions)
     imgs = "\n".join(f'<figure><img src="{f.name}" alt="{html.escape(f.stem)}"><figcaption>{html.escape(f.stem)}'
                      f'</figcaption></figure>' for f in figures if f.suffix == ".png")
@@ -69,13 +91,15 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:1
     atomic_write(path, page.encode())
 
 
-def markdown(title: str, tables: list[tuple[str, pd.DataFrame]], conclusions: list[str], notes: list[str]) -> str:
-    """The report as Markdown: the tables, the conclusions in words, the notes."""
+def markdown(title: str, tables: list[Table], conclusions: list[str], notes: list[str]) -> str:
+    """The report as Markdown: the tables, each with its note under it, the conclusions in words, the notes."""
     parts = [f"# {title}\n"]
-    for i, (heading, t) in enumerate(tables):
+    for i, (heading, t, note) in enumerate(tables):
         if i:
             parts.append(f"## {heading}\n")
         parts.append(t.to_markdown(index=False, disable_numparse=True) + "\n")
+        if note:
+            parts.append(f"*{note}*\n")
     parts.append("## What these runs show\n")
     parts += [f"- {c}" for c in conclusions] + [""]
     parts.append("## Notes\n")
@@ -112,10 +136,12 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     seeds = per_seed(runs, grid, axes, hist)
     summary = summarize(seeds, grid, axes)
     title = f"{grid.name}: {grid.paper}" if grid.paper else grid.name
-    tables = [("Scores", table(summary, axes, reference, grid.preset))]
+    tables: list[Table] = [("Scores", table(summary, axes, reference, grid.preset),
+                            family_note(summary, shown(summary, TABLE_METRICS)))]
     mech = mechanism_table(summary, axes)
     if mech is not None:
-        tables.append(("Mechanism: how hard the task and the negatives are (last quarter of training)", mech))
+        tables.append(("Mechanism: how hard the task and the negatives are (last quarter of training)", mech,
+                       family_note(mechanism_rows(summary), shown(summary, MECHANISM_METRICS))))
     words = conclusions(summary)
     notes = [STATISTICS,
              f"grid {grid.grid_id}, {len(grid.cells)} cells + {len(grid.references)} reference rows x {grid.seeds} "
@@ -130,8 +156,7 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     atomic_write(results_dir / "table.md", markdown(title, tables, words, notes).encode())
     atomic_write(results_dir / "table.csv", summary.to_csv(index=False).encode())
     atomic_write(results_dir / "per_seed.csv", seeds.to_csv(index=False).encode())
-    atomic_write(results_dir / "table.tex", "\n".join(t.to_latex(index=False).replace("**", "")
-                                                      for _, t in tables).encode())
+    atomic_write(results_dir / "table.tex", latex(tables).encode())
     figs = figures.score_bars(summary, title, results_dir)
     figs += figures.curves(hist, grid.row_ids(), set(summary.loc[summary["plain_moco"].astype(bool), "cell"]),
                            results_dir)
@@ -140,8 +165,8 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     figs += figures.accuracy_vs_K(summary, results_dir)
     html_report(title, tables, words, figs, notes, results_dir / "report.html")
     print()
-    for heading, t in tables:
-        print(f"{heading}:\n{t.to_string(index=False)}\n")
+    for heading, t, note in tables:
+        print(f"{heading}:\n{t.to_string(index=False)}\n" + (f"{note}\n" if note else ""))
     print("What these runs show:")
     for c in words:
         print(f"- {c}")

@@ -1,6 +1,7 @@
 """A grid's numbers per row, with their uncertainty: mean and 95% interval over seeds, each row's
-difference to the baseline row with its interval, test and verdict (``ablations.stats``), sourced
-reference numbers beside ours, the printable tables and what they let one conclude, in words.
+difference to the baseline row with its simultaneous interval, test and verdict within its family
+(``ablations.stats``: the methods, and the reference rows on their own), sourced reference numbers
+beside ours, the printable tables and what they let one conclude, in words.
 
 ``summarize`` makes one typed frame (``table.csv``); every other form (Markdown, LaTeX, HTML, the
 printed table) is formatted from it, so all carry the same numbers.
@@ -21,7 +22,10 @@ from pretrain.run.errors import UserError
 TABLE_METRICS = ["linear_top1", "knn_top1", "voc_AP50", "voc_AP", "voc_AP75", "coco_box_AP", "coco_mask_AP"]
 MECHANISM_METRICS = ["proxy_acc", "proxy_acc_all", "hardest_cos", "syn_top10_share"]
 DETECT = 0.5  # points: the difference the "seeds needed" column is for
-REFERENCE_FILE = Path(__file__).resolve().parent.parent / "results" / "reference.yaml"
+REFERENCE_FILE = Path(__file__).resolve().parent / "reference.yaml"  # package data: an input, not a result
+# A compared row's family: the grid's cells are hypotheses about methods; random init and released
+# checkpoints are reference rows, adjusted among themselves.
+METHODS, REFERENCES = "methods", "reference rows"
 
 
 def baseline_id(grid: spec.Grid, seeds: pd.DataFrame) -> str | None:
@@ -33,11 +37,22 @@ def baseline_id(grid: spec.Grid, seeds: pd.DataFrame) -> str | None:
     return plain[0] if plain else None
 
 
+def family_of(kind: str) -> str:
+    """The family of a compared row of this kind (``collect.ROW_COLUMNS``' kind): METHODS for a
+    cell, REFERENCES for random init and released checkpoints."""
+    return METHODS if kind == "cell" else REFERENCES
+
+
 def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: float = DETECT) -> pd.DataFrame:
-    """One row per table row, in grid order: its columns, ``n`` (its seeds), and per metric M with
-    values ``M_mean, M_low, M_high`` (95% t interval over seeds), ``M_std`` (sample sd), ``M_n``,
-    ``M_trial_std`` (transfer: the spread of a seed's trials, averaged), and against the baseline ``M_diff, M_diff_low, M_diff_high, M_p, M_p_holm, M_test,
-    M_verdict, M_seeds_needed`` (seeds to detect ``detect`` points at the observed spread)."""
+    """One row per table row, in grid order: its columns, ``family`` ("baseline", METHODS or
+    REFERENCES), ``n`` (its seeds), and per metric M with values ``M_mean, M_low, M_high`` (95% t
+    interval over seeds), ``M_std`` (sample sd), ``M_n``, ``M_trial_std`` (transfer: the spread of a
+    seed's trials, averaged), and against the baseline, within the row's family (``stats.family``):
+    ``M_diff``, ``M_diff_low, M_diff_high`` (the simultaneous interval the tables show, at level
+    ``M_diff_level`` = 1 - 0.05 / ``M_family_m``), ``M_diff_low_unadj, M_diff_high_unadj`` (the
+    row's own 95% interval), ``M_p`` and ``M_p_adj`` (Bonferroni within the family), ``M_test``,
+    ``M_verdict`` and ``M_seeds_needed`` (seeds to detect ``detect`` points at the observed spread
+    and the family's level)."""
     base = baseline_id(grid, seeds)
     order = [r for r in grid.row_ids() if r in set(seeds["cell"])]
     first = seeds.drop_duplicates("cell").set_index("cell")
@@ -46,7 +61,9 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
         out[col] = [first.at[r, col] for r in order]
     typed_axes(out, axes)
     out["baseline"] = [r == base for r in order]
+    out["family"] = ["baseline" if r == base else family_of(first.at[r, "kind"]) for r in order]
     out["n"] = [int(seeds.loc[seeds["cell"] == r, "seed"].nunique()) for r in order]
+    family = dict(zip(order, out["family"]))
     by = {r: seeds[seeds["cell"] == r] for r in order}
     for name, m in METRICS.items():
         if seeds[name].isna().all():
@@ -62,19 +79,31 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
         if base is None or base not in by or by[base][name].isna().all():
             continue
         base_values = dict(zip(by[base]["seed"], by[base][name]))
-        compared = [r for r in order if r != base]
-        comps = stats.with_holm([stats.compare(dict(zip(by[r]["seed"], by[r][name])), base_values,
-                                               paired=bool(first.at[r, "paired"])) for r in compared])
-        found = dict(zip(compared, comps))
-        for field in ("diff", "low", "high", "p", "p_holm", "test"):
-            out[f"{name}_{'diff_' + field if field in ('low', 'high') else field}"] = [
-                getattr(found[r], field) if r in found else (0.0 if field == "diff" else "" if field == "test" else math.nan)
-                for r in order]
+        found: dict[str, stats.Comparison] = {}
+        for fam in (METHODS, REFERENCES):
+            rows = [r for r in order if family[r] == fam]
+            comps = [stats.compare(dict(zip(by[r]["seed"], by[r][name])), base_values,
+                                   paired=bool(first.at[r, "paired"])) for r in rows]
+            found.update(zip(rows, stats.family(comps)))
+
+        def column(get, missing=math.nan) -> list:
+            return [get(found[r]) if r in found else missing for r in order]
+
+        out[f"{name}_diff"] = column(lambda c: c.diff, 0.0)
+        out[f"{name}_diff_low"] = column(lambda c: c.low)
+        out[f"{name}_diff_high"] = column(lambda c: c.high)
+        out[f"{name}_diff_level"] = column(lambda c: c.level)
+        out[f"{name}_diff_low_unadj"] = column(lambda c: c.interval(0.95)[0])
+        out[f"{name}_diff_high_unadj"] = column(lambda c: c.interval(0.95)[1])
+        out[f"{name}_p"] = column(lambda c: c.p)
+        out[f"{name}_p_adj"] = column(lambda c: c.p_adj)
+        out[f"{name}_test"] = column(lambda c: c.test, "")
+        out[f"{name}_family_m"] = column(lambda c: c.m)
         out[f"{name}_verdict"] = ["baseline" if r == base else stats.verdict(found[r], m.higher_is_better)
                                   for r in order]
         out[f"{name}_seeds_needed"] = [
-            stats.seeds_needed(detect, found[r].sd, paired=found[r].test != stats.WELCH) if r in found and m.points
-            else None for r in order]
+            stats.seeds_needed(detect, found[r].sd, paired=found[r].test != stats.WELCH,
+                               alpha=stats.ALPHA / found[r].m) if r in found and m.points else None for r in order]
     return out
 
 
@@ -120,7 +149,7 @@ def best_rows(summary: pd.DataFrame, m: str) -> set[str]:
 
 
 def load_reference() -> list[dict]:
-    """Sourced reference numbers from ``results/reference.yaml``."""
+    """Sourced reference numbers from ``ablations/reference.yaml`` (shipped with the package)."""
     return yaml_reference(REFERENCE_FILE)
 
 
@@ -147,12 +176,43 @@ def reference_for(entries: list[dict], preset: str, values: dict, metric: str) -
     return None
 
 
+def _percent(level: float) -> str:
+    """0.98333 -> '98.33%'."""
+    return f"{100 * level:.4g}%"
+
+
+def family_note(summary: pd.DataFrame, metrics: list[str]) -> str:
+    """The note under a table of ``metrics``: which family each compared row is in and the level its
+    Δ interval is shown at; "" where nothing is compared."""
+    metrics = [m for m in metrics if has_comparison(summary, m)]
+    parts = []
+    for fam in (METHODS, REFERENCES):
+        rows = summary[summary["family"] == fam]
+        if not len(rows) or not metrics:
+            continue
+        sizes: dict[int, list[str]] = {}
+        for m in metrics:
+            sizes.setdefault(int(rows[f"{m}_family_m"].iloc[0]), []).append(METRICS[m].label)
+        levels = "; ".join(f"m = {k}" + (f" for {', '.join(labels)}" if len(sizes) > 1 else "") +
+                           f": each at {_percent(1 - stats.ALPHA / k)}" for k, labels in sizes.items())
+        names = ", ".join(rows["setting"])
+        parts.append(f"the methods ({names}; {levels})" if fam == METHODS else
+                     f"the reference rows ({names}; {levels}), which are not hypotheses about methods and form "
+                     f"a family of their own")
+    if not parts:
+        return ""
+    return ("Δ: the row minus the baseline, with a simultaneous 95% interval over the row's family (Bonferroni "
+            "over its m tested rows: each interval at level 1 - 0.05/m, each p multiplied by m), so an interval "
+            "excludes 0 exactly where the verdict is a difference. Families: " + "; ".join(parts) + ".")
+
+
 def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None = None, preset: str = "",
           metrics: list[str] | None = None, detect: float = DETECT) -> pd.DataFrame:
     """A printable table of ``summary``: axis columns and the method; per metric the value (mean ±
-    sd over seeds, n), the difference to the baseline with its 95% interval, the Holm-adjusted p with
-    the test that ran, the verdict and the seeds a ``detect``-point difference would need; where
-    ``reference`` has a sourced value for the row, the reference and our difference to it."""
+    sd over seeds, n), the difference to the baseline with its simultaneous 95% interval over the
+    row's family, the Bonferroni-adjusted p with the test that ran, the verdict and the seeds a
+    ``detect``-point difference would need; where ``reference`` has a sourced value for the row, the
+    reference and our difference to it. ``family_note`` is the note that goes under it."""
     metrics = shown(summary, TABLE_METRICS if metrics is None else metrics)
     t = summary[axes].astype(object).where(summary[axes].notna(), "")
     t["setting"] = summary["setting"]
@@ -160,27 +220,28 @@ def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None =
         label = METRICS[m].label
         best = best_rows(summary, m)
         trial = f"{m}_trial_std" in summary
-        t[label] = [fmt(mu, sd, int(n), cell in best) + (f", trials sd {tr:.2f}" if trial and pd.notna(tr) else "")
-                    for cell, mu, sd, n, tr in zip(summary["cell"], summary[f"{m}_mean"], summary[f"{m}_std"],
-                                                   summary[f"{m}_n"],
-                                                   summary[f"{m}_trial_std"] if trial else [math.nan] * len(summary))]
+        t[f"{label} (mean ± sd)"] = [
+            fmt(mu, sd, int(n), cell in best) + (f", trials sd {tr:.2f}" if trial and pd.notna(tr) else "")
+            for cell, mu, sd, n, tr in zip(summary["cell"], summary[f"{m}_mean"], summary[f"{m}_std"],
+                                           summary[f"{m}_n"],
+                                           summary[f"{m}_trial_std"] if trial else [math.nan] * len(summary))]
         if has_comparison(summary, m):
             base = summary.loc[summary["baseline"], "setting"].iloc[0]
-            t[f"Δ vs {base} [95% CI]"] = [
+            delta, p_col = f"Δ vs {base} [simultaneous 95% CI]", "p (Bonferroni)"
+            t[delta] = [
                 "baseline" if b else fmt_interval(d, lo, hi, signed=True)
                 for b, d, lo, hi in zip(summary["baseline"], summary[f"{m}_diff"], summary[f"{m}_diff_low"],
                                         summary[f"{m}_diff_high"])]
-            t["p (Holm)"] = [fmt_p(p, test) for p, test in zip(summary[f"{m}_p_holm"], summary[f"{m}_test"])]
+            t[p_col] = [fmt_p(p, test) for p, test in zip(summary[f"{m}_p_adj"], summary[f"{m}_test"])]
             t["verdict"] = ["" if b else v for b, v in zip(summary["baseline"], summary[f"{m}_verdict"])]
             if METRICS[m].points:
                 t[f"seeds for {detect:g} pt"] = ["" if pd.isna(k) or k is None else str(int(k))
                                                  for k in summary[f"{m}_seeds_needed"]]
             if len(metrics) > 1:  # several metrics: each comparison column names its metric
-                t = t.rename(columns={c: f"{label}: {c}" for c in
-                                      (f"Δ vs {base} [95% CI]", "p (Holm)", "verdict", f"seeds for {detect:g} pt")})
+                t = t.rename(columns={c: f"{label}: {c}" for c in (delta, p_col, "verdict", f"seeds for {detect:g} pt")})
         refs = [reference_for(reference or [], preset, {a: row[a] for a in axes}, m) for _, row in summary.iterrows()]
         if any(refs):
-            t[f"{label} (reference)"] = [
+            t[f"{label} (reference, mean ± sd)"] = [
                 "" if r is None else f"{r['value']:.2f}" + (f" ± {r['std']:.2f}" if r.get("std") is not None else "")
                 for r in refs]
             t[f"Δ {label} vs reference"] = [
@@ -188,22 +249,29 @@ def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None =
     return t
 
 
+def mechanism_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the mechanism table: the pretrained cells (reference rows have no pretraining)."""
+    return summary[summary["kind"] == "cell"].reset_index(drop=True)
+
+
 def mechanism_table(summary: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
     """The paper's mechanism, late in training: proxy-task accuracy over [positive, queue] and with
     the synthetic negatives, the hardest negative's cosine, the synthetic share of the top-10; each
-    as mean [95% CI] over seeds, with its difference to the baseline. None without pretraining runs."""
+    as mean [95% CI] over seeds, with its difference to the baseline (simultaneous 95% interval over
+    the methods) and verdict. None without pretraining runs."""
     metrics = shown(summary, MECHANISM_METRICS)
     if not metrics:
         return None
-    rows = summary[summary["kind"] == "cell"].reset_index(drop=True)
+    rows = mechanism_rows(summary)
     t = rows[axes].copy()
     t["setting"] = rows["setting"]
     for m in metrics:
         label = METRICS[m].label
-        t[label] = [fmt_interval(mu, lo, hi) + (f" (n={int(n)})" if pd.notna(mu) else "")
-                    for mu, lo, hi, n in zip(rows[f"{m}_mean"], rows[f"{m}_low"], rows[f"{m}_high"], rows[f"{m}_n"])]
+        t[f"{label}, mean [95% CI]"] = [
+            fmt_interval(mu, lo, hi) + (f" (n={int(n)})" if pd.notna(mu) else "")
+            for mu, lo, hi, n in zip(rows[f"{m}_mean"], rows[f"{m}_low"], rows[f"{m}_high"], rows[f"{m}_n"])]
         if has_comparison(rows, m):
-            t[f"{label}: Δ [95% CI], verdict"] = [
+            t[f"{label}: Δ [simultaneous 95% CI], verdict"] = [
                 "baseline" if b else "" if pd.isna(d) else fmt_interval(d, lo, hi, signed=True) + f"; {v}"
                 for b, d, lo, hi, v in zip(rows["baseline"], rows[f"{m}_diff"], rows[f"{m}_diff_low"],
                                            rows[f"{m}_diff_high"], rows[f"{m}_verdict"])]
@@ -211,7 +279,8 @@ def mechanism_table(summary: pd.DataFrame, axes: list[str]) -> pd.DataFrame | No
 
 
 def conclusions(summary: pd.DataFrame, detect: float = DETECT) -> list[str]:
-    """What the tables let one conclude, and what they do not, in sentences built from the numbers."""
+    """What the tables let one conclude, and what they do not, in sentences built from the numbers:
+    per metric, each family's verdicts with their simultaneous intervals."""
     out = []
     if not summary["baseline"].any():
         return ["No plain MoCo v2 row (and no --baseline): the rows are not compared with each other."]
@@ -233,16 +302,20 @@ def conclusions(summary: pd.DataFrame, detect: float = DETECT) -> list[str]:
                        f"the differences and intervals in the table are descriptive only.")
             continue
         tested = rows[rows[f"{m}_verdict"] != "n too small to test"]
-        words = []
-        for _, r in tested.iterrows():
-            v = r[f"{m}_verdict"]
-            diff = fmt_interval(r[f"{m}_diff"], r[f"{m}_diff_low"], r[f"{m}_diff_high"], signed=True)
-            if v == "no detectable difference":
-                words.append(f"{r['setting']} does not differ detectably ({diff}, p {fmt_p(r[f'{m}_p_holm'], r[f'{m}_test'])})")
-            else:
-                words.append(f"{r['setting']} is {v} ({diff}, p {fmt_p(r[f'{m}_p_holm'], r[f'{m}_test'])})")
+        families = []
+        for fam, g in tested.groupby("family", sort=False):
+            words = []
+            for _, r in g.iterrows():
+                v = r[f"{m}_verdict"]
+                diff = fmt_interval(r[f"{m}_diff"], r[f"{m}_diff_low"], r[f"{m}_diff_high"], signed=True)
+                p = fmt_p(r[f"{m}_p_adj"], r[f"{m}_test"])
+                words.append(f"{r['setting']} does not differ detectably ({diff}, p {p})"
+                             if v == "no detectable difference" else f"{r['setting']} is {v} ({diff}, p {p})")
+            k = int(g[f"{m}_family_m"].iloc[0])
+            families.append(f"Among the {fam} (Bonferroni over {k} row(s), intervals at "
+                            f"{_percent(1 - stats.ALPHA / k)}): " + "; ".join(words) + ".")
         sentence = (f"{label}, against {base['setting']} ({fmt(base[f'{m}_mean'], base[f'{m}_std'], int(base[f'{m}_n']))}), "
-                    f"Holm-corrected over {len(tested)} row(s) at the 5% level: " + "; ".join(words) + ".")
+                    f"simultaneous 95% intervals per family. " + " ".join(families))
         if metric.points and metric.higher_is_better:
             needed = [int(k) for k in tested[f"{m}_seeds_needed"] if k is not None and pd.notna(k)]
             if needed:

@@ -25,7 +25,7 @@ from pretrain.run.tracking import default_uri
 
 
 def pivot(seeds: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> pd.DataFrame:
-    """'mean ± std (n)' of ``metric`` over seeds, rows x columns chosen among the grid's axes, each
+    """'mean ± sd (n=k)' of ``metric`` over seeds, rows x columns chosen among the grid's axes, each
     sorted by its typed values (0, 32, 128, not "0", "128", "32")."""
     d = seeds[seeds["kind"] == "cell"].dropna(subset=[metric])
     if d.empty:
@@ -34,7 +34,8 @@ def pivot(seeds: pd.DataFrame, rows: list[str], cols: list[str], metric: str) ->
     g = g.sort_values(rows + cols, kind="stable")
     g["cell"] = [fmt(m, s, int(n)) for m, s, n in zip(g["mean"], g["std"], g["count"])]
     if not cols:
-        return g[rows + ["cell"]].rename(columns={"cell": collect.METRICS[metric].label}).reset_index(drop=True)
+        header = f"{collect.METRICS[metric].label} (mean ± sd)"
+        return g[rows + ["cell"]].rename(columns={"cell": header}).reset_index(drop=True)
     return g.pivot_table(index=rows, columns=cols, values="cell", aggfunc="first", fill_value="").sort_index()
 
 
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(out / f"{stem}.md", flat.to_markdown(index=False, disable_numparse=True).encode())
             atomic_write(out / f"{stem}.csv", flat.to_csv(index=False).encode())
             atomic_write(out / f"{stem}.tex", flat.to_latex(index=False).encode())
-            print(f"\n{collect.METRICS[args.metric].label}, rows {rows}, columns {cols}:\n{t.to_string()}")
+            print(f"\n{collect.METRICS[args.metric].label} (mean ± sd over seeds, n), rows {rows}, columns {cols}:"
+                  f"\n{t.to_string()}")
             print(f"wrote {out}/{stem}.md, .csv, .tex")
     return code
 

@@ -103,9 +103,9 @@ def test_heatmap_and_memory_figures_and_reference_columns(tmp_path, monkeypatch)
     body = [dict(zip(head, r)) for r in body]
     assert head[:4] == ["K", "N", "s", "s_prime"]  # the swept axes, in --sweep order
     row = next(r for r in body if r["K"] == "512" and r["N"] == "0")
-    assert row["linear top-1 (reference)"] == "70.00 ± 0.50"
+    assert row["linear top-1 (reference, mean ± sd)"] == "70.00 ± 0.50"
     assert row["Δ linear top-1 vs reference"] == "-8.00"  # ours 62.0 (the third cell) vs 70.0
-    assert all(r["linear top-1 (reference)"] == "" for r in body if r is not row)
+    assert all(r["linear top-1 (reference, mean ± sd)"] == "" for r in body if r is not row)
     assert "a test value" in (tmp_path / "r2" / "report.html").read_text()
 
 
@@ -160,10 +160,13 @@ def test_the_baseline_is_plain_moco_whatever_its_N(tmp_path):
 
 
 def test_rows_are_compared_with_the_baseline_and_every_form_carries_the_same_numbers(tmp_path):
-    """Paired tests for cells and the random-init row, Welch for a released checkpoint, Holm over the
-    rows, verdicts only from 3 seeds, bold only where significantly better; Markdown, LaTeX, HTML and
-    CSV show the same numbers."""
+    """Paired tests for cells and the random-init row, Welch for a released checkpoint; Bonferroni
+    within two families, the methods and the reference rows; every shown interval at its family's
+    level, excluding 0 exactly where the verdict is a difference; verdicts only from 3 seeds, bold
+    only where significantly better; Markdown, LaTeX, HTML and CSV show the same numbers, under
+    headers that say what they are, with the families in a note under the table."""
     import re
+    from html import escape
 
     from ablations import stats
 
@@ -173,7 +176,9 @@ def test_rows_are_compared_with_the_baseline_and_every_form_carries_the_same_num
     grid.references = [spec.RANDOM_INIT, spec.Reference("mine", str(tmp_path / "mine.pth.tar"))]
     values = {"N0-s0-sp0": [70.0, 72.0, 71.0, 73.0],
               "N128-s128-sp32": [71.0, 73.1, 71.9, 74.2],  # +1 on every seed, give or take: paired, significant
-              "N128-s128-sp0": [69.0, 74.0, 70.0, 72.5],   # +/- at random: no detectable difference
+              # +0.9 on average (differences 1.0, 0.4, 1.6, 0.6): its own 95% interval excludes 0 (p = 0.042),
+              # Bonferroni over the two methods does not (p = 0.085): no detectable difference
+              "N128-s128-sp0": [71.0, 72.4, 72.6, 73.6],
               "random-init": [80.0, 80.5, 79.5, 80.2],
               "released-mine": [75.0, 75.5, 74.8, 75.1]}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -186,17 +191,24 @@ def test_rows_are_compared_with_the_baseline_and_every_form_carries_the_same_num
     assert csv.loc["N128-s128-sp32", "linear_top1_test"] == "paired t"
     assert csv.loc["random-init", "linear_top1_test"] == "paired t"
     assert csv.loc["released-mine", "linear_top1_test"] == "Welch t"
-    # by hand: the same tests on the same numbers, Holm over the four rows
+    # by hand: the same tests on the same numbers; Bonferroni over two rows in each family
+    assert csv["family"].tolist() == ["baseline", "methods", "methods", "reference rows", "reference rows"]
     base = dict(enumerate(values["N0-s0-sp0"]))
-    comps = [stats.compare(dict(enumerate(values[r])), base, paired=r != "released-mine")
-             for r in ["N128-s128-sp32", "N128-s128-sp0", "random-init", "released-mine"]]
-    for r, c, adj in zip(["N128-s128-sp32", "N128-s128-sp0", "random-init", "released-mine"], comps,
-                         stats.holm([c.p for c in comps])):
+    for r in ["N128-s128-sp32", "N128-s128-sp0", "random-init", "released-mine"]:
+        c = stats.compare(dict(enumerate(values[r])), base, paired=r != "released-mine")
         assert csv.loc[r, "linear_top1_diff"] == pytest.approx(c.diff)
-        assert csv.loc[r, "linear_top1_p_holm"] == pytest.approx(adj)
-        assert (csv.loc[r, "linear_top1_diff_low"], csv.loc[r, "linear_top1_diff_high"]) == pytest.approx((c.low, c.high))
+        assert csv.loc[r, "linear_top1_p"] == pytest.approx(c.p)
+        assert csv.loc[r, "linear_top1_p_adj"] == pytest.approx(min(1.0, 2 * c.p))
+        assert csv.loc[r, "linear_top1_family_m"] == 2 and csv.loc[r, "linear_top1_diff_level"] == pytest.approx(0.975)
+        assert (csv.loc[r, "linear_top1_diff_low"], csv.loc[r, "linear_top1_diff_high"]) == \
+            pytest.approx(c.interval(0.975))
+        assert (csv.loc[r, "linear_top1_diff_low_unadj"], csv.loc[r, "linear_top1_diff_high_unadj"]) == \
+            pytest.approx(c.interval(0.95))
+        excludes = csv.loc[r, "linear_top1_diff_low"] > 0 or csv.loc[r, "linear_top1_diff_high"] < 0
+        assert excludes == (csv.loc[r, "linear_top1_verdict"] in ("better", "worse"))
     assert csv.loc["N128-s128-sp32", "linear_top1_verdict"] == "better"
     assert csv.loc["N128-s128-sp0", "linear_top1_verdict"] == "no detectable difference"
+    assert csv.loc["N128-s128-sp0", "linear_top1_diff_low_unadj"] > 0 > csv.loc["N128-s128-sp0", "linear_top1_diff_low"]
     assert csv.loc["random-init", "linear_top1_verdict"] == "better"
     md = (out / "table.md").read_text()
     # bold: the best of the significantly better rows (random init), not the MoCHi row
@@ -212,8 +224,20 @@ def test_rows_are_compared_with_the_baseline_and_every_form_carries_the_same_num
             if r != "N0-s0-sp0":
                 assert f"{low:+.2f}" in text and f"{high:+.2f}" in text
     row = next(ln for ln in md.splitlines() if "MoCHi (128, 128, 32)" in ln)
-    p = csv.loc["N128-s128-sp32", "linear_top1_p_holm"]
+    p = csv.loc["N128-s128-sp32", "linear_top1_p_adj"]
     assert re.search(rf"{p:.3f} \(paired t\)", row) and "| better " in row
+    # the headers say what the numbers are: a sd beside the mean, simultaneous intervals, adjusted p
+    for text in (md, html, (out / "table.tex").read_text()):
+        assert "linear top-1 (mean ± sd)" in text and "Bonferroni" in text
+    assert "[simultaneous 95% CI]" in md and "[simultaneous 95% CI]" in html
+    assert "[simultaneous 95\\% CI]" in tex and not re.search(r"[^\\]%", tex)  # LaTeX: % escaped
+    # the note under the table: which family each row is in, and the level of its interval
+    lines = md.splitlines()
+    note = lines[next(i for i, ln in enumerate(lines) if ln.startswith("|") and "released: mine" in ln) + 2]
+    assert note.startswith("*Δ: the row minus the baseline") and "form a family of their own" in note
+    assert "the methods (MoCHi (128, 128, 32), MoCHi (128, 128, 0); m = 2: each at 97.5%)" in note
+    assert "the reference rows (random init, released: mine, evaluated here; m = 2: each at 97.5%)" in note
+    assert escape(note.strip("*")) in html
 
 
 def test_voc_columns_fill_from_either_engine_and_fewer_gpus_are_noted(tmp_path, capsys):
@@ -246,3 +270,22 @@ def test_voc_columns_fill_from_either_engine_and_fewer_gpus_are_noted(tmp_path, 
     assert note in (out / "table.md").read_text() and note in (out / "report.html").read_text()
     assert f"note: Transfer on fewer GPUs: {note}" in capsys.readouterr().out
     assert "N0-s0-sp0 (voc-c4" not in (out / "table.md").read_text()  # the torchvision row: BN over its batch
+
+
+def test_the_reference_numbers_are_package_data():
+    """ablations/reference.yaml is an input: it lives in the package, is listed as its package data
+    (so a wheel carries it) and parses, every entry with a source; results/ keeps outputs only."""
+    import fnmatch
+    from pathlib import Path
+
+    import ablations
+
+    tomllib = pytest.importorskip("tomllib")
+    package = Path(ablations.__file__).resolve().parent
+    assert summary.REFERENCE_FILE.parent == package and summary.REFERENCE_FILE.is_file()
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["ablations"]
+    assert any(fnmatch.fnmatch(summary.REFERENCE_FILE.relative_to(package).as_posix(), p) for p in patterns)
+    entries = summary.load_reference()
+    assert entries and all(e["source"] for e in entries)
+    assert not (package.parent / "results" / "reference.yaml").exists()
