@@ -184,6 +184,15 @@ def _query(args: list[str]) -> list[list[str]]:
     return [line.split("|") for line in r.stdout.splitlines() if line.strip()]
 
 
+# What the launcher asks of submitit that its public API does not offer, each through one of its
+# internals: only these two functions touch them, and tests/slurm/test_launcher.py holds them
+# against the installed submitit, so an upgrade that moves them fails there, saying which.
+def sbatch_script(executor: submitit.Executor, command: str) -> str:
+    """The sbatch script a ``make_executor("slurm", ...)`` executor would submit to run ``command``,
+    made without submitting: what SLURM is asked for (``#SBATCH`` lines, set-up lines)."""
+    return executor._executor._make_submission_file_text(command, "uid")
+
+
 def submitted_stderr(folder: Path, job_id: str) -> Path | None:
     """The stderr file of job ``job_id`` of an executor in ``folder`` if submitit wrote its payload
     (the submitted pickle; it is moved into place only after ``sbatch`` returned), else None: a job

@@ -15,10 +15,10 @@ def test_a_transfer_stage_gets_the_job_of_its_engine(tmp_path):
     # detectron2 starts its own worker per GPU: one SLURM task holding the 8 GPUs and their cores
     p = launcher.load_profile("gpu-8")
     p.eval_gpus = 8
-    text = launcher.make_executor("slurm", tmp_path, p, name="g-transfer", stage=d2.tasks) \
-        ._executor._make_submission_file_text("python x", "uid")
+    text = launcher.sbatch_script(
+        launcher.make_executor("slurm", tmp_path, p, name="g-transfer", stage=d2.tasks), "python x")
     assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --gpus-per-node=8" in text
     assert f"#SBATCH --cpus-per-task={8 * p.cpus_per_task}" in text
-    text = launcher.make_executor("slurm", tmp_path, p, name="g-transfer", stage=tv.tasks) \
-        ._executor._make_submission_file_text("python x", "uid")
+    text = launcher.sbatch_script(
+        launcher.make_executor("slurm", tmp_path, p, name="g-transfer", stage=tv.tasks), "python x")
     assert "#SBATCH --ntasks-per-node=8" in text and f"#SBATCH --cpus-per-task={p.cpus_per_task}" in text
