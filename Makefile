@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The console scripts pyproject.toml registers (mochi-grid, mochi-knn, ...), installed by setup.
+BIN := $(VENV)/bin
 # What this project is tested with; pyproject.toml admits older clusters' versions.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
@@ -26,14 +28,14 @@ data:
 # The main job: the embedded (N, s, s') grid on Fashion-MNIST, on this machine's SLURM cluster if a
 # controller answers, else locally on CPU (about 8 minutes on 2 cores); tables land in results/demo/.
 demo: setup data
-	$(PY) ablations/grid.py
+	$(BIN)/mochi-grid
 
 # One longer MoCHi run with kNN and linear probes against a random backbone (about 4 minutes).
 demo-run: setup data
-	$(PY) -m pretrain --preset demo
-	$(PY) -m pretrain.knn runs/demo
-	$(PY) -m pretrain.lincls runs/demo --fast
-	$(PY) -m pretrain.lincls runs/demo --fast --random-init
+	$(BIN)/mochi-pretrain --preset demo
+	$(BIN)/mochi-knn runs/demo
+	$(BIN)/mochi-lincls runs/demo --fast
+	$(BIN)/mochi-lincls runs/demo --fast --random-init
 
 test: setup data
 	$(PY) -m pytest
@@ -58,11 +60,11 @@ slurm-down:
 	bash slurm/cluster.sh stop $(SLURM_DIR)
 
 bench: setup
-	$(PY) -m pretrain.bench
+	$(BIN)/mochi-bench
 
 # Input pipelines (cpu, gpu, dali if installed) and JPEG-fed vs synthetic training, on generated JPEGs.
 bench-data: setup
-	$(PY) -m pretrain.bench_data
+	$(BIN)/mochi-bench-data
 
 clean:
 	rm -rf runs results/bench_*.json results/pipeline_batch.png results/demo

@@ -143,5 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         return submit(gd, profile, cluster, uri, args.wait, args.check)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Console-script entry point (``mochi-grid``)."""
     execute(main)
+
+
+if __name__ == "__main__":
+    entry()

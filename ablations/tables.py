@@ -113,5 +113,10 @@ def _uri(grid_dir: Path) -> str:
     return json.loads((folders[0] / rundir.TRACKING_FILE).read_text())["uri"] if folders else default_uri(src.parent)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Console-script entry point (``mochi-tables``)."""
     execute(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,33 +1,6 @@
-"""``python -m pretrain.jpegs DIR --n 5000``: a folder of photo-like JPEGs at ImageNet's sizes
-(``pretrain.tools.jpegs``), for the input-pipeline benchmark and tests."""
+"""``python -m pretrain.jpegs``: the old spelling of the console script ``mochi-jpegs`` (``pretrain.tools.jpegs``)."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from .run.cli import ArgumentParser, execute
-from .run.errors import UserError
-from .tools.jpegs import make_jpegs
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse, refuse a folder that holds images already, write the JPEGs."""
-    p = ArgumentParser(prog="python -m pretrain.jpegs", description="Write a folder of photo-like JPEGs at ImageNet's sizes.")
-    p.add_argument("folder")
-    p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--odd", action="store_true", help="add progressive, CMYK, grayscale, PNG and truncated files")
-    args = p.parse_args(argv)
-    out = Path(args.folder)
-    if (out / "train").exists() and any((out / "train").iterdir()):
-        raise UserError(f"{out}/train already holds files; choose an empty folder")
-    make_jpegs(out, args.n, args.classes, args.seed, args.odd)
-    files = list((out / "train").rglob("*.JPEG"))
-    size = sum(f.stat().st_size for f in files)
-    print(f"wrote {len(files)} images to {out}/train ({size / len(files) / 1024:.0f} KiB per file on average)")
-    return 0
-
+from .tools.jpegs import entry, main  # noqa: F401 - main too, for callers of the old module
 
 if __name__ == "__main__":
-    execute(main)
+    entry()

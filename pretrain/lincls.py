@@ -80,5 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """Console-script entry point (``mochi-lincls``)."""
+    execute(main)
+
+
 if __name__ == "__main__":
     execute(main)

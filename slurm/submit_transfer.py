@@ -95,5 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Console-script entry point (``mochi-submit-transfer``)."""
     execute(main)
+
+
+if __name__ == "__main__":
+    entry()

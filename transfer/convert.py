@@ -69,5 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Console-script entry point (``mochi-convert``)."""
     execute(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -368,5 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Console-script entry point (``mochi-transfer-d2``)."""
     execute(main)
+
+
+if __name__ == "__main__":
+    entry()

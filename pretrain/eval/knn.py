@@ -1,7 +1,8 @@
 """Weighted kNN classification on frozen features (InstDisc / DINO's monitor: k=200, T=0.07).
 
 ``run`` evaluates a run folder's newest checkpoint and, for comparison, the same backbone
-randomly initialised; the result goes to ``knn.json`` and to the run's MLflow run.
+randomly initialised; the result goes to ``knn.json`` and to the run's MLflow run. ``main`` is the
+command ``mochi-knn RUN_DIR`` (old spelling: ``python -m pretrain.knn RUN_DIR``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 
 from ..input import data
 from ..run import checkpoint, rundir
+from ..run.cli import ArgumentParser, execute, setup_logging
+from ..run.errors import UserError
 from ..run.tracking import default_uri, mlflow_client
 from .backbone import features, initial_backbone, load_run, query_backbone, val_transform
 
@@ -99,3 +102,28 @@ def run(run_dir: Path, k: int = 200, T: float = 0.07, train_size: int = 10000, t
         except Exception as e:  # noqa: BLE001 - knn.json keeps the result
             log.warning("could not log to MLflow: %s", e)
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mochi-knn RUN_DIR``: parse, evaluate, print and write ``RUN_DIR/knn.json``."""
+    p = ArgumentParser(prog="python -m pretrain.knn", description="Weighted kNN top-1 of a run's frozen backbone, and of the same backbone randomly initialised.")
+    p.add_argument("run_dir", help="a pretraining run folder (run.out)")
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--train-size", type=int, default=10000, help="memory-bank images (0 = the whole split)")
+    p.add_argument("--test-size", type=int, default=2000, help="query images (0 = the whole split)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised backbone")
+    args = p.parse_args(argv)
+    if args.k <= 0 or args.temperature <= 0 or args.train_size < 0 or args.test_size < 0:
+        raise UserError("--k and --temperature must be > 0, sizes >= 0")
+    setup_logging()
+    result = run(args.run_dir, args.k, args.temperature, args.train_size, args.test_size, not args.no_baseline)
+    print(json.dumps(result))
+    for name, v in result.items():
+        print(f"{name}: {v:.2f}%")
+    return 0
+
+
+def entry() -> None:
+    """Console-script entry point (``mochi-knn``)."""
+    execute(main)

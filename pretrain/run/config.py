@@ -233,8 +233,15 @@ def set_key(cfg: Config, dotted: str, value: object, where: str = "override") ->
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """``"mochi.N=1024"`` -> ``("mochi.N", 1024)``: text typed on a command line, read once as a YAML
-    scalar and checked against the key's type."""
+    """Text typed on a command line as (key, value): the value read once as a YAML scalar and checked
+    against the key's type; a path or name is the text itself.
+
+    Example:
+        >>> parse_override("mochi.N=1024")
+        ('mochi.N', 1024)
+        >>> parse_override("run.out=runs/N: 64")
+        ('run.out', 'runs/N: 64')
+    """
     key, eq, raw = text.partition("=")
     if not eq or not key.strip():
         raise UserError(f"override {text!r} is not of the form section.key=value")

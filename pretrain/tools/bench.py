@@ -6,6 +6,9 @@ resident on the device (so only the model is measured), with the statistics comp
 steps training computes them on; and times ``mochi.synthesize`` alone. Sizes default to the
 paper's ImageNet setting on a GPU (ResNet-50, batch 256, 224 px, K 65536, (N, s, s') = (1024,
 1024, 256)) and to small ones on a CPU.
+
+``main`` is the command ``mochi-bench`` (old spelling: ``python -m pretrain.bench``): it prints each
+method's ratio to MoCo v2 and the device, and writes ``results/bench_step.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..method.mochi import Mixing
 from ..method.moco import MoCo
 from ..method.objective import Objective
 from ..run import dist
+from ..run.cli import ArgumentParser, execute
 from ..run.config import RunCfg
 from ..run.errors import UserError
 from ..train import memory_format, stats_due, step
@@ -250,3 +254,57 @@ def write_json(path: str | Path | None, result: dict) -> Path | None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     return out
 
+
+def main(argv: list[str] | None = None) -> int:
+    """``mochi-bench``: parse, measure, print the table, write the JSON."""
+    p = ArgumentParser(prog="python -m pretrain.bench",
+                       description="Training-step throughput: MoCo v2 vs MoCHi, side by side in one run.")
+    add_size_args(p)
+    p.add_argument("--small", action="store_true", help=f"small sizes for a CPU: {SMALL.as_dict()}")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--variants", default="eager,compiled", help="comma list of eager, compiled")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma list of {', '.join(METHODS)}: each timed beside MoCo v2 (debiased, "
+                        f"Chuang et al.'s, and HCL with tau+ 0.1, beta 1.0)")
+    p.add_argument("--shuffle-bn-groups", type=int, default=8)
+    p.add_argument("--stats-every", type=int, default=RunCfg().log_every,
+                   help="compute the step statistics every this many steps, as training does every run.log_every "
+                        "(default: its default)")
+    p.add_argument("--json", default="results/bench_step.json", help="where to write the figures")
+    args = p.parse_args(argv)
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = resolve_size(args, args.small or dev.type == "cpu")
+    variants = [v for v in args.variants.split(",") if v]
+    if not set(variants) <= {"eager", "compiled"} or not variants:
+        raise UserError(f"--variants: {args.variants!r}; use eager, compiled or both")
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or not set(methods) <= set(METHODS):
+        raise UserError(f"--methods: {args.methods!r}; use a comma list of {', '.join(METHODS)}")
+    if args.steps <= 0 or args.warmup < 0 or args.shuffle_bn_groups <= 0 or args.stats_every <= 0:
+        raise UserError("--steps, --shuffle-bn-groups and --stats-every must be > 0 and --warmup >= 0")
+    amp, channels_last = precision(args, dev)
+
+    r = measure(size, dev, variants, args.steps, args.warmup, amp, channels_last, args.shuffle_bn_groups,
+                args.stats_every, methods)
+    m = size.mixing
+    print(f"device: {r['device']}  torch {r['torch']}  {r['dtype']}  {r['date']}")
+    print(f"{size.arch}, batch {size.batch}, {size.image_size} px, K {size.K}, MoCHi (N, s, s') = "
+          f"({m.N}, {m.s}, {m.s_prime}); statistics every {r['stats_every']} steps, as training")
+    print(f"{'variant':<10} {'method':<50} {'img/s':>9} {'vs MoCo v2':>11}")
+    for row in r["results"]:
+        for label, ratio in row["ratios"].items():
+            print(f"{row['variant']:<10} {label:<50} {ratio * row['mocov2_img_s']:>9.1f} {ratio:>11.3f}")
+        if "mixing_share" in row:
+            print(f"{row['variant']:<10} MoCHi/MoCo {row['ratio']:.3f}; mixing share of a MoCHi step "
+                  f"{100 * row['mixing_share']:.2f}%")
+    print(f"mixing alone: {r['mixing_ms']:.3f} ms per step")
+    if (out := write_json(args.json, r)) is not None:
+        print(f"wrote {out}")
+    return 0
+
+
+def entry() -> None:
+    """Console-script entry point (``mochi-bench``)."""
+    execute(main)
