@@ -9,7 +9,8 @@ Grid presets live in ``ablations/presets/NAME.yaml`` (one per paper table or fig
     axes: {N: [256, 512], ...}    # values per axis; --sweep crosses the named ones
     cells: [{N: 0, s: 0, s_prime: 0}, ...]   # the paper's rows, used when --sweep is not given
     seeds: 1
-    lincls: [--fast]              # arguments of python -m pretrain.lincls (none: no probe)
+    lincls: {fast: true}          # the probe's settings (ProbeSettings fields; none: no probe)
+    transfer: {task: voc-c4, data: /datasets/VOCdevkit}   # a transfer stage (engine: detectron2 for train_d2)
     profile: gpu-1
     table: {rows: [N, s, s_prime]}
 
@@ -17,6 +18,10 @@ Axis names follow the papers (N, s, s_prime, K, tau, m, epochs, mix_start, metho
 ...); any dotted config key (``optim.base_lr``) is an axis too. ``axis(name)`` is the one registry: it gives each axis one
 name, its config key and its type, and every value that enters a grid (from a preset, the command
 line or a saved ``grid.json``) is restored to that type through it.
+
+A stage (``lincls``, ``transfer``) is a mapping of its settings' fields, each checked against the
+field's type (``stage_settings``), or the argument list of its command (``[--fast]``, or one string
+as ``--lincls`` takes it); both give the same typed settings, and the grid counts a stage by those.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import itertools
 import json
 import re
 import shlex
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,12 +195,17 @@ def parse_set(items: list[str] | Mapping[str, object] | None) -> dict[str, objec
     return dict(config.parse_override(str(t)) for t in items)
 
 
-def _argv(value) -> list[str] | None:
-    """A stage's argument list from a preset or the command line (None, False or 'none': no stage)."""
-    if value in (None, False, "none"):
+def _stage(where: str, value) -> list[str] | dict[str, object] | None:
+    """A stage from a preset or the command line: a mapping of its settings, or its argument list
+    (None, False or 'none': no stage); UserError for anything else."""
+    if value is None or value is False or value == "none":
         return None
+    if isinstance(value, Mapping):
+        return dict(value)
     if isinstance(value, str):
         return shlex.split(value)  # quotes keep a detectron2 value with spaces whole: "('a', 'b')"
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"{where}: {value!r} is neither a mapping of its settings nor a list of its arguments")
     return [str(v) for v in value]
 
 
@@ -207,8 +218,9 @@ class Grid:
     set: dict[str, object]  # typed overrides for every cell: {"optim.epochs": 3, ...}
     cells: list[Cell]
     seeds: int
-    lincls: list[str] | None  # arguments of python -m pretrain.lincls; None = no linear probe
-    transfer: list[str] | None = None  # the transfer stage's arguments ([--engine E] --task T --data D ...)
+    # Each stage as given: a mapping of its settings' fields, or its command's arguments; None = none.
+    lincls: list[str] | dict[str, object] | None  # the linear probe (python -m pretrain.lincls)
+    transfer: list[str] | dict[str, object] | None = None  # ([engine: E,] task: T, data: D, ...)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (cell id, reason)
     profile: str = "local-cpu"
     table_rows: list[str] = field(default_factory=list)
@@ -225,7 +237,7 @@ class Grid:
                 "transfer": None if transfer is None else {"engine": transfer.engine, **stage_identity(transfer)}}
 
     def _stored(self) -> dict:
-        """What ``grid.json`` keeps of the identity: the stages as the argument lists they were given."""
+        """What ``grid.json`` keeps of the identity: the stages as they were given."""
         out = {"name": self.name, "base": self.base, "set": self.set, "seeds": self.seeds,
                "lincls": self.lincls, "transfer": self.transfer, "cells": [c.values for c in self.cells]}
         if self.references:
@@ -290,23 +302,32 @@ class Grid:
         return dataclasses.replace(s, out=s.out or str(rundir.transfer_dir(run_dir, s.task, s.random_init, s.engine)))
 
     def _probe_settings(self, source: str):
-        """The probe's arguments parsed, on ``source`` (``ProbeSettings``), or None without a probe."""
+        """The probe's settings on ``source`` (``ProbeSettings``), or None without a probe."""
         if self.lincls is None:
             return None
         from pretrain import lincls
 
+        if isinstance(self.lincls, Mapping):
+            return stage_settings(lincls.ProbeSettings, self.lincls, "lincls", source=source)
         try:
             return lincls.settings([source, *self.lincls])
         except UserError as e:
             raise UserError(f"--lincls {' '.join(self.lincls)!r}: {e}") from None
 
     def _transfer_settings(self, source: str):
-        """The transfer stage's arguments parsed, on ``source`` (``FinetuneSettings`` or
-        ``D2Settings``), or None without a transfer stage."""
+        """The transfer stage's settings on ``source`` (``FinetuneSettings`` or ``D2Settings``), or
+        None without a transfer stage."""
         if self.transfer is None:
             return None
         from transfer import finetune, train_d2
 
+        if isinstance(self.transfer, Mapping):
+            values = dict(self.transfer)
+            engine = values.pop("engine", TRANSFER_ENGINES[0])
+            classes = {c.engine: c for c in (finetune.FinetuneSettings, train_d2.D2Settings)}
+            if not isinstance(engine, str) or engine not in classes:
+                raise UserError(f"transfer: engine {engine!r}: one of {', '.join(TRANSFER_ENGINES)}")
+            return stage_settings(classes[engine], values, "transfer", source=source, also=("engine",))
         try:
             engine, argv = transfer_engine(self.transfer)
             return {"torchvision": finetune, "detectron2": train_d2}[engine].settings([source, *argv])
@@ -336,6 +357,35 @@ STAGE_SOURCE = "runs/x"
 # and how many loader processes it uses (how it runs; its default is the machine's).
 NOT_IDENTITY = frozenset({"source", "seed", "workers", "parent_run", "run_name", "tracking_uri", "experiment",
                           "pretrain_config"})
+
+
+# Fields of a stage's settings that the grid sets for each unit, not a preset's stage mapping: the
+# run folder it reads, its seed and folder, the reference rows' stand-ins, where it logs.
+GRID_SETS = frozenset({"source", "seed", "out", "random_init", "pretrain_config", "parent_run", "run_name",
+                       "tracking_uri", "experiment"})
+
+
+def stage_settings(cls: type, values: Mapping[str, object], where: str, also: tuple[str, ...] = (), **fixed):
+    """A stage's settings (``cls``: ``ProbeSettings``, ``FinetuneSettings``, ``D2Settings``) from a
+    preset's mapping of its fields, each value checked against the field's declared type, with the
+    defaults and the ``check()`` its command line has; ``fixed`` holds the fields the grid sets
+    (``GRID_SETS``), ``also`` the keys the caller read itself. One-line UserError, prefixed
+    ``where``, for an unknown key, a value of the wrong type, a missing field or a failed check."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in GRID_SETS}
+    for key in values:
+        if key not in fields:
+            raise UserError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted([*fields, *also]))}")
+    missing = [n for n, f in fields.items() if n not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{where}: give {', '.join(missing)}")
+    types_ = typing.get_type_hints(cls)
+    s = cls(**fixed, **{k: config.typed(f"{where} {k}", v, types_[k]) for k, v in values.items()})
+    try:
+        s.check()
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return s
 
 
 def stage_identity(settings) -> dict:
@@ -398,8 +448,8 @@ def load_preset(name: str) -> dict:
 
 
 def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds: int | None,
-          extra_set: list[str] | Mapping[str, object], lincls: list[str] | str | None, name: str | None = None,
-          transfer: list[str] | str | None = None, random_init: bool | None = None,
+          extra_set: list[str] | Mapping[str, object], lincls: list[str] | str | Mapping | None,
+          name: str | None = None, transfer: list[str] | str | Mapping | None = None, random_init: bool | None = None,
           references: list[str] | None = None, baseline: str | None = None) -> Grid:
     """Cells from ``--sweep`` (cross product of the named axes) or the preset's cells/axes.
 
@@ -442,11 +492,11 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
         name=name or preset["name"], base=preset.get("base", "demo"),
         set={**parse_set(preset.get("set")), **parse_set(extra_set)},
         cells=[], seeds=seeds if seeds is not None else int(preset.get("seeds", 1)),
-        lincls=_argv(preset.get("lincls", []) if lincls is None else lincls),
+        lincls=_stage("lincls", preset.get("lincls", []) if lincls is None else lincls),
         profile=preset.get("profile", "local-cpu"),
         table_rows=[axis(a).name for a in (sweep or (preset.get("table") or {}).get("rows") or [])],
         paper=str(preset.get("paper", "")), preset=preset["name"],
-        transfer=_argv(preset.get("transfer") if transfer is None else transfer),
+        transfer=_stage("transfer", preset.get("transfer") if transfer is None else transfer),
         references=([RANDOM_INIT] if (preset.get("random_init", False) if random_init is None else random_init)
                     else []) + parse_references(preset.get("reference")) + parse_references(references),
         baseline=baseline or (preset["baseline"] if isinstance(preset.get("baseline"), str) else None),

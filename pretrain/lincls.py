@@ -10,7 +10,7 @@ from __future__ import annotations
 from .eval.lincls import PRESETS, ProbeSettings
 from .eval.lincls import run as run_probe
 from .method.encoders import ARCHS
-from .run import rundir
+from .run import config, rundir
 from .run.cli import ArgumentParser, parse_tags, execute, setup_logging
 from .run.errors import UserError
 
@@ -26,7 +26,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--arch", choices=ARCHS, metavar="ARCH", help="architecture of a MoCo-format checkpoint "
                    "(default resnet50; any torchvision ResNet/ResNeXt/Wide-ResNet)")
     p.add_argument("--small-stem", action="store_true", help="the checkpoint uses the small-image stem")
-    p.add_argument("--data", choices=["imagefolder", "fashion-mnist"], help="dataset (default: the run's)")
+    p.add_argument("--data", choices=config.DATASETS, help="dataset (default: the run's)")
     p.add_argument("--data-path", help="dataset root (ImageNet root with train/ and val/)")
     p.add_argument("--class-list", help="class list file (e.g. imagenet100.txt)")
     p.add_argument("--image-size", type=int)
@@ -55,13 +55,15 @@ def settings(argv: list[str]) -> ProbeSettings:
         milestones = tuple(int(m) for m in a.milestones.split(",")) if a.milestones else None
     except ValueError:
         raise UserError(f"--milestones {a.milestones!r}: give a comma list of epochs, e.g. 60,80") from None
-    return ProbeSettings(
+    s = ProbeSettings(
         source=a.source, preset=a.preset, fast=a.fast, arch=a.arch, small_stem=a.small_stem, dataset=a.data,
         data_path=a.data_path, class_list=a.class_list, image_size=a.image_size, lr=a.lr, epochs=a.epochs,
         milestones=milestones, gamma=a.gamma, batch_size=a.batch_size, train_size=a.train_size,
         val_size=a.val_size, workers=a.workers, seed=a.seed, random_init=a.random_init, out=a.out,
         parent_run=a.parent_run, run_name=a.run_name, tags=parse_tags(a.tag),
     )
+    s.check()
+    return s
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,10 @@ from .input import data, pipelines
 from .method.loss import INFONCE, Loss
 from .method.mochi import Mixing
 from .method.moco import MoCo, from_config
+from .method.objective import Objective
 from .run import checkpoint, config, dist, rundir
 from .run.errors import UserError
-from .run.tracking import PRETRAIN, close, default_uri, open_run
+from .run.tracking import PRETRAIN, Tracker, close, default_uri, open_run
 
 log = logging.getLogger(__name__)
 # Keys that may differ between a run and its resumption (they change how, not what, is computed).
@@ -139,6 +141,65 @@ class Progress:
             self.bar.close()
 
 
+@dataclass
+class _Run:
+    """One pretraining run while it trains: what it trains with, where it is, and where it writes."""
+
+    cfg: config.Config
+    info: dist.DistInfo
+    loader: object  # the batches (im_q, im_k, labels, indices, skipped) of ``pipelines.train_loader``
+    sampler: object  # its sampler: ``steps_per_epoch``, ``set_epoch``
+    monitor: Monitor | None
+    model: MoCo
+    opt: torch.optim.Optimizer
+    objective: Objective
+    total_steps: int
+    net: torch.nn.Module | None = None  # the model, in DDP across ranks
+    tracker: Tracker | None = None
+    start_epoch: int = 0  # where this start resumes: the epoch and the step within it
+    start_step: int = 0
+    global_step: int = 0
+    run_id: str | None = None  # the MLflow run
+    skipped_total: int = 0  # unreadable images skipped so far
+    last_stats: dict[str, float] = field(default_factory=dict)
+    last_ckpt_time: float = 0.0
+
+    @property
+    def out(self) -> Path:
+        """The run folder."""
+        return Path(self.cfg.run.out)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        """Where its checkpoints go."""
+        return self.out / rundir.CHECKPOINTS
+
+    @property
+    def fmt(self) -> torch.memory_format:
+        """The memory format of the model and its input."""
+        return memory_format(self.cfg.run.channels_last)
+
+    def summary(self) -> dict | None:
+        """The run's summary once it is complete (its final checkpoint carries it), else None."""
+        if self.global_step < self.total_steps:
+            return None
+        return {"global_step": self.global_step, "run_id": self.run_id, **self.last_stats}
+
+    def save(self, epoch: int, step_in_epoch: int) -> None:
+        """A checkpoint at (``epoch``, ``step_in_epoch``), written by the main rank."""
+        if not self.info.main:
+            return
+        checkpoint.save(
+            self.ckpt_dir, self.global_step,
+            {
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,
+                "step_in_epoch": step_in_epoch, "global_step": self.global_step, "rng": checkpoint.rng_state(),
+                "config": self.cfg.to_dict(), "mlflow_run_id": self.run_id, "skipped_images": self.skipped_total,
+            },
+            keep=self.cfg.run.keep_checkpoints, summary=self.summary(),
+        )
+
+
 def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | None = None) -> MoCo:
     """Pretrain (or resume pretraining) as ``cfg`` says; returns the unwrapped model.
 
@@ -146,175 +207,189 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
     ``parent`` if given; they are set again when a resumed run continues, so a requeued job's new
     job id shows.
     """
+    run, state, ckpt_path = _set_up(cfg)
+    if state is not None:
+        _resume(run, state, ckpt_path)
+    del state  # its tensors are the model's and the optimizer's now
+    if run.global_step >= run.total_steps:
+        if run.info.main:
+            finalize(run.out)
+        log.info("%s is already complete (%d steps); nothing to do", run.out, run.global_step)
+        return run.model
+    _start(run, tags, parent)
+    _epochs(run)
+    if run.skipped_total:
+        log.warning("%d unreadable images were skipped", run.skipped_total)
+    return run.model
+
+
+def _set_up(cfg: config.Config) -> tuple[_Run, dict | None, Path | None]:
+    """The run ``cfg`` describes, its model and optimizer fresh, and its newest checkpoint (None, None
+    without one). Everything that can fail on user input fails here, before anything is written."""
     info = dist.init(cfg.run.device)
     config.validate(cfg, info.world)
     out = Path(cfg.run.out)
-    ckpt_dir = out / rundir.CHECKPOINTS
-
-    # Everything that can fail on user input fails here, before anything is written.
     loader, sampler = pipelines.train_loader(cfg, info.rank, info.world, info.device)
     monitor = Monitor(cfg, info.device) if cfg.eval.every and info.main else None
-    state, ckpt_path = checkpoint.load_latest(ckpt_dir)
+    state, ckpt_path = checkpoint.load_latest(out / rundir.CHECKPOINTS)
     if state is not None:
         _check_same_run(state["config"], cfg, out)
     elif (out / rundir.CONFIG_FILE).is_file():
         _check_same_run(yaml.safe_load((out / rundir.CONFIG_FILE).read_text()), cfg, out)
 
-    dev = info.device
-    cuda = dev.type == "cuda"
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     random.seed(cfg.run.seed)
-    fmt = memory_format(cfg.run.channels_last)
-    model = from_config(cfg).to(dev, memory_format=fmt)
+    model = from_config(cfg).to(info.device, memory_format=memory_format(cfg.run.channels_last))
     opt = torch.optim.SGD(
         model.encoder_q.parameters(), lr=lr_at(cfg, 0), momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay,
     )
-
-    start_epoch, start_step, global_step, run_id, skipped_total = 0, 0, 0, None, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
-        global_step, run_id = state["global_step"], state.get("mlflow_run_id")
-        skipped_total = state.get("skipped_images", 0)
-        try:
-            checkpoint.set_rng_state(state["rng"])
-        except ValueError as e:
-            raise UserError(f"{ckpt_path}: {e}; choose another run.out") from None
-        log.info("resuming from %s (epoch %d, step %d)", ckpt_path, start_epoch, start_step)
-    del state
-
-    steps_per_epoch = sampler.steps_per_epoch
-    total_steps = cfg.optim.epochs * steps_per_epoch
+    total_steps = cfg.optim.epochs * sampler.steps_per_epoch
     if cfg.run.max_steps:
         total_steps = min(total_steps, cfg.run.max_steps)
+    run = _Run(cfg, info, loader, sampler, monitor, model, opt, cfg.objective, total_steps)
+    return run, state, ckpt_path
 
-    if global_step >= total_steps:
-        if info.main:
-            finalize(out)
-        log.info("%s is already complete (%d steps); nothing to do", out, global_step)
-        return model
 
-    net: torch.nn.Module = model
+def _resume(run: _Run, state: dict, ckpt_path: Path) -> None:
+    """Continue from a checkpoint: the model, the optimizer, the position, the MLflow run, the
+    skipped-image count and every random generator's state."""
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.start_epoch, run.start_step = state["epoch"], state["step_in_epoch"]
+    run.global_step, run.run_id = state["global_step"], state.get("mlflow_run_id")
+    run.skipped_total = state.get("skipped_images", 0)
+    try:
+        checkpoint.set_rng_state(state["rng"])
+    except ValueError as e:
+        raise UserError(f"{ckpt_path}: {e}; choose another run.out") from None
+    log.info("resuming from %s (epoch %d, step %d)", ckpt_path, run.start_epoch, run.start_step)
+
+
+def _start(run: _Run, tags: dict[str, str] | None, parent: str | None) -> None:
+    """What a run that will train needs beyond its model: DDP across ranks, compiled encoders, and
+    on the main rank the run folder's config and the MLflow run (opened, or reopened on resume)."""
+    cfg, info = run.cfg, run.info
+    run.net = run.model
     if info.world > 1:
         # broadcast_buffers=False: the queue stays identical on every rank through the all-gathered
         # keys; re-broadcasting it (and BN statistics) each step would only cost bandwidth.
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if cuda else None, broadcast_buffers=False
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            broadcast_buffers=False,
         )
     if cfg.run.compile:
-        model.encoder_q.compile()
-        model.encoder_k.compile()
-
-    tracker = None
+        run.model.encoder_q.compile()
+        run.model.encoder_k.compile()
     if info.main:
+        out = run.out
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write(out / rundir.CONFIG_FILE, config.dump(cfg).encode())
-        tracker = open_run(
+        run.tracker = open_run(
             out, uri=cfg.run.tracking_uri or default_uri(out), experiment=cfg.run.experiment, name=run_name(cfg),
-            stage=PRETRAIN, params={**cfg.flat(), "world_size": info.world, "device": str(dev)},
-            tags={"method": cfg.objective.method, **(tags or {})}, parent=parent, run_id=run_id,
-            resume_step=global_step,
+            stage=PRETRAIN, params={**cfg.flat(), "world_size": info.world, "device": str(info.device)},
+            tags={"method": cfg.objective.method, **(tags or {})}, parent=parent, run_id=run.run_id,
+            resume_step=run.global_step,
         )
-        run_id = tracker.run_id
+        run.run_id = run.tracker.run_id
 
-    def summary() -> dict | None:
-        """The run's summary once it is complete (its final checkpoint carries it), else None."""
-        return {"global_step": global_step, "run_id": run_id, **last_stats} if global_step >= total_steps else None
 
-    def save(epoch: int, step_in_epoch: int) -> None:
-        if not info.main:
-            return
-        checkpoint.save(
-            ckpt_dir, global_step,
-            {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                "step_in_epoch": step_in_epoch, "global_step": global_step, "rng": checkpoint.rng_state(),
-                "config": cfg.to_dict(), "mlflow_run_id": run_id, "skipped_images": skipped_total,
-            },
-            keep=cfg.run.keep_checkpoints, summary=summary(),
-        )
-
-    objective = cfg.objective
-    mixing = objective.mixing
-    gen = torch.Generator(device=dev)
-    progress = Progress(total_steps, global_step, info.main, cfg.optim.batch_size)
-    last_ckpt_time = time.monotonic()
+def _epochs(run: _Run) -> None:
+    """Train the remaining epochs, then settle the MLflow run and summary.json however it stops."""
+    gen = torch.Generator(device=run.info.device)
+    progress = Progress(run.total_steps, run.global_step, run.info.main, run.cfg.optim.batch_size)
+    run.last_ckpt_time = time.monotonic()
     interrupted = False
-    last_stats: dict[str, float] = {}
-
     try:
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            if global_step >= total_steps:
+        for epoch in range(run.start_epoch, run.cfg.optim.epochs):
+            if run.global_step >= run.total_steps:
                 break
-            lr = lr_at(cfg, epoch)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            mix = mixing if epoch >= cfg.mochi.mix_start else Mixing()
-            step_in_epoch = start_step if epoch == start_epoch else 0
-            sampler.set_epoch(epoch, step_in_epoch)
-            model.train()
-            for im_q, im_k, labels, _idx, skipped in loader:
-                # Stateless randomness: each step's shuffle and mixing depend on (seed, rank, step)
-                # only, so a resumed run draws exactly what the uninterrupted one drew.
-                gen.manual_seed(data.sample_seed(cfg.run.seed, info.rank, global_step))
-                im_q = im_q.to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                im_k = im_k.to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                log_now = stats_due(global_step, cfg.run.log_every) or step_in_epoch + 1 == steps_per_epoch \
-                    or global_step + 1 >= total_steps
-                loss, stats = step(net, opt, im_q, im_k, mix, gen, loss=objective.loss,
-                                   labels=labels.to(dev, non_blocking=True), oracle=cfg.moco.oracle,
-                                   with_stats=log_now, amp=cfg.run.amp)
-                global_step += 1
-                step_in_epoch += 1
-                progress.tick()
-                skipped_total += skipped
-
-                if log_now:
-                    last_stats = dist.mean_over_ranks({**stats, "loss": loss})  # (waits for the device)
-                    ips = progress.images_per_s()
-                    if tracker is not None:
-                        tracker.log({**last_stats, "lr": lr, "images_per_s": ips, "skipped_images": skipped_total},
-                                    global_step, epoch=epoch)
-                    progress.update(global_step, {"epoch": epoch, "loss": f"{last_stats['loss']:.3f}",
-                                                  "acc": f"{last_stats['acc_moco']:.3f}", "img/s": f"{ips:.0f}"})
-                if global_step >= total_steps:
-                    break
-                if step_in_epoch < steps_per_epoch and (
-                    (cfg.run.ckpt_every_steps and global_step % cfg.run.ckpt_every_steps == 0)
-                    or (cfg.run.ckpt_every_minutes and time.monotonic() - last_ckpt_time >= 60 * cfg.run.ckpt_every_minutes)
-                ):
-                    save(epoch, step_in_epoch)
-                    last_ckpt_time = time.monotonic()
-            if step_in_epoch == steps_per_epoch:
-                # Monitor before the checkpoint: a kill in between repeats the epoch and its
-                # monitor point rather than losing it.
-                if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or global_step >= total_steps):
-                    if monitor is not None:
-                        evals = monitor(model)
-                        last_stats.update(evals)
-                        tracker.log(evals, global_step, epoch=epoch)
-                        log.info("epoch %d monitor: %s", epoch, " ".join(f"{k}={v:.4f}" for k, v in evals.items()))
-                    dist.barrier()
-                save(epoch + 1, 0)
-            else:
-                save(epoch, step_in_epoch)  # stopped by max_steps mid-epoch
-            last_ckpt_time = time.monotonic()
+            _epoch(run, epoch, gen, progress)
     except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit's requeue on preemption
         interrupted = True
         raise
     finally:
         progress.close()
-        if tracker is not None:
-            final = checkpoint.final_summary(ckpt_dir)
-            tracker.finish("FINISHED" if final is not None else ("KILLED" if interrupted else "FAILED"))
-            if final is not None:
-                checkpoint.atomic_write(out / rundir.SUMMARY_FILE, json.dumps(final).encode())
-    if skipped_total:
-        log.warning("%d unreadable images were skipped", skipped_total)
-    return model
+        _finish(run, interrupted)
+
+
+def _epoch(run: _Run, epoch: int, gen: torch.Generator, progress: Progress) -> None:
+    """One epoch (or the rest of it, on resume, or up to ``run.max_steps``): its steps, the
+    statistics every ``log_every`` steps, timed checkpoints within it, and its end."""
+    cfg, dev, fmt = run.cfg, run.info.device, run.fmt
+    steps_per_epoch = run.sampler.steps_per_epoch
+    lr = lr_at(cfg, epoch)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    mix = run.objective.mixing if epoch >= cfg.mochi.mix_start else Mixing()
+    step_in_epoch = run.start_step if epoch == run.start_epoch else 0
+    run.sampler.set_epoch(epoch, step_in_epoch)
+    run.model.train()
+    for im_q, im_k, labels, _idx, skipped in run.loader:
+        # Stateless randomness: each step's shuffle and mixing depend on (seed, rank, step)
+        # only, so a resumed run draws exactly what the uninterrupted one drew.
+        gen.manual_seed(data.sample_seed(cfg.run.seed, run.info.rank, run.global_step))
+        im_q = im_q.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+        im_k = im_k.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+        log_now = stats_due(run.global_step, cfg.run.log_every) or step_in_epoch + 1 == steps_per_epoch \
+            or run.global_step + 1 >= run.total_steps
+        loss, stats = step(run.net, run.opt, im_q, im_k, mix, gen, loss=run.objective.loss,
+                           labels=labels.to(dev, non_blocking=True), oracle=cfg.moco.oracle,
+                           with_stats=log_now, amp=cfg.run.amp)
+        run.global_step += 1
+        step_in_epoch += 1
+        progress.tick()
+        run.skipped_total += skipped
+
+        if log_now:
+            run.last_stats = dist.mean_over_ranks({**stats, "loss": loss})  # (waits for the device)
+            ips = progress.images_per_s()
+            if run.tracker is not None:
+                run.tracker.log({**run.last_stats, "lr": lr, "images_per_s": ips, "skipped_images": run.skipped_total},
+                                run.global_step, epoch=epoch)
+            progress.update(run.global_step, {"epoch": epoch, "loss": f"{run.last_stats['loss']:.3f}",
+                                              "acc": f"{run.last_stats['acc_moco']:.3f}", "img/s": f"{ips:.0f}"})
+        if run.global_step >= run.total_steps:
+            break
+        if step_in_epoch < steps_per_epoch and (
+            (cfg.run.ckpt_every_steps and run.global_step % cfg.run.ckpt_every_steps == 0)
+            or (cfg.run.ckpt_every_minutes and time.monotonic() - run.last_ckpt_time >= 60 * cfg.run.ckpt_every_minutes)
+        ):
+            run.save(epoch, step_in_epoch)
+            run.last_ckpt_time = time.monotonic()
+    _end_epoch(run, epoch, step_in_epoch)
+
+
+def _end_epoch(run: _Run, epoch: int, step_in_epoch: int) -> None:
+    """After an epoch's steps: the monitor where due, then the checkpoint (at the next epoch's start,
+    or mid-epoch where ``max_steps`` stopped it)."""
+    cfg = run.cfg
+    if step_in_epoch == run.sampler.steps_per_epoch:
+        # Monitor before the checkpoint: a kill in between repeats the epoch and its
+        # monitor point rather than losing it.
+        if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or run.global_step >= run.total_steps):
+            if run.monitor is not None:
+                evals = run.monitor(run.model)
+                run.last_stats.update(evals)
+                run.tracker.log(evals, run.global_step, epoch=epoch)
+                log.info("epoch %d monitor: %s", epoch, " ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+            dist.barrier()
+        run.save(epoch + 1, 0)
+    else:
+        run.save(epoch, step_in_epoch)  # stopped by max_steps mid-epoch
+    run.last_ckpt_time = time.monotonic()
+
+
+def _finish(run: _Run, interrupted: bool) -> None:
+    """Close the MLflow run however training stopped (FINISHED once the final checkpoint is there,
+    else KILLED or FAILED) and write summary.json from the final checkpoint."""
+    if run.tracker is None:
+        return
+    final = checkpoint.final_summary(run.ckpt_dir)
+    run.tracker.finish("FINISHED" if final is not None else ("KILLED" if interrupted else "FAILED"))
+    if final is not None:
+        checkpoint.atomic_write(run.out / rundir.SUMMARY_FILE, json.dumps(final).encode())
 
 
 def finalize(out: Path) -> dict | None:

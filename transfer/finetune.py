@@ -90,6 +90,10 @@ class FinetuneSettings(trials.StageSettings):
     batch: int | None = None  # default: the recipe's; lr scales with it
     ckpt_every: int = 1000
 
+    def check(self) -> None:
+        """UserError for a task or number that cannot run (nothing is read)."""
+        self.recipe()
+
     def recipe(self) -> Task:
         """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""
         if self.task not in TASKS:
@@ -313,7 +317,7 @@ def settings(argv: list[str]) -> FinetuneSettings:
     s = FinetuneSettings(source=a.source, task=a.task, data=a.data, trials=a.trials, iters=a.iters, batch=a.batch,
                          ckpt_every=a.ckpt_every, random_init=a.random_init, out=a.out, parent_run=a.parent_run,
                          tags=parse_tags(a.tag))
-    s.recipe()  # bad numbers fail here, before anything is read
+    s.check()  # bad numbers fail here, before anything is read
     return s
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 
 from ..input import data
+from ..method.encoders import ARCHS
 from ..run import checkpoint, config, rundir
 from ..run.errors import UserError
 from ..run.tracking import LINCLS, Tracker, default_uri, open_run
@@ -78,6 +79,13 @@ class ProbeSettings:
     pretrain_config: config.Config | None = None  # stands in for a missing source: arch, data, initialisation
     tracking_uri: str | None = None  # where the probe logs (default: the source run's store)
     experiment: str | None = None  # default: the source run's experiment
+
+    def check(self) -> None:
+        """UserError for a schedule preset, architecture or dataset the probe does not know (nothing is read)."""
+        for name, value, known in (("preset", self.preset, sorted(PRESETS)), ("arch", self.arch, ARCHS),
+                                   ("dataset", self.dataset, sorted(config.DATASETS))):
+            if value is not None and value not in known:
+                raise UserError(f"{name} {value!r}: one of {', '.join(known)}")
 
     @property
     def mode(self) -> str:

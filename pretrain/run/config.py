@@ -27,6 +27,7 @@ from ..method.objective import Objective
 from .errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+DATASETS = ("imagefolder", "fashion-mnist")  # what data.dataset names (and a probe's dataset)
 
 
 @dataclass
@@ -185,11 +186,13 @@ def coerce(dotted: str, value: object, where: str = "override") -> object:
     """``value`` as config leaf ``dotted`` holds it (int -> float widening, YAML's 5e-4 string ->
     float); UserError naming the key, the value and the type for anything else."""
     section = _section_type(dotted, where)
-    return _coerce(dotted, value, typing.get_type_hints(section)[dotted.partition(".")[2]])
+    return typed(f"config key {dotted}", value, typing.get_type_hints(section)[dotted.partition(".")[2]])
 
 
-def _coerce(key: str, value: object, typ: object) -> object:
-    """Check one leaf against its declared type, with int -> float widening."""
+def typed(label: str, value: object, typ: object) -> object:
+    """``value`` as a field declared ``typ`` holds it: a scalar with int -> float widening (and
+    YAML's 5e-4 string -> float), ``X | None``, and a list for ``tuple[X, ...]`` or ``list[X]``, a
+    mapping for ``dict[K, V]``, item by item; UserError ``LABEL: VALUE is not a valid TYPE`` else."""
     allow_none = False
     if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
         args = [a for a in typing.get_args(typ) if a is not type(None)]
@@ -198,7 +201,16 @@ def _coerce(key: str, value: object, typ: object) -> object:
     if value is None:
         if allow_none:
             return None
-        raise UserError(f"config key {key}: null is not allowed, expected {typ.__name__}")
+        raise UserError(f"{label}: null is not allowed, expected {getattr(typ, '__name__', typ)}")
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{label}: {value!r} is not a list of {args[0].__name__}")
+        return origin(typed(label, v, args[0]) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"{label}: {value!r} is not a mapping of {args[0].__name__} to {args[1].__name__}")
+        return {typed(label, k, args[0]): typed(label, v, args[1]) for k, v in value.items()}
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is float and isinstance(value, str):
@@ -209,7 +221,7 @@ def _coerce(key: str, value: object, typ: object) -> object:
     if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if typ in (int, float) and isinstance(value, bool) or not isinstance(value, typ):
-        raise UserError(f"config key {key}: {value!r} is not a valid {typ.__name__}")
+        raise UserError(f"{label}: {value!r} is not a valid {typ.__name__}")
     return value
 
 
@@ -351,7 +363,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise UserError(f"config key data.min_scale: must be in (0, 1], got {cfg.data.min_scale}")
     choices = {
         "optim.schedule": (cfg.optim.schedule, ("cosine", "constant")),
-        "data.dataset": (cfg.data.dataset, ("imagefolder", "fashion-mnist")),
+        "data.dataset": (cfg.data.dataset, DATASETS),
         "run.device": (cfg.run.device, ("auto", "cpu", "cuda")),
         "data.pipeline": (cfg.data.pipeline, ("cpu", "gpu", "dali")),
         "data.dtype": (cfg.data.dtype, ("auto", "float32", "bfloat16")),

@@ -18,7 +18,7 @@ def build(sweep=None, values=None, preset="demo", **kw):
 def test_demo_preset_is_the_paper_layout():
     g = build()
     assert [c.id for c in g.cells] == ["N0-s0-sp0", "N128-s128-sp0", "N128-s128-sp32", "N0-s0-sp0_hcl_tp0.1_b1.0"]
-    assert g.lincls[0] == "--fast" and g.seeds == 3 and not g.dropped  # 3 seeds: enough for a paired test
+    assert g.probe(REPO / "x", 0).fast and g.seeds == 3 and not g.dropped  # 3 seeds: enough for a paired test
     assert g.objective(g.cells[3]).label == "HCL (beta 1.0, tau+ 0.1)"
     assert g.cfg(g.cells[2], 2, REPO / "x").mochi.s_prime == 32
     assert g.references == [spec.RANDOM_INIT] and g.row_ids()[-1] == "random-init"
@@ -222,3 +222,73 @@ def test_baseline_true_adds_a_plain_moco_cell_only_where_objective_finds_none(tm
     g = baseline_preset(tmp_path, [{"N": 64, "s": 32, "s_prime": 0, "method": "hcl", "tau_plus": 0.1, "beta": 1.0}])
     assert [g.objective(c).label for c in g.cells] == ["MoCo v2", "HCL (beta 1.0, tau+ 0.1) + MoCHi (64, 32, 0)"]
     assert g.cells[0].id == "N0-s0-sp0_infonce_tp0.0_b0.0"
+
+
+def stage_grid(tmp_path, lincls, transfer=None):
+    """The demo grid (a standard ResNet-50) with these stages in its preset: mappings, argument lists or strings."""
+    p = tmp_path / "staged.yaml"
+    tree = {k: v for k, v in spec.load_preset("demo").items() if k != "name"}
+    p.write_text(yaml.safe_dump({**tree, "lincls": lincls, "transfer": transfer}))
+    return spec.build(spec.load_preset(str(p)), None, {}, 1, ["model.arch=resnet50"], None)
+
+
+def test_a_stage_given_as_a_mapping_is_the_stage_its_arguments_give(tmp_path):
+    run_dir = tmp_path / "cells" / "c" / "seed0"
+    # lr 5 (an int in YAML) is the float the command line parses: the same settings, the same grid id
+    probe = {"fast": True, "train_size": 10000, "val_size": 2000, "workers": 1, "milestones": [20, 25], "lr": 5,
+             "tags": {"note": "x"}}
+    argv = "--fast --train-size=10000 --val-size 2000 --workers 1 --milestones 20,25 --lr 5 --tag note=x"
+    tv = {"task": "demo-voc", "data": "/d", "iters": 2}
+    d2 = {"engine": "detectron2", "task": "voc-c4", "data": "/d/VOCdevkit", "gpus": 4,
+          "opts": ["SOLVER.CHECKPOINT_PERIOD", 50, "DATASETS.TRAIN", "('voc_2007_trainval', 'voc_2012_trainval')"]}
+    d2_argv = ("--engine detectron2 --task voc-c4 --data /d/VOCdevkit --gpus 4 SOLVER.CHECKPOINT_PERIOD 50 "
+               "DATASETS.TRAIN \"('voc_2007_trainval', 'voc_2012_trainval')\"")
+    tv_argv = "--task demo-voc --data /d --iters 2"
+    for (lincls, transfer), (lincls_argv, transfer_argv) in [((probe, tv), (argv, tv_argv)),
+                                                               ((probe, d2), (argv, d2_argv)), (({}, None), ([], None))]:
+        typed, text = stage_grid(tmp_path, lincls, transfer), stage_grid(tmp_path, lincls_argv, transfer_argv)
+        assert typed.probe(run_dir, 0) == text.probe(run_dir, 0)
+        assert typed.transfer_stage(run_dir) == text.transfer_stage(run_dir)
+        assert typed.grid_id == text.grid_id
+        again = spec.from_json(typed.to_json())  # grid.json keeps the mapping
+        assert again.probe(run_dir, 0) == typed.probe(run_dir, 0) and again.grid_id == typed.grid_id
+    assert stage_grid(tmp_path, probe, d2).transfer_stage(run_dir).opts[:2] == ["SOLVER.CHECKPOINT_PERIOD", "50"]
+    # the settings' defaults are the command line's, and the argument list's form is a list too
+    assert stage_grid(tmp_path, {}, {"task": "demo-voc", "data": "/d"}).transfer_stage(run_dir) == \
+        stage_grid(tmp_path, [], ["--task", "demo-voc", "--data", "/d"]).transfer_stage(run_dir)
+
+
+def test_the_shipped_presets_give_their_stages_as_mappings_and_keep_their_grid_ids(tmp_path):
+    was = {"demo": ["--fast", "--train-size=10000", "--val-size=2000", "--workers=1"]}  # their argument lists
+    for name in spec.presets():
+        assert isinstance(spec.load_preset(name)["lincls"], dict), name
+        now, before = (build(preset=name, extra=["data.path=/datasets/imagenet"], lincls=lincls)
+                       for lincls in (None, was.get(name, [])))
+        assert now.probe(tmp_path, 0) == before.probe(tmp_path, 0) and now.grid_id == before.grid_id, name
+
+
+@pytest.mark.parametrize("lincls, transfer, message", [
+    ({"fsat": True}, None, r"lincls: unknown key 'fsat'; allowed: arch, batch_size, class_list, data_path, dataset, "
+                           r"epochs, fast, .*, workers$"),
+    ({"seed": 3}, None, "lincls: unknown key 'seed'"),  # each unit's, not the preset's
+    ({"train_size": "many"}, None, "lincls train_size: 'many' is not a valid int"),
+    ({"fast": "yes"}, None, "lincls fast: 'yes' is not a valid bool"),
+    ({"milestones": "20,25"}, None, "lincls milestones: '20,25' is not a list of int"),
+    ({"milestones": [20, "x"]}, None, "lincls milestones: 'x' is not a valid int"),
+    ({"preset": "huge"}, None, "lincls: preset 'huge': one of demo, imagenet100, imagenet1k"),
+    ({"dataset": "cifar"}, None, "lincls: dataset 'cifar': one of fashion-mnist, imagefolder"),
+    ([], {"task": "demo-voc"}, "transfer: give data"),
+    ([], {"engine": "mmdet", "task": "voc-c4", "data": "/d"}, "transfer: engine 'mmdet': one of torchvision, "
+                                                              "detectron2"),
+    ([], {"task": "demo-voc", "data": "/d", "gpus": 2}, r"transfer: unknown key 'gpus'; allowed: batch, ckpt_every, "
+                                                       r"data, engine, iters, tags, task, trials"),
+    ([], {"task": "nope", "data": "/d"}, "transfer: unknown transfer task 'nope'"),
+    ([], {"engine": "detectron2", "task": "voc-c4", "data": "/d", "device": "cpu", "gpus": 8},
+     "transfer: --device cpu"),
+    (5, None, "lincls: 5 is neither a mapping of its settings nor a list of its arguments"),
+    ([], {"engine": "detectron2", "task": "voc-c4", "data": "/d", "opts": ["SOLVER.BASE_LR"]}, "has no value"),
+])
+def test_a_stage_mapping_is_refused_in_one_line_naming_the_key(tmp_path, lincls, transfer, message):
+    with pytest.raises(UserError, match=message) as e:
+        stage_grid(tmp_path, lincls, transfer)
+    assert "\n" not in str(e.value)

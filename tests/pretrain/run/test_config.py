@@ -61,3 +61,16 @@ def test_demo_preset_trains_in_fp32_and_the_contiguous_format():
     assert config.Config().run.amp and config.Config().run.channels_last
     demo = config.load("demo")
     assert not demo.run.amp and not demo.run.channels_last
+
+
+def test_typed_checks_lists_and_mappings_item_by_item():
+    assert config.typed("x", [60, 80], tuple[int, ...]) == (60, 80)
+    assert config.typed("x", ["KEY", 50], list[str]) == ["KEY", "50"]  # a name or number is its text
+    assert config.typed("x", {"a": 1}, dict[str, str]) == {"a": "1"}
+    assert config.typed("x", None, tuple[int, ...] | None) is None
+    for value, typ, message in [("60,80", tuple[int, ...], "x: '60,80' is not a list of int"),
+                                ([60, 1.5], tuple[int, ...], "x: 1.5 is not a valid int"),
+                                (["a"], dict[str, str], r"x: \['a'\] is not a mapping of str to str"),
+                                (None, tuple[int, ...], "x: null is not allowed")]:
+        with pytest.raises(UserError, match=message):
+            config.typed("x", value, typ)
