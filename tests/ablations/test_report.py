@@ -246,3 +246,29 @@ def test_voc_columns_fill_from_either_engine_and_fewer_gpus_are_noted(tmp_path, 
     assert note in (out / "table.md").read_text() and note in (out / "report.html").read_text()
     assert f"note: Transfer on fewer GPUs: {note}" in capsys.readouterr().out
     assert "N0-s0-sp0 (voc-c4" not in (out / "table.md").read_text()  # the torchvision row: BN over its batch
+
+
+def test_source_json_records_how_each_probe_chose_its_lr(tmp_path):
+    """Beside the tables, source.json carries each probe's candidate lrs with their validation top-1,
+    the chosen lr, the epochs and the validation size, as the probe itself recorded them."""
+    import dataclasses
+    import json
+
+    from ablations.griddir import GridDir
+    from pretrain.eval import lincls
+
+    grid = spec.build(spec.load_preset("demo"), None, {}, 1, [], "--fast --train-size=256 --test-size=128 "
+                      "--epochs=1 --workers=0", name=f"src{tmp_path.name[-6:]}")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fill_linear(uri, grid, {"N0-s0-sp0": [70.0]})
+    gd = GridDir(tmp_path / "grid", grid, tmp_path / "results")
+    u = next(u for u in gd.units() if u.row == "random-init")
+    r = lincls.run(dataclasses.replace(gd.probe(u), tracking_uri=uri, experiment=grid.experiment,
+                                       tags={"grid_id": grid.grid_id, "cell": u.row, "seed": "0"}))
+    assert report.report(grid, tmp_path / "grid", uri, tmp_path / "results") == 0
+    probes = json.loads((tmp_path / "results" / "source.json").read_text())["linear_probe"]
+    assert probes == [{"row": "random-init", "seed": 0, "mode": "fast", "selection": r["selection"]}]
+    sel = probes[0]["selection"]
+    assert [c["lr"] for c in sel["candidates"]] == [round(10.0 * f, 12) for f in lincls.LR_FACTORS]
+    assert all("val_top1" in c for c in sel["candidates"]) and sel["lr"] == lincls.choose(sel["candidates"])["lr"]
+    assert (sel["epochs"], sel["val_images"], sel["rule"]) == (1, 26, lincls.RULE)
