@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,10 @@ PRESETS = {
 LR_FACTORS = (0.03, 0.1, 0.3, 1.0, 3.0)
 VAL_SPLIT = 0.1  # the share of the training images held out to choose among candidates
 RULE = "highest top-1 on the validation split at the last epoch; a tie goes to the smaller lr"
-SWEEP = "sweep"  # OUT/sweep/lr-LR: one candidate's checkpoints
+SWEEP = "sweep"  # OUT/sweep: the candidates' checkpoints
+# A checkpoint after the last epoch and after any epoch ending this long after the previous one: an
+# ImageNet epoch saves each time, a fast probe's millisecond epochs do not wait on fsync each.
+CHECKPOINT_EVERY_S = 60.0
 
 
 @dataclass
@@ -154,9 +158,9 @@ class Setting:
     workers: int = 4
 
 
-def lr_at(s: Setting, epoch: int) -> float:
-    """Step schedule: lr x gamma at each milestone passed."""
-    return s.lr * s.gamma ** sum(epoch >= m for m in s.milestones)
+def decay(s: Setting, epoch: int) -> float:
+    """Step schedule: gamma to the number of milestones passed (the lr is ``s.lr`` times this)."""
+    return s.gamma ** sum(epoch >= m for m in s.milestones)
 
 
 def frozen(backbone: nn.Module, device) -> nn.Module:
@@ -182,16 +186,22 @@ def cached_features(backbone: nn.Module, train_ds, test_ds, s: Setting, out: Pat
     return cached
 
 
-def linear_probe(backbone: nn.Module | None, train, test, num_classes: int, s: Setting, out: Path, device,
-                 tracker: Tracker | None = None, state: dict | None = None) -> list[dict]:
-    """Train a linear classifier on ``train`` for ``s.epochs``, scoring it on ``test`` after each
-    epoch; returns the history, one {epoch, lr, train_loss, top1, top5} for each of the ``s.epochs``
-    (a state trained further holds more: they are left out).
+def linear_probes(backbone: nn.Module | None, train, test, num_classes: int, s: Setting, lrs: tuple[float, ...],
+                  out: Path, device, tracker: Tracker | None = None, state: dict | None = None) -> list[list[dict]]:
+    """Train one linear classifier per lr in ``lrs`` on ``train`` for ``s.epochs`` (``s.lr`` is not
+    used), scoring each on ``test`` after each epoch; returns one history per lr, each one
+    {epoch, lr, train_loss, top1, top5} for each of the ``s.epochs`` (a state trained further holds
+    more: they are left out).
 
-    ``train`` and ``test``: labelled image datasets, or with ``s.fast`` (features [n, D], labels [n])
-    pairs of ``cached_features`` (the backbone is then not used). Checkpoints go to
-    ``out/checkpoints`` each epoch; ``state`` is the newest one to resume from.
+    The classifiers train at once, as one fc of len(lrs) x num_classes outputs: the same initial
+    weights, the same batches, each its own cross-entropy, and each slice's gradient scaled by its
+    lr under a common step schedule, which with SGD momentum (weight decay 0) is exactly training
+    them apart, at the cost of about one. ``train`` and ``test``: labelled image datasets, or with
+    ``s.fast`` (features [n, D], labels [n]) pairs of ``cached_features`` (the backbone is then not
+    used). Checkpoints go to ``out/checkpoints`` (``CHECKPOINT_EVERY_S``); ``state`` is the newest
+    one to resume from. ``tracker`` (one lr only) gets each epoch's record.
     """
+    k, c = len(lrs), num_classes
     if s.fast:
         (xtr, ytr), (xte, yte) = train, test
         feat_dim = xtr.shape[1]
@@ -199,24 +209,26 @@ def linear_probe(backbone: nn.Module | None, train, test, num_classes: int, s: S
         backbone = frozen(backbone, device)
         with torch.no_grad():
             feat_dim = backbone(torch.zeros(2, 3, s.image_size, s.image_size, device=device)).shape[1]
-    fc = nn.Linear(feat_dim, num_classes)
+    fc = nn.Linear(feat_dim, k * c)
     torch.manual_seed(s.seed)
-    fc.weight.data.normal_(mean=0.0, std=0.01)
+    fc.weight.data.copy_(torch.empty(c, feat_dim).normal_(mean=0.0, std=0.01).repeat(k, 1))
     fc.bias.data.zero_()
     fc.to(device)
-    opt = torch.optim.SGD(fc.parameters(), lr=s.lr, momentum=0.9, weight_decay=0.0)
-    history: list[dict] = []
+    scale = torch.tensor(lrs, device=device)
+    opt = torch.optim.SGD(fc.parameters(), lr=1.0, momentum=0.9, weight_decay=0.0)
+    histories: list[list[dict]] = [[] for _ in lrs]
     start = 0
     if state is not None:
         fc.load_state_dict(state["fc"])
         opt.load_state_dict(state["optimizer"])
-        start, history = state["epoch"], state["history"]
-        log.info("resuming the linear probe (lr %g) at epoch %d", s.lr, start)
+        start, histories = state["epoch"], state["histories"]
+        log.info("resuming the linear probe (lr %s) at epoch %d", ", ".join(f"{lr:g}" for lr in lrs), start)
 
+    saved_at = time.monotonic()
     for epoch in range(start, s.epochs):
-        lr = lr_at(s, epoch)
+        factor = decay(s, epoch)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = factor
         gen = torch.Generator().manual_seed(data.sample_seed(s.seed, epoch))
         if s.fast:
             perm = torch.randperm(len(xtr), generator=gen)
@@ -228,16 +240,18 @@ def linear_probe(backbone: nn.Module | None, train, test, num_classes: int, s: S
             )
             batches = ((x.to(device), y.to(device)) for x, y in loader)
         fc.train()
-        total, n = 0.0, 0
+        total, n = torch.zeros(k), 0
         for x, y in batches:
             if not s.fast:
                 with torch.no_grad():
                     x = backbone(x).float()
-            loss = F.cross_entropy(fc(x), y)
+            losses = F.cross_entropy(fc(x).view(-1, c), y.repeat_interleave(k), reduction="none").view(-1, k).mean(0)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
+            fc.weight.grad.view(k, c, feat_dim).mul_(scale[:, None, None])
+            fc.bias.grad.view(k, c).mul_(scale[:, None])
             opt.step()
-            total, n = total + loss.item() * len(y), n + len(y)
+            total, n = total + losses.detach().cpu() * len(y), n + len(y)
         fc.eval()
         with torch.no_grad():
             if s.fast:
@@ -245,32 +259,37 @@ def linear_probe(backbone: nn.Module | None, train, test, num_classes: int, s: S
             else:
                 fv, yv = features(backbone, test, val_transform(s.image_size), device, workers=s.workers)
                 logits = fc(fv.to(device)).cpu()
-        top1, top5 = accuracy(logits, yv, (1, min(5, num_classes)))
-        rec = {"epoch": epoch, "lr": lr, "train_loss": total / max(n, 1), "top1": top1, "top5": top5}
-        history.append(rec)
+        for j, lr in enumerate(lrs):
+            top1, top5 = accuracy(logits.view(-1, k, c)[:, j], yv, (1, min(5, c)))
+            rec = {"epoch": epoch, "lr": lr * factor, "train_loss": total[j].item() / max(n, 1), "top1": top1,
+                   "top5": top5}
+            histories[j].append(rec)
+            log.info("lincls (lr %g) epoch %d lr %.4g loss %.4f top1 %.2f top5 %.2f", lr, epoch, rec["lr"],
+                     rec["train_loss"], top1, top5)
         if tracker is not None:
-            tracker.log({k: v for k, v in rec.items() if k != "epoch"}, epoch + 1, epoch=epoch)
-        log.info("lincls (lr %g) epoch %d lr %.4g loss %.4f top1 %.2f top5 %.2f", s.lr, epoch, lr,
-                 rec["train_loss"], top1, top5)
-        checkpoint.save(out / rundir.CHECKPOINTS, epoch + 1,
-                        {"fc": fc.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
-                         "lr": s.lr}, keep=2)
-    return history[: s.epochs]
+            tracker.log({key: v for key, v in histories[0][-1].items() if key != "epoch"}, epoch + 1, epoch=epoch)
+        if epoch + 1 == s.epochs or time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
+            checkpoint.save(out / rundir.CHECKPOINTS, epoch + 1,
+                            {"fc": fc.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                             "histories": histories, "lrs": list(lrs)}, keep=2)
+            saved_at = time.monotonic()
+    return [h[: s.epochs] for h in histories]
+
+
+def linear_probe(backbone: nn.Module | None, train, test, num_classes: int, s: Setting, out: Path, device,
+                 tracker: Tracker | None = None, state: dict | None = None) -> list[dict]:
+    """``linear_probes`` with the one lr ``s.lr``: its history."""
+    return linear_probes(backbone, train, test, num_classes, s, (s.lr,), out, device, tracker, state)[0]
 
 
 def sweep(backbone: nn.Module | None, train, val, num_classes: int, s: Setting, lrs: tuple[float, ...], out: Path,
           device) -> list[dict]:
     """[{lr, val_top1, val_top5}]: one probe per candidate lr trained on ``train`` and scored at its
-    last epoch on ``val`` (both carved from the training images), each checkpointing (and resuming)
-    in ``out/sweep/lr-LR``."""
-    scores = []
-    for lr in lrs:
-        folder = out / SWEEP / f"lr-{lr!r}"
-        state, _ = checkpoint.load_latest(folder / rundir.CHECKPOINTS)
-        last = linear_probe(backbone, train, val, num_classes, dataclasses.replace(s, lr=lr), folder, device,
-                            state=state)[-1]
-        scores.append({"lr": lr, "val_top1": last["top1"], "val_top5": last["top5"]})
-    return scores
+    last epoch on ``val`` (both carved from the training images), all at once
+    (``linear_probes``), checkpointing (and resuming) in ``out/sweep``."""
+    state, _ = checkpoint.load_latest(out / SWEEP / rundir.CHECKPOINTS)
+    histories = linear_probes(backbone, train, val, num_classes, s, lrs, out / SWEEP, device, state=state)
+    return [{"lr": lr, "val_top1": h[-1]["top1"], "val_top5": h[-1]["top5"]} for lr, h in zip(lrs, histories)]
 
 
 def choose(scores: list[dict]) -> dict:
@@ -382,8 +401,8 @@ def run(s: ProbeSettings) -> dict:
     }
 
     state, _ = checkpoint.load_latest(out / rundir.CHECKPOINTS)
-    if state is not None and state["lr"] != sched.lr:
-        raise UserError(f"{out} holds a probe trained with lr {state['lr']:g}; with {sched.epochs} epochs the "
+    if state is not None and state["lrs"] != [sched.lr]:
+        raise UserError(f"{out} holds a probe trained with lr {state['lrs'][0]:g}; with {sched.epochs} epochs the "
                         f"validation split chooses lr {sched.lr:g}; pass --out for a new folder")
     # Our runs log beside their run folder (runs/mlflow.db); external checkpoints beside the output.
     uri = s.tracking_uri or (cfg.run.tracking_uri if cfg else None) or default_uri(home if cfg else out)
@@ -396,7 +415,7 @@ def run(s: ProbeSettings) -> dict:
                        name=s.run_name or f"lincls-{s.mode}{suffix}_{src.name if src else arch}", stage=LINCLS,
                        params=params,
                        tags={**tags, **s.tags}, parent=s.parent_run or parent_id,
-                       resume_step=state["epoch"] if state else None)
+                       resume_step=state["epoch"] if state else 0)  # points past the checkpoint come again
     history = linear_probe(backbone, train, test, num_classes, sched, out, device, tracker, state)
     best, last = max(history, key=lambda r: r["top1"]), history[-1]
     result = {

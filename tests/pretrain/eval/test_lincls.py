@@ -2,6 +2,7 @@
 images held out of the training split (never on the test split), where it writes, and a frozen
 backbone that stays frozen."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_lincls_on_a_moco_format_checkpoint_end_to_end_and_resume(tmp_path, fast
     assert lincls.main(args + ["--epochs", "2"]) == 0
     r = json.loads((out / "lincls.json").read_text())
     assert r["mode"] == ("fast" if fast else "full") and r["tables_use"] == "top1_last"
-    hist = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)["history"]
+    hist = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)["histories"][0]
     # The reported number is the last epoch's, not the best epoch on the test split.
     assert (r["top1_last"], r["top5_last"]) == (hist[-1]["top1"], hist[-1]["top5"]) and 10 < r["top1_last"] <= 100
     assert r["top1_best_on_test"] == max(h["top1"] for h in hist)
@@ -48,7 +49,7 @@ def test_lincls_on_a_moco_format_checkpoint_end_to_end_and_resume(tmp_path, fast
         assert sel["train_images"] == 512 and not (out / "sweep").exists()
     # Asking for more epochs resumes from the saved classifier instead of starting again.
     assert lincls.main(args + ["--epochs", "3"]) == 0
-    hist = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)["history"]
+    hist = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)["histories"][0]
     assert [h["epoch"] for h in hist] == [0, 1, 2]
     # The same folder with other settings is refused before anything in it changes.
     before = (out / "lincls.json").read_bytes()
@@ -121,6 +122,21 @@ def test_lincls_on_a_checkpoint_file_of_a_run_writes_beside_the_run(tmp_path):
                         "--workers", "0"]) == 0
     assert (run / "lincls-fast" / "lincls.json").is_file()
     assert (tmp_path / "runs" / "mlflow.db").is_file() and not (run / "checkpoints" / "lincls-fast").exists()
+
+
+def test_candidates_trained_at_once_match_each_trained_alone(tmp_path):
+    """One stacked fc with per-slice lrs (momentum, step decay) is the same as separate probes."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 16, generator=g), torch.randint(0, 4, (300,), generator=g)
+    s = probe.Setting(lr=0.0, epochs=4, milestones=(2, 3), gamma=0.1, batch_size=64, image_size=32, fast=True)
+    lrs = (0.1, 1.0, 3.0)
+    together = probe.linear_probes(None, (x, y), (x, y), 4, s, lrs, tmp_path / "all", torch.device("cpu"))
+    for lr, hist in zip(lrs, together):
+        alone = probe.linear_probe(None, (x, y), (x, y), 4, dataclasses.replace(s, lr=lr), tmp_path / f"{lr}",
+                                   torch.device("cpu"))
+        assert [h["top1"] for h in hist] == [h["top1"] for h in alone]
+        assert [h["train_loss"] for h in hist] == pytest.approx([h["train_loss"] for h in alone], rel=1e-5)
+        assert [h["lr"] for h in hist] == pytest.approx([lr, lr, lr * 0.1, lr * 0.01])
 
 
 @pytest.mark.parametrize("fast", [True, False])
