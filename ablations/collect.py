@@ -46,7 +46,7 @@ class Metric:
 
 TRANSFER_VOC, TRANSFER_COCO = transfer_stage("voc"), transfer_stage("coco")
 METRICS = {
-    "linear_top1": Metric(LINCLS, "top1_best", "linear top-1"),
+    "linear_top1": Metric(LINCLS, "top1_last", "linear top-1"),
     "knn_top1": Metric(PRETRAIN, "knn_top1", "kNN top-1"),
     "voc_AP50": Metric(TRANSFER_VOC, "AP50", "VOC AP50"),
     "voc_AP": Metric(TRANSFER_VOC, "AP", "VOC AP"),

@@ -95,6 +95,19 @@ class GridDir:
             out["transfer"] = (transfer.out_dir / rundir.SUMMARY_FILE).is_file()
         return out
 
+    def probe_selections(self) -> list[dict]:
+        """How each finished linear probe chose its settings, in table order: {row, seed, mode,
+        selection} with the ``selection`` of its lincls.json (candidate lrs and their validation
+        top-1, the chosen lr, epochs, validation size, rule). What source.json records beside the tables."""
+        out = []
+        for u in self.units():
+            probe = self.probe(u)
+            f = probe.out_dir / rundir.LINCLS_FILE if probe is not None else None
+            if f is not None and f.is_file():
+                r = json.loads(f.read_text())
+                out.append({"row": u.row, "seed": u.seed, "mode": r["mode"], "selection": r["selection"]})
+        return out
+
     def pretrained(self, u: Unit) -> bool:
         """Whether the unit's pretraining is done (always, for a reference row)."""
         return rundir.pretrain_done(u.run_dir) if u.pretrains else True

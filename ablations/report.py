@@ -11,6 +11,7 @@ import pandas as pd
 
 from ablations import figures, spec, stats
 from ablations.collect import METRICS, close_parent, fewer_gpus, histories, per_seed, runs_frame, sync_grid
+from ablations.griddir import GridDir
 from ablations.summary import (MECHANISM_METRICS, TABLE_METRICS, conclusions, family_note, load_reference,
                                mechanism_rows, mechanism_table, shown, summarize, table)
 from pretrain.run.checkpoint import atomic_write
@@ -152,7 +153,8 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
 
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(source, json.dumps({"grid_id": grid.grid_id, "grid_dir": str(Path(grid_dir).resolve()),
-                                     "tracking_uri": uri}).encode())
+                                     "tracking_uri": uri,
+                                     "linear_probe": GridDir(grid_dir, grid, results_dir).probe_selections()}).encode())
     atomic_write(results_dir / "table.md", markdown(title, tables, words, notes).encode())
     atomic_write(results_dir / "table.csv", summary.to_csv(index=False).encode())
     atomic_write(results_dir / "per_seed.csv", seeds.to_csv(index=False).encode())

@@ -98,7 +98,7 @@ def unit_state(gd: GridDir, u: Unit, recs: dict, states: dict[str, launcher.Slur
     if pre_done and evals_done:
         probe = gd.probe(u)
         if probe is not None:
-            top1 = json.loads((probe.out_dir / rundir.LINCLS_FILE).read_text())["top1_best"]
+            top1 = json.loads((probe.out_dir / rundir.LINCLS_FILE).read_text())["top1_last"]
             return UnitState("done", f"linear top-1 {top1:.2f}")
         return UnitState("done")
     for stage in ("pretrain", "cell", *EVAL_STAGES):

@@ -399,7 +399,7 @@ def run_local(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: dict, 
                     exc = job.exception()
                     if exc is None:
                         res = job.result().get("lincls") or {}
-                        extra = f": linear top-1 {res['top1_best']:.2f}" if "top1_best" in res else ""
+                        extra = f": linear top-1 {res['top1_last']:.2f}" if "top1_last" in res else ""
                         print(f"[{key}] done{extra}", flush=True)
                     else:
                         failures += 1

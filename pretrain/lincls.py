@@ -7,7 +7,7 @@ format (``state_dict`` with ``module.encoder_q.*`` keys). The probe itself is
 
 from __future__ import annotations
 
-from .eval.lincls import PRESETS, ProbeSettings
+from .eval.lincls import LR_FACTORS, PRESETS, VAL_SPLIT, ProbeSettings
 from .eval.lincls import run as run_probe
 from .method.encoders import ARCHS
 from .run import config, rundir
@@ -30,13 +30,17 @@ def parser() -> ArgumentParser:
     p.add_argument("--data-path", help="dataset root (ImageNet root with train/ and val/)")
     p.add_argument("--class-list", help="class list file (e.g. imagenet100.txt)")
     p.add_argument("--image-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="one lr, nothing chosen (default: the preset's; with --fast, chosen "
+                   f"on the validation split among the preset's lr x {', '.join(f'{f:g}' for f in LR_FACTORS)})")
+    p.add_argument("--lrs", help="comma list of candidate lrs, the one with the best validation top-1 is kept")
+    p.add_argument("--val-split", type=float, help="held out of the training images to choose the lr on: a fraction "
+                   f"in (0, 1) or a count (default {VAL_SPLIT:g} with candidates to choose among, else 0)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--milestones", help="comma list of epochs where lr is multiplied by --gamma")
     p.add_argument("--gamma", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--train-size", type=int, default=0, help="use the first n training images (0 = all)")
-    p.add_argument("--val-size", type=int, default=0, help="use the first n validation images (0 = all)")
+    p.add_argument("--test-size", type=int, default=0, help="use the first n test images (0 = all)")
     p.add_argument("--workers", type=int, default=ProbeSettings("").workers, help="data-loading processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-init", action="store_true",
@@ -55,11 +59,16 @@ def settings(argv: list[str]) -> ProbeSettings:
         milestones = tuple(int(m) for m in a.milestones.split(",")) if a.milestones else None
     except ValueError:
         raise UserError(f"--milestones {a.milestones!r}: give a comma list of epochs, e.g. 60,80") from None
+    try:
+        lrs = tuple(float(lr) for lr in a.lrs.split(",")) if a.lrs else None
+    except ValueError:
+        raise UserError(f"--lrs {a.lrs!r}: give a comma list of learning rates, e.g. 1,3,10") from None
     s = ProbeSettings(
         source=a.source, preset=a.preset, fast=a.fast, arch=a.arch, small_stem=a.small_stem, dataset=a.data,
-        data_path=a.data_path, class_list=a.class_list, image_size=a.image_size, lr=a.lr, epochs=a.epochs,
+        data_path=a.data_path, class_list=a.class_list, image_size=a.image_size, lr=a.lr, lrs=lrs,
+        val_split=a.val_split, epochs=a.epochs,
         milestones=milestones, gamma=a.gamma, batch_size=a.batch_size, train_size=a.train_size,
-        val_size=a.val_size, workers=a.workers, seed=a.seed, random_init=a.random_init, out=a.out,
+        test_size=a.test_size, workers=a.workers, seed=a.seed, random_init=a.random_init, out=a.out,
         parent_run=a.parent_run, run_name=a.run_name, tags=parse_tags(a.tag),
     )
     s.check()
@@ -73,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     s = settings(sys.argv[1:] if argv is None else argv)
     setup_logging()
     result = run_probe(s)
+    sel = result["selection"]
     label = " (fast: cached centre-crop features)" if s.fast else ""
-    print(f"linear top-1 {result['top1_best']:.2f} (best, epoch {result['best_epoch']}), "
-          f"{result['top1_last']:.2f} (last); top-5 {result['top5_best']:.2f}{label}")
+    chosen = (f"chosen among {len(sel['candidates'])} on {sel['val_images']} validation images held out of the "
+              f"training split" if sel["val_images"] else "not chosen")
+    print(f"linear top-1 {result['top1_last']:.2f}, top-5 {result['top5_last']:.2f} at the last epoch{label}; "
+          f"lr {sel['lr']:g} ({chosen}). The best epoch on the test split, MoCo main_lincls's number, "
+          f"not used by the tables: {result['top1_best_on_test']:.2f} (epoch {result['best_epoch_on_test']})")
     parent = result["parent_run"]
     print(f"wrote {result['out']}/{rundir.LINCLS_FILE}" + (f"; MLflow run {result['mlflow_run_id']} (child of {parent})"
                                                   if parent else ""))

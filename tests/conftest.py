@@ -76,7 +76,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_GRID = [
     "--set", "optim.epochs=1", "--set", "data.subset=256", "--set", "optim.batch_size=32", "--set", "moco.K=256",
     "--set", "mochi.mix_start=0", "--set", "data.num_workers=0", "--set", "run.log_every=2",
-    "--set", "moco.shuffle_bn_groups=2", "--lincls", "--fast --train-size=500 --val-size=200 --epochs=2",
+    "--set", "moco.shuffle_bn_groups=2", "--lincls", "--fast --train-size=500 --test-size=200 --epochs=2",
     "--no-preflight",
 ]
 

@@ -215,6 +215,23 @@ def base_dataset(cfg_data, split: str = "train") -> torch.utils.data.Dataset:
     return ds
 
 
+def holdout(n: int, size: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held out): indices into ``n`` training images, disjoint, together all of them, each
+    sorted; the held-out ones are a uniform draw seeded by ``seed`` alone (the same images for the
+    same n and seed, whatever else changes).
+
+    ``size`` follows scikit-learn's ``test_size``: in (0, 1) a fraction of n (rounded, at least 1),
+    a whole number >= 1 a count. UserError if it leaves no image on either side.
+    """
+    count = max(1, round(size * n)) if 0 < size < 1 else int(size)
+    if size <= 0 or (size >= 1 and size != count):
+        raise UserError(f"validation split {size:g}: give a fraction in (0, 1) or a whole count of images")
+    if count >= n:
+        raise UserError(f"a validation split of {count} from {n} training images leaves none to train on")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(seed)))
+    return sorted(perm[count:].tolist()), sorted(perm[:count].tolist())
+
+
 class TwoViews(torch.utils.data.Dataset):
     """(view_q, view_k, label, index, skipped) for keys (epoch, index) from ResumableSampler.
 

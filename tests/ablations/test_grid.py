@@ -134,7 +134,12 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
     assert parent.info.status == "FINISHED"
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs if r is not parent)
     lincls = [r for r in runs if r.data.tags["stage"] == "lincls"]
-    assert all(0 < r.data.metrics["top1_best"] <= 100 for r in lincls)
+    assert all(0 < r.data.metrics["top1_last"] <= 100 for r in lincls)
+    # Beside the table: how each probe chose its lr, on images held out of the training split.
+    probes = json.loads((tmp_path / "results" / "source.json").read_text())["linear_probe"]
+    assert [(p["row"], p["mode"], p["selection"]["val_images"]) for p in probes] == [
+        ("N0-s0-sp0", "fast", 50), ("N32-s16-sp8", "fast", 50)]
+    assert all(p["selection"]["lr"] in [c["lr"] for c in p["selection"]["candidates"]] for p in probes)
 
     # A pretraining job killed after its final checkpoint, before summary.json: still done, settled.
     run_dir = tmp_path / "grid" / "cells" / "N0-s0-sp0" / "seed0"
@@ -178,7 +183,7 @@ def test_mlflow_ui_shows_the_grid(local_grid, mlflow_server, tmp_path):
     assert names == sorted([f"grid {grid['name']}", "N0-s0-sp0_seed0_pretrain", "N0-s0-sp0_seed0_lincls",
                             "N32-s16-sp8_seed0_pretrain", "N32-s16-sp8_seed0_lincls"])
     metrics = {r["info"]["run_name"]: {m["key"] for m in r["data"].get("metrics", [])} for r in runs}
-    assert "top1_best" in metrics["N32-s16-sp8_seed0_lincls"] and "acc_moco" in metrics["N32-s16-sp8_seed0_pretrain"]
+    assert "top1_last" in metrics["N32-s16-sp8_seed0_lincls"] and "acc_moco" in metrics["N32-s16-sp8_seed0_pretrain"]
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

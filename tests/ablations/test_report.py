@@ -35,7 +35,7 @@ def fill(uri: str, grid: spec.Grid) -> None:
             pre = client.create_run(exp, tags={**tags, "stage": "pretrain"})
             client.log_metric(pre.info.run_id, "acc_moco", 0.5 + seed / 10, step=10)
             lin = client.create_run(exp, tags={**tags, "stage": "lincls"})
-            client.log_metric(lin.info.run_id, "top1_best", top1, step=30)
+            client.log_metric(lin.info.run_id, "top1_last", top1, step=30)
 
 
 def test_tables_and_plot_from_the_store(tmp_path):
@@ -91,7 +91,7 @@ def test_heatmap_and_memory_figures_and_reference_columns(tmp_path, monkeypatch)
         for i, cell in enumerate(grid.cells):
             tags = {"grid_id": grid.grid_id, "cell": cell.id, "seed": "0", "stage": "lincls",
                     **{f"axis.{a}": str(v) for a, v in cell.values.items()}}
-            client.log_metric(client.create_run(exp, tags=tags).info.run_id, "top1_best", 60.0 + i)
+            client.log_metric(client.create_run(exp, tags=tags).info.run_id, "top1_last", 60.0 + i)
     assert report.report(sweep, tmp_path / "g1", uri, tmp_path / "r1") == 0
     assert (tmp_path / "r1" / "heatmap_N_s.png").stat().st_size > 10000
     assert not (tmp_path / "r1" / "accuracy_vs_K.png").exists()
@@ -116,7 +116,7 @@ def fill_linear(uri: str, grid: spec.Grid, values: dict) -> None:
     for row in grid.row_ids():
         for seed, top1 in enumerate(values.get(row, [])):
             tags = {"grid_id": grid.grid_id, "cell": row, "seed": str(seed), "stage": "lincls"}
-            client.log_metric(client.create_run(exp, tags=tags).info.run_id, "top1_best", top1)
+            client.log_metric(client.create_run(exp, tags=tags).info.run_id, "top1_last", top1)
 
 
 def test_pivot_rows_follow_the_axis_values_not_their_spelling(tmp_path):
@@ -289,3 +289,29 @@ def test_the_reference_numbers_are_package_data():
     entries = summary.load_reference()
     assert entries and all(e["source"] for e in entries)
     assert not (package.parent / "results" / "reference.yaml").exists()
+
+
+def test_source_json_records_how_each_probe_chose_its_lr(tmp_path):
+    """Beside the tables, source.json carries each probe's candidate lrs with their validation top-1,
+    the chosen lr, the epochs and the validation size, as the probe itself recorded them."""
+    import dataclasses
+    import json
+
+    from ablations.griddir import GridDir
+    from pretrain.eval import lincls
+
+    grid = spec.build(spec.load_preset("demo"), None, {}, 1, [], "--fast --train-size=256 --test-size=128 "
+                      "--epochs=1 --workers=0", name=f"src{tmp_path.name[-6:]}")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fill_linear(uri, grid, {"N0-s0-sp0": [70.0]})
+    gd = GridDir(tmp_path / "grid", grid, tmp_path / "results")
+    u = next(u for u in gd.units() if u.row == "random-init")
+    r = lincls.run(dataclasses.replace(gd.probe(u), tracking_uri=uri, experiment=grid.experiment,
+                                       tags={"grid_id": grid.grid_id, "cell": u.row, "seed": "0"}))
+    assert report.report(grid, tmp_path / "grid", uri, tmp_path / "results") == 0
+    probes = json.loads((tmp_path / "results" / "source.json").read_text())["linear_probe"]
+    assert probes == [{"row": "random-init", "seed": 0, "mode": "fast", "selection": r["selection"]}]
+    sel = probes[0]["selection"]
+    assert [c["lr"] for c in sel["candidates"]] == [round(10.0 * f, 12) for f in lincls.LR_FACTORS]
+    assert all("val_top1" in c for c in sel["candidates"]) and sel["lr"] == lincls.choose(sel["candidates"])["lr"]
+    assert (sel["epochs"], sel["val_images"], sel["rule"]) == (1, 26, lincls.RULE)

@@ -235,9 +235,9 @@ def stage_grid(tmp_path, lincls, transfer=None):
 def test_a_stage_given_as_a_mapping_is_the_stage_its_arguments_give(tmp_path):
     run_dir = tmp_path / "cells" / "c" / "seed0"
     # lr 5 (an int in YAML) is the float the command line parses: the same settings, the same grid id
-    probe = {"fast": True, "train_size": 10000, "val_size": 2000, "workers": 1, "milestones": [20, 25], "lr": 5,
+    probe = {"fast": True, "train_size": 10000, "test_size": 2000, "workers": 1, "milestones": [20, 25], "lr": 5,
              "tags": {"note": "x"}}
-    argv = "--fast --train-size=10000 --val-size 2000 --workers 1 --milestones 20,25 --lr 5 --tag note=x"
+    argv = "--fast --train-size=10000 --test-size 2000 --workers 1 --milestones 20,25 --lr 5 --tag note=x"
     tv = {"task": "demo-voc", "data": "/d", "iters": 2}
     d2 = {"engine": "detectron2", "task": "voc-c4", "data": "/d/VOCdevkit", "gpus": 4,
           "opts": ["SOLVER.CHECKPOINT_PERIOD", 50, "DATASETS.TRAIN", "('voc_2007_trainval', 'voc_2012_trainval')"]}
@@ -259,7 +259,7 @@ def test_a_stage_given_as_a_mapping_is_the_stage_its_arguments_give(tmp_path):
 
 
 def test_the_shipped_presets_give_their_stages_as_mappings_and_keep_their_grid_ids(tmp_path):
-    was = {"demo": ["--fast", "--train-size=10000", "--val-size=2000", "--workers=1"]}  # their argument lists
+    was = {"demo": ["--fast", "--train-size=10000", "--test-size=2000", "--workers=1"]}  # their argument lists
     for name in spec.presets():
         assert isinstance(spec.load_preset(name)["lincls"], dict), name
         now, before = (build(preset=name, extra=["data.path=/datasets/imagenet"], lincls=lincls)

@@ -108,3 +108,16 @@ def test_too_few_images_for_a_batch():
     cfg = config.load("demo", overrides=["data.subset=100", "optim.batch_size=128"])
     with pytest.raises(UserError, match="no full batch"):
         data.train_loader(cfg)
+
+
+def test_holdout_is_a_seeded_disjoint_draw_from_the_training_indices():
+    kept, held = data.holdout(1000, 0.1, seed=3)
+    assert len(held) == 100 and len(kept) == 900
+    assert not set(kept) & set(held) and sorted(kept + held) == list(range(1000))
+    assert held != list(range(100))  # a draw, not the first images
+    assert data.holdout(1000, 0.1, seed=3) == (kept, held)
+    assert data.holdout(1000, 0.1, seed=4)[1] != held
+    assert len(data.holdout(1000, 37, seed=0)[1]) == 37  # a count
+    for bad in (0, -0.1, 2.5, 1000):
+        with pytest.raises(UserError, match="validation split"):
+            data.holdout(1000, bad, seed=0)
