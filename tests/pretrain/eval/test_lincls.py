@@ -131,10 +131,13 @@ def test_candidates_trained_at_once_match_each_trained_alone(tmp_path):
     s = probe.Setting(lr=0.0, epochs=4, milestones=(2, 3), gamma=0.1, batch_size=64, image_size=32, fast=True)
     lrs = (0.1, 1.0, 3.0)
     together = probe.linear_probes(None, (x, y), (x, y), 4, s, lrs, tmp_path / "all", torch.device("cpu"))
-    for lr, hist in zip(lrs, together):
+    fc = torch.load(sorted((tmp_path / "all" / "checkpoints").glob("*.pt"))[-1], weights_only=True)["fc"]
+    for j, (lr, hist) in enumerate(zip(lrs, together)):
         alone = probe.linear_probe(None, (x, y), (x, y), 4, dataclasses.replace(s, lr=lr), tmp_path / f"{lr}",
                                    torch.device("cpu"))
-        assert [h["top1"] for h in hist] == [h["top1"] for h in alone]
+        own = torch.load(sorted((tmp_path / f"{lr}" / "checkpoints").glob("*.pt"))[-1], weights_only=True)["fc"]
+        assert torch.allclose(fc["weight"][4 * j : 4 * j + 4], own["weight"], rtol=1e-4, atol=1e-6)
+        assert torch.allclose(fc["bias"][4 * j : 4 * j + 4], own["bias"], rtol=1e-4, atol=1e-6)
         assert [h["train_loss"] for h in hist] == pytest.approx([h["train_loss"] for h in alone], rel=1e-5)
         assert [h["lr"] for h in hist] == pytest.approx([lr, lr, lr * 0.1, lr * 0.01])
 
