@@ -4,10 +4,12 @@ the grid before anything trains, a pass is not repeated, and its speeds replace 
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
+from ablations.submit import PREFLIGHT_KEY
 from pretrain.run import rundir
 from pretrain.tools.jpegs import make_jpegs
 from tests.conftest import TINY_GRID, free_port, grid_cli
@@ -88,6 +90,13 @@ def wait_state(job_id: str, states: set, timeout: float = 300) -> str:
     return st
 
 
+def submitted_ids(grid: Path) -> tuple[str, str]:
+    """The SLURM ids of a grid's preflight job and of its (first) pretraining array task, from jobs.json."""
+    jobs = json.loads((grid / rundir.JOBS_FILE).read_text())
+    pretrain = next(rec["pretrain"]["job_id"] for key, rec in jobs.items() if key != PREFLIGHT_KEY)
+    return jobs[PREFLIGHT_KEY]["preflight"]["job_id"], pretrain
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_on_slurm_the_pretraining_array_waits_on_a_two_rank_preflight(tmp_path, slurm_conf, mlflow_server):
@@ -96,9 +105,7 @@ def test_on_slurm_the_pretraining_array_waits_on_a_two_rank_preflight(tmp_path, 
     r = grid_cli(*args)
     try:
         assert r.returncode == 0, r.stdout + r.stderr
-        jobs = json.loads((tmp_path / "grid" / rundir.JOBS_FILE).read_text())
-        pre_id = jobs["preflight"]["preflight"]["job_id"]
-        pretrain_id = next(rec["pretrain"]["job_id"] for k, rec in jobs.items() if k != "preflight")
+        pre_id, pretrain_id = submitted_ids(tmp_path / "grid")
         assert f"submitted the preflight: job {pre_id}" in r.stdout
         dep = job_field(pretrain_id, "Dependency")
         assert dep.startswith(f"afterok:{pre_id}") or sacct_state(pre_id) == "COMPLETED", dep
@@ -120,9 +127,7 @@ def test_on_slurm_a_failed_preflight_cancels_the_array_it_guards(tmp_path, slurm
     r = grid_cli(*args)
     try:
         assert r.returncode == 0, r.stdout + r.stderr
-        jobs = json.loads((tmp_path / "grid" / rundir.JOBS_FILE).read_text())
-        pre_id = jobs["preflight"]["preflight"]["job_id"]
-        pretrain_id = next(rec["pretrain"]["job_id"] for k, rec in jobs.items() if k != "preflight")
+        pre_id, pretrain_id = submitted_ids(tmp_path / "grid")
         assert wait_state(pre_id, {"COMPLETED", "FAILED", "CANCELLED"}) == "FAILED"
         assert wait_state(pretrain_id.split("_")[0], {"CANCELLED", "COMPLETED", "FAILED"}, 60) == "CANCELLED"
         assert "preflight failed: tracking:" in grid_cli(*args, "--status").stdout
