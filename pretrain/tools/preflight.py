@@ -202,10 +202,12 @@ def check_data(cfg: config.Config, device: torch.device, sample: int) -> Check:
     if empty:
         return Check(name, FAIL, f"{len(empty)} of {n_classes} classes hold no image, e.g. {empty[0]}",
                      "restore those class folders, or leave them out of data.class_list")
-    if n < cfg.optim.batch_size:
-        return Check(name, FAIL, f"{n} training images make no batch of {cfg.optim.batch_size}",
-                     "point data.path at the full dataset")
-    idx = sorted({int(i) for i in np.linspace(0, n - 1, min(sample, n))})
+    # training reads the first data.subset images (pretrain.input.data.base_dataset): count and sample those
+    trained = min(cfg.data.subset, n) if cfg.data.subset else n
+    if trained < cfg.optim.batch_size:
+        return Check(name, FAIL, f"{trained} training images make no batch of {cfg.optim.batch_size}",
+                     "raise data.subset (0 = all)" if trained < n else "point data.path at the full dataset")
+    idx = sorted({int(i) for i in np.linspace(0, trained - 1, min(sample, trained))})
     ref = {i: _pil(base, i) for i in idx}
     bad = [i for i, im in ref.items() if im is None]
     if bad:
@@ -214,7 +216,8 @@ def check_data(cfg: config.Config, device: torch.device, sample: int) -> Check:
                      "replace or remove the unreadable files (training would skip them, counted as skipped_images)")
     worst, how = _decode_difference(cfg, base, idx, ref, device)
     tol = DALI_TOL if cfg.data.pipeline == "dali" else DECODE_TOL
-    what = f"{n} training images in {n_classes} classes{' (' + cfg.data.class_list + ')' if cfg.data.class_list else ''}"
+    what = f"{n} training images" if trained == n else f"{trained} of {n} training images (data.subset)"
+    what += f" in {n_classes} classes" + (f" ({cfg.data.class_list})" if cfg.data.class_list else "")
     if worst > tol:
         return Check(name, FAIL, f"{what}; {how} decodes differ from PIL's by {worst:.2f} levels (mean |diff|; "
                                  f"tolerance {tol:g})",

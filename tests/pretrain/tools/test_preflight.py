@@ -65,6 +65,14 @@ def test_the_device_pipeline_decodes_as_pil_does(tmp_path, jpeg_root):
     assert line.status == "pass" and "data.pipeline=gpu" in line.detail and "40 training images in 4 classes" in line.detail
 
 
+def test_the_data_line_counts_the_images_data_subset_trains_on(tmp_path, jpeg_root):
+    line = pf.check_data(folder_cfg(tmp_path, jpeg_root, "data.subset=24", "optim.batch_size=16"), CPU, 64)
+    assert line.status == "pass" and "24 of 40 training images (data.subset) in 4 classes" in line.detail
+    line = pf.check_data(folder_cfg(tmp_path, jpeg_root, "data.subset=12", "optim.batch_size=16"), CPU, 64)
+    assert line.status == "fail" and "12 training images make no batch of 16" in line.detail
+    assert "data.subset" in line.fix
+
+
 def test_an_unreachable_store_fails_the_tracking_line_within_seconds(tmp_path):
     s = pf.PreflightSettings([tiny_cfg(tmp_path / "run")], tmp_path / "pf",
                              tracking_uri=f"http://127.0.0.1:{free_port()}")
