@@ -73,8 +73,8 @@ def test_compressed_array_ids_expand_to_their_tasks(job_id, tasks):
 
 
 def test_the_submitit_internals_the_launcher_relies_on_hold_in_the_installed_version(tmp_path):
-    """sbatch_script and submitted_stderr reach into submitit's internals (its public API offers
-    neither); this holds them against the installed submitit, job by real job."""
+    """sbatch_script, sbatch_request and submitted_stderr reach into submitit's internals (its public
+    API offers none of them); this holds them against the installed submitit, job by real job."""
     import submitit
 
     moved = f"submitit {submitit.__version__} moved an internal that slurm/launcher.py's %s uses: %r"
@@ -86,7 +86,12 @@ def test_the_submitit_internals_the_launcher_relies_on_hold_in_the_installed_ver
         pytest.fail(moved % ("sbatch_script", e))
     assert text.startswith("#!/bin/bash") and "#SBATCH --job-name=g-pretrain" in text
     assert "#SBATCH --gpus-per-node=1" in text and "python -m job" in text
-    assert not list(tmp_path.iterdir()), "sbatch_script submitted or wrote something"
+    try:
+        request = launcher.sbatch_request(ex)
+    except (AttributeError, KeyError) as e:
+        pytest.fail(moved % ("sbatch_request", e))
+    assert request == launcher.Request(nodes=1, tasks_per_node=1, cpus_per_task=10, gpus_per_node=1)
+    assert not list(tmp_path.iterdir()), "sbatch_script or sbatch_request submitted or wrote something"
 
     local = launcher.make_executor("local", tmp_path, launcher.load_profile("local-cpu"), name="t", stage="eval")
     job = local.submit(pow, 2, 10)
