@@ -103,12 +103,12 @@ def check_cluster(grid, profile: launcher.Profile, cluster: str) -> None:
     grid's jobs on ``profile`` (``launcher.check_fits`` of its pretraining, probe and transfer jobs)."""
     if cluster != "slurm":
         return
-    stages = {grid_jobs.PretrainJob.tasks} if grid.cells else set()
+    stages = [grid_jobs.PretrainJob.tasks] if grid.cells else []
     if grid.lincls is not None:
-        stages.add(grid_jobs.LinclsJob.tasks)
+        stages.append(grid_jobs.LinclsJob.tasks)
     if (transfer := grid.transfer_stage(rundir.GRIDS / "x")) is not None:
-        stages.add(grid_jobs.transfer_job(transfer).tasks)
-    launcher.check_fits(profile, sorted(stages))
+        stages.append(grid_jobs.transfer_job(transfer).tasks)
+    launcher.check_fits(profile, list(dict.fromkeys(stages)))
 
 
 EVAL_STAGES = (grid_jobs.LinclsJob.stage, grid_jobs.TransferJob.stage)
