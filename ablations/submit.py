@@ -3,7 +3,8 @@
 On SLURM pretraining is one job array, and the probes and transfer stages are arrays whose task i
 starts when pretraining task i has ended (``aftercorr``). Every batch is announced in
 submitting.json under a unique job name before ``sbatch`` runs, so a crash at any point is
-recovered by the next run (``recover``) without duplicates or gaps. Locally (or in-process, ``debug``) each
+recovered by the next run (``recover``) without duplicates or gaps; a batch sbatch refuses undoes
+the whole submission (``undone_if_refused``). Locally (or in-process, ``debug``) each
 cell x seed is one job that runs its stages in turn, ``array_parallelism`` at a time, and this
 process waits for them. Every job carries the typed settings of its stage (``slurm.jobs``).
 """
@@ -172,7 +173,8 @@ def undone_if_refused(gd: GridDir, profile: launcher.Profile, uri: str):
                 f.unlink(missing_ok=True)
             else:
                 atomic_write(f, data)
-        undone = f"the {len(new)} jobs this run had submitted were cancelled" if new else "nothing was submitted"
+        n = len(new)
+        undone = f"cancelled the {n} job{'s' * (n > 1)} this run had submitted" if n else "nothing was submitted"
         raise UserError(f"{e} (profile {profile.name}; {undone})") from None
 
 

@@ -280,7 +280,7 @@ def test_an_sbatch_refusal_ends_in_one_line_and_leaves_nothing_submitted(tmp_pat
     plan.write_text("hold\nrefuse\n")
     r = grid_cli(*args_for(tmp_path, preset, "--tracking-uri", uri, *TINY_GRID), env=env)
     assert r.returncode == 2 and len(error_lines(r)) == 1, r.stdout + r.stderr
-    assert "Invalid feature specification" in r.stderr and "the 2 jobs this run had submitted were cancelled" in r.stderr
+    assert "Invalid feature specification" in r.stderr and "cancelled the 2 jobs this run had submitted" in r.stderr
     assert plan.with_suffix(".count").read_text().strip() == "2"
     assert left_behind() == []
     array = r.stdout.split("submitted 2 pretraining jobs: array ")[1].split()[0]
