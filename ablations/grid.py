@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ablations import spec, status
 from ablations.griddir import GridDir
-from ablations.submit import check_transfer_gpus, preflight_only, submit
+from ablations.submit import check_cluster, check_transfer_gpus, preflight_only, submit
 from pretrain.run import rundir
 from pretrain.run.cli import ArgumentParser, execute, setup_logging
 from pretrain.run.errors import UserError
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cluster != "debug" and cluster == "local" and profile.gpus_per_job > 1:
         raise UserError(f"profile {profile.name} asks for {profile.gpus_per_job} GPUs per job; local runs use one")
     check_transfer_gpus(grid, profile, cluster)
+    check_cluster(grid, profile, cluster)
     with gd.lock():
         if args.preflight:
             return preflight_only(gd, profile, cluster, uri)

@@ -3,13 +3,15 @@
 On SLURM pretraining is one job array, and the probes and transfer stages are arrays whose task i
 starts when pretraining task i has ended (``aftercorr``). Every batch is announced in
 submitting.json under a unique job name before ``sbatch`` runs, so a crash at any point is
-recovered by the next run (``recover``) without duplicates or gaps. Locally (or in-process, ``debug``) each
+recovered by the next run (``recover``) without duplicates or gaps; a batch sbatch refuses undoes
+the whole submission (``undone_if_refused``). Locally (or in-process, ``debug``) each
 cell x seed is one job that runs its stages in turn, ``array_parallelism`` at a time, and this
 process waits for them. Every job carries the typed settings of its stage (``slurm.jobs``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -97,6 +99,19 @@ def check_transfer_gpus(grid, profile: launcher.Profile, cluster: str) -> None:
                         f"{max(profile.eval_gpus, 1)} in --transfer, or a profile with eval_gpus: {stage.workers}")
 
 
+def check_cluster(grid, profile: launcher.Profile, cluster: str) -> None:
+    """UserError, before anything is written or submitted, when the SLURM cluster cannot run the
+    grid's jobs on ``profile`` (``launcher.check_fits`` of its pretraining, probe and transfer jobs)."""
+    if cluster != "slurm":
+        return
+    stages = [grid_jobs.PretrainJob.tasks] if grid.cells else []
+    if grid.lincls is not None:
+        stages.append(grid_jobs.LinclsJob.tasks)
+    if (transfer := grid.transfer_stage(rundir.GRIDS / "x")) is not None:
+        stages.append(grid_jobs.transfer_job(transfer).tasks)
+    launcher.check_fits(profile, list(dict.fromkeys(stages)))
+
+
 EVAL_STAGES = (grid_jobs.LinclsJob.stage, grid_jobs.TransferJob.stage)
 
 
@@ -117,10 +132,50 @@ def active(rec: dict | None, states: dict[str, launcher.SlurmJob]) -> bool:
     return False
 
 
+def slurm_ids(jobs: dict) -> list[str]:
+    """The ids of every SLURM job in jobs.json."""
+    return [r["job_id"] for u in jobs.values() for r in u.values() if r.get("cluster") == "slurm"]
+
+
 def slurm_jobs(jobs: dict) -> dict[str, launcher.SlurmJob]:
     """{job id: SlurmJob} of every SLURM job in jobs.json."""
-    ids = [r["job_id"] for u in jobs.values() for r in u.values() if r.get("cluster") == "slurm"]
+    ids = slurm_ids(jobs)
     return launcher.slurm_jobs(ids) if ids else {}
+
+
+@contextlib.contextmanager
+def undone_if_refused(gd: GridDir, profile: launcher.Profile, uri: str):
+    """Undo the submission in this block if sbatch refuses one of its batches, then say so on one
+    line (UserError): the jobs it had submitted are cancelled, grid.json, jobs.json,
+    submitting.json and the parent run's id are put back as they were, and a parent run it created
+    is marked FAILED and deleted (a grid that runs nothing has no run to show; the next submission
+    makes one afresh)."""
+    files = [gd.out / f for f in (rundir.GRID_FILE, rundir.JOBS_FILE, rundir.SUBMITTING_FILE, rundir.PARENT_FILE)]
+    before = {f: f.read_bytes() if f.is_file() else None for f in files}
+    known = set(slurm_ids(gd.jobs()))
+    try:
+        yield
+    except launcher.SbatchRefused as e:
+        new = sorted(set(slurm_ids(gd.jobs())) - known)
+        if new:
+            subprocess.run(["scancel", *new], check=False)
+        parent = gd.out / rundir.PARENT_FILE
+        if before[parent] is None and parent.is_file():
+            run_id = parent.read_text().strip()
+            try:
+                client = mlflow_client(uri)
+                retry_locked(client.set_terminated, run_id, "FAILED")
+                retry_locked(client.delete_run, run_id)
+            except Exception as err:  # noqa: BLE001 - the store may be down: the refusal is still reported
+                log.warning("could not delete the grid's MLflow run %s (%s)", run_id, err)
+        for f, data in before.items():
+            if data is None:
+                f.unlink(missing_ok=True)
+            else:
+                atomic_write(f, data)
+        n = len(new)
+        undone = f"cancelled the {n} job{'s' * (n > 1)} this run had submitted" if n else "nothing was submitted"
+        raise UserError(f"{e} (profile {profile.name}; {undone})") from None
 
 
 @dataclass
@@ -183,30 +238,32 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
     print(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
           f"{len(todo.pretrain)} to pretrain, {len(todo.eval_units())} to evaluate, {todo.done} done, "
           f"{todo.active} already queued or running")
-    gd.save_grid()
     if todo.stale:
         subprocess.run(["scancel", *todo.stale], check=False)
         print(f"cancelled {len(todo.stale)} evaluation jobs whose pretraining job is gone")
     if not todo:
+        gd.save_grid()
         if todo.active and cluster == "slurm" and wait:
             wait_slurm(gd)
             return finish(gd, uri)
         return finish(gd, uri) if todo.active == 0 else 0
-    parent = ensure_parent(gd, uri, profile.name, cluster)
-    after = None
-    if check and todo.pretrain and preflight.passed_before(gd, profile) is None:
+    with undone_if_refused(gd, profile, uri):
+        gd.save_grid()
+        parent = ensure_parent(gd, uri, profile.name, cluster)
+        after = None
+        if check and todo.pretrain and preflight.passed_before(gd, profile) is None:
+            if cluster == "slurm":
+                after = submit_preflight(gd, profile, jobs, uri, parent).job_id
+                print(f"submitted the preflight: job {after}; the pretraining array starts once it passes (afterok)")
+            else:
+                report = run_preflight(gd, profile, cluster, jobs, uri, parent)
+                print(preflight.describe(gd, profile, report), flush=True)
+                if not report.passed:
+                    print(preflight.failure_line(report), file=sys.stderr)
+                    return 1
         if cluster == "slurm":
-            after = submit_preflight(gd, profile, jobs, uri, parent).job_id
-            print(f"submitted the preflight: job {after}; the pretraining array starts once it passes (afterok)")
-        else:
-            report = run_preflight(gd, profile, cluster, jobs, uri, parent)
-            print(preflight.describe(gd, profile, report), flush=True)
-            if not report.passed:
-                print(preflight.failure_line(report), file=sys.stderr)
-                return 1
-
+            submit_slurm(gd, profile, jobs, todo, uri, parent, after)
     if cluster == "slurm":
-        submit_slurm(gd, profile, jobs, todo, uri, parent, after)
         print(f"follow with: python ablations/grid.py {shlex.join(sys.argv[1:])} --status")
         if wait:
             wait_slurm(gd)
@@ -237,8 +294,7 @@ def submit_batch(gd: GridDir, profile: launcher.Profile, jobs: dict, stage: str,
     batch = {"name": name, "stage": stage, "units": [key for key, _ in items], "since": time.strftime("%Y-%m-%d")}
     gd.save_submitting([*gd.submitting(), batch])
     ex = launcher.make_executor("slurm", gd.logs, profile, name=name, stage=items[0][1].tasks, dependency=dependency)
-    with ex.batch():
-        submitted = [ex.submit(job) for _, job in items]
+    submitted = launcher.submit_all(ex, [job for _, job in items])
     for (key, _), j in zip(items, submitted):
         jobs.setdefault(key, {})[stage] = job_record(j.job_id, stage, "slurm", j.paths.stderr)
     gd.save_jobs(jobs)
@@ -310,9 +366,10 @@ def run_preflight(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: di
 def preflight_only(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str) -> int:
     """``--preflight``: run the grid's preflight alone on ``cluster``, print its lines and the grid's
     projected cost; 0 if it passed, else 1 with the first failure's cause and fix on stderr."""
-    gd.save_grid()
     jobs = recover(gd, gd.jobs())
-    report = run_preflight(gd, profile, cluster, jobs, uri, ensure_parent(gd, uri, profile.name, cluster))
+    with undone_if_refused(gd, profile, uri):
+        gd.save_grid()
+        report = run_preflight(gd, profile, cluster, jobs, uri, ensure_parent(gd, uri, profile.name, cluster))
     print(preflight.describe(gd, profile, report))
     if not report.passed:
         print(preflight.failure_line(report), file=sys.stderr)

@@ -5,10 +5,14 @@ The jobs themselves (typed payloads around the stage functions) are in ``slurm.j
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import os
+import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +109,83 @@ def resolve_cluster(choice: str) -> str:
     return choice
 
 
+@dataclass(frozen=True)
+class Node:
+    """One node of a partition, as sinfo lists it."""
+
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+
+
+def gres_gpus(gres: str) -> int:
+    """The GPUs in a sinfo GRES field: ``gpu:a100:4(S:0-1),shard:8`` has 4, ``(null)`` none."""
+    total = 0
+    for entry in re.sub(r"\([^)]*\)", "", gres).split(","):  # (S:0,1): the sockets they sit on
+        kind, *rest = entry.strip().split(":")
+        if kind == "gpu":
+            total += int(rest[-1]) if rest and rest[-1].isdigit() else 1
+    return total
+
+
+def partitions() -> tuple[dict[str, list[Node]], str | None]:
+    """{partition: its nodes} as sinfo lists them, and the cluster's default partition (None if none)."""
+    parts: dict[str, list[Node]] = {}
+    default = None
+    for part, cpus, mem, gres, node in _query(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G|%N"]):
+        if part.endswith("*"):  # sinfo marks the default partition
+            part = default = part[:-1]
+        parts.setdefault(part, []).append(Node(node, int(cpus), int(mem), gres_gpus(gres)))
+    return parts, default
+
+
+# How check_fits names a stage's jobs, and the profile key that sets their GPUs (make_executor's stages).
+STAGE_JOBS = {"pretrain": ("a pretraining job", "gpus_per_node"), "eval": ("an evaluation job", "eval_gpus"),
+              "spawn": ("an evaluation job", "eval_gpus")}
+
+
+def check_fits(profile: Profile, stages: Iterable[str]) -> None:
+    """UserError, before anything is submitted or written, when the SLURM cluster cannot run the
+    profile's jobs of ``stages`` (``make_executor``'s): its partition (the cluster's default where
+    ``partition`` is null) does not exist, or no node of it holds what one job asks of each of its
+    nodes (the CPUs of all its tasks, ``mem_gb``, its GPUs), or fewer than ``nodes`` nodes do. sbatch
+    accepts such a job and it pends forever. Accounts, qos and constraints are left to sbatch."""
+    parts, default = partitions()
+    if not parts:
+        log.warning("sinfo lists no partition; profile %s is not checked against the cluster", profile.name)
+        return
+    where = f"profile {profile.name}"
+    known = ", ".join(sorted(parts))
+    name = profile.partition or default
+    if name is None:
+        raise UserError(f"{where}: partition is null and the cluster has no default partition; set partition to one "
+                        f"of {known}")
+    if name not in parts:
+        raise UserError(f"{where}: partition {name!r} does not exist on this cluster; partitions: {known}")
+    nodes = parts[name]
+    mem_mb = int(profile.mem_gb) * 1024  # what submitit asks for: --mem=<int>GB
+    for stage in stages:
+        what, gpu_key = STAGE_JOBS[stage]
+        # The executor itself says what is asked: nothing is written, the folder is never made.
+        r = sbatch_request(make_executor("slurm", Path(os.devnull), profile, name="check", stage=stage))
+        cpus = r.tasks_per_node * r.cpus_per_task
+        if cpus > (most := max(n.cpus for n in nodes)):
+            raise UserError(f"{where}: {what} asks for {cpus} CPUs per node (cpus_per_task {r.cpus_per_task} x "
+                            f"{r.tasks_per_node} task{'s' * (r.tasks_per_node > 1)}), but the largest node in "
+                            f"partition {name} has {most}")
+        if mem_mb > (most := max(n.mem_mb for n in nodes)):
+            raise UserError(f"{where}: {what} asks for mem_gb {profile.mem_gb:g} ({mem_mb} MB per node), but the "
+                            f"largest node in partition {name} has {most} MB")
+        if r.gpus_per_node > (most := max(n.gpus for n in nodes)):
+            raise UserError(f"{where}: {what} asks for {r.gpus_per_node} GPUs per node ({gpu_key}), but the node "
+                            f"with the most in partition {name} has {most}")
+        fits = [n for n in nodes if n.cpus >= cpus and n.mem_mb >= mem_mb and n.gpus >= r.gpus_per_node]
+        if len(fits) < r.nodes:
+            raise UserError(f"{where}: {what} asks for {r.nodes} nodes (nodes) of {cpus} CPUs, {mem_mb} MB and "
+                            f"{r.gpus_per_node} GPUs, but partition {name} has {len(fits)} such nodes")
+
+
 def make_executor(cluster: str, folder: Path, profile: Profile, *, name: str, stage: str,
                   dependency: str | None = None) -> submitit.Executor:
     """An executor for ``stage``: ``pretrain``, one task per GPU on every node; ``eval``, one task per
@@ -175,7 +256,7 @@ def expand_array_id(job_id: str) -> list[str]:
 
 
 def _query(args: list[str]) -> list[list[str]]:
-    """Rows of a '|'-separated squeue/sacct listing; [] (with a warning) if the command fails."""
+    """Rows of a '|'-separated sinfo/squeue/sacct listing; [] (with a warning) if the command fails."""
     try:
         r = subprocess.run(args, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -185,12 +266,28 @@ def _query(args: list[str]) -> list[list[str]]:
 
 
 # What the launcher asks of submitit that its public API does not offer, each through one of its
-# internals: only these two functions touch them, and tests/slurm/test_launcher.py holds them
+# internals: only these three functions touch them, and tests/slurm/test_launcher.py holds them
 # against the installed submitit, so an upgrade that moves them fails there, saying which.
 def sbatch_script(executor: submitit.Executor, command: str) -> str:
     """The sbatch script a ``make_executor("slurm", ...)`` executor would submit to run ``command``,
     made without submitting: what SLURM is asked for (``#SBATCH`` lines, set-up lines)."""
     return executor._executor._make_submission_file_text(command, "uid")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What each job of a SLURM executor asks for on every one of its nodes."""
+
+    nodes: int
+    tasks_per_node: int
+    cpus_per_task: int
+    gpus_per_node: int
+
+
+def sbatch_request(executor: submitit.Executor) -> Request:
+    """The nodes, tasks, cores and GPUs a ``make_executor("slurm", ...)`` executor asks SLURM for."""
+    p = executor._executor.parameters
+    return Request(p["nodes"], p["ntasks_per_node"], p["cpus_per_task"], p.get("gpus_per_node", 0))
 
 
 def submitted_stderr(folder: Path, job_id: str) -> Path | None:
@@ -201,6 +298,41 @@ def submitted_stderr(folder: Path, job_id: str) -> Path | None:
     return paths.stderr if paths.submitted_pickle.is_file() else None
 
 
+class SbatchRefused(UserError):
+    """sbatch refused a submission (an unknown partition, account, qos or feature, a bad option):
+    its first line of complaint."""
+
+
+def submit_all(executor: submitit.Executor, payloads: list) -> list:
+    """Submit ``payloads`` as one batch (a job array on SLURM when more than one) and return their
+    submitit jobs. A refusal by sbatch is SbatchRefused with sbatch's own first line; nothing of the
+    batch then reached SLURM (one sbatch call submits it all)."""
+    try:
+        # submitit prints sbatch's complaint before raising it: it is said once, in the error.
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+            jobs = [executor.submit(p) for p in payloads]
+    except submitit.core.utils.FailedJobError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise SbatchRefused(lines[0] if lines else "sbatch refused the submission") from None
+    return jobs
+
+
+def sacct_jobs(rows: list[list[str]]) -> dict[str, SlurmJob]:
+    """{job id: SlurmJob} of ``sacct -P -o JobID,State,Start`` rows, array tasks as 12_3. A task's
+    own row wins over its array's summary row (12_[1-3%2], the array's remainder: it names tasks
+    that have rows of their own too, which ran or even completed); that row fills only the tasks
+    without one, which never started."""
+    own: dict[str, SlurmJob] = {}
+    summary: dict[str, SlurmJob] = {}
+    for jid, state, start in rows:
+        # "CANCELLED by 1000"; a task cancelled while pending has no start time.
+        st = SlurmJob(state.split()[0] if state.strip() else "UNKNOWN", start.strip() not in ("", "None", "Unknown"))
+        tasks = expand_array_id(jid.strip())
+        for task in tasks:
+            (own if tasks == [jid.strip()] else summary)[task] = st
+    return {**summary, **own}
+
+
 def slurm_jobs(job_ids: list[str] = (), name: str | None = None, since: str | None = None) -> dict[str, SlurmJob]:
     """{job id: SlurmJob} from sacct (every job it has recorded) and squeue (fresher for live jobs),
     array tasks as 12_3, of the given ids or of every job named ``name`` (submitted after
@@ -209,14 +341,9 @@ def slurm_jobs(job_ids: list[str] = (), name: str | None = None, since: str | No
         return {}
     # An array task that never started is recorded only under its array's id (12_[2-3]): ask for both.
     which = ["-j", ",".join(sorted({*job_ids, *(j.split("_")[0] for j in job_ids)}))] if job_ids else ["--name", name]
-    jobs: dict[str, SlurmJob] = {}
     # By name: every state, or sacct leaves out jobs cancelled before they were eligible to start.
     window = ["-S", since or "midnight", "-E", "now", "-s", SACCT_STATES] if not job_ids else []
-    for jid, state, start in _query(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Start", *window, *which]):
-        # "CANCELLED by 1000"; a task cancelled while pending has no start time.
-        st = SlurmJob(state.split()[0] if state.strip() else "UNKNOWN", start.strip() not in ("", "None", "Unknown"))
-        for task in expand_array_id(jid.strip()):
-            jobs[task] = st
+    jobs = sacct_jobs(_query(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Start", *window, *which]))
     for jid, state in _query(["squeue", "-h", "-r", "-o", "%i|%T", *which]):
         jobs[jid.strip()] = SlurmJob(state.strip(), started=state.strip() not in ("PENDING", "CONFIGURING")
                                      or jobs.get(jid.strip(), UNKNOWN).started)

@@ -70,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     profile = launcher.load_profile(args.profile)
     todo = stages_from_args(args)
     cluster = launcher.resolve_cluster(args.cluster)
+    if cluster == "slurm":
+        launcher.check_fits(profile, [TransferJob.tasks])
     setup_logging()
     todo = [s for s in todo if not (s.out_dir / rundir.SUMMARY_FILE).is_file()]
     if not todo:
         print("every source x task already has its summary.json; nothing to submit")
         return 0
-    ex = launcher.make_executor(cluster, Path(args.logs), profile, name="transfer", stage="eval")
-    with ex.batch():
-        jobs = [ex.submit(TransferJob(s, profile.cpus_per_task)) for s in todo]
+    ex = launcher.make_executor(cluster, Path(args.logs), profile, name="transfer", stage=TransferJob.tasks)
+    jobs = launcher.submit_all(ex, [TransferJob(s, profile.cpus_per_task) for s in todo])
     for s, job in zip(todo, jobs):
         print(f"{s.task} of {s.source}: {cluster} job {job.job_id} -> {s.out_dir / rundir.SUMMARY_FILE}")
     if not args.wait:

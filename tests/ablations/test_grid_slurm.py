@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
 import torch
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from ablations import spec
@@ -139,12 +141,15 @@ def test_cancel_stops_the_grid_and_a_rerun_resubmits(tmp_path, slurm_conf):
 
 
 # sbatch as the cluster has it, except that the plan file's line for this call can kill grid.py
-# (this script's parent) just before or just after the real submission.
+# (this script's parent) just before or just after the real submission, submit the job held, or
+# have the real sbatch refuse it (a constraint no node has).
 SBATCH_WRAPPER = """#!/bin/bash
 n=$(( $(cat "$SBATCH_PLAN.count" 2>/dev/null || echo 0) + 1 )); echo $n > "$SBATCH_PLAN.count"
 action=$(sed -n "${n}p" "$SBATCH_PLAN")
 if [ "$action" = before ]; then kill -9 $PPID; exit 1; fi
-out=$(%s "$@") || exit $?
+if [ "$action" = hold ]; then exec %(sbatch)s --hold "$@"; fi
+if [ "$action" = refuse ]; then exec %(sbatch)s --constraint=no-such-feature "$@"; fi
+out=$(%(sbatch)s "$@") || exit $?
 echo "$out"
 if [ "$action" = after ]; then kill -9 $PPID; fi
 """
@@ -155,15 +160,13 @@ def test_a_submission_cut_at_any_point_is_recovered_without_duplicates_or_gaps(t
     did, and just after one chained probe did: each re-run finds the grid's jobs by name, cancels the
     ones without a payload, submits every missing stage once (probes chained to live pretraining),
     and --wait then waits for the queued jobs and writes the table."""
-    import shutil
-
     preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
     # Long enough pretraining that it still runs while the probes are submitted.
     args = args_for(tmp_path, preset, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *TINY_GRID,
                     "--set", "optim.epochs=12")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(SBATCH_WRAPPER % shutil.which("sbatch"))
+    (bin_dir / "sbatch").write_text(SBATCH_WRAPPER % {"sbatch": shutil.which("sbatch")})
     (bin_dir / "sbatch").chmod(0o755)
     plan = tmp_path / "plan"
     # sbatch calls: 1 pretrain array (killed after), 2 pretrain array, 3 probe array (killed before),
@@ -217,3 +220,72 @@ def test_a_submission_cut_at_any_point_is_recovered_without_duplicates_or_gaps(t
     assert len(others) == 3 and all("|CANCELLED" in line for line in others), others
     runs = grid_runs(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), grid_dir)
     assert sorted(r.data.tags["stage"] for r in runs) == ["grid", "lincls", "lincls", "pretrain", "pretrain"]
+
+
+def write_profile(tmp_path, **keys):
+    """local-cpu with ``keys`` changed, as a profile file."""
+    import yaml
+
+    tree = {k: v for k, v in vars(load_profile("local-cpu")).items() if k != "name"}
+    path = tmp_path / f"mine-{len(list(tmp_path.glob('mine-*')))}.yaml"
+    path.write_text(yaml.safe_dump({**tree, **keys}))
+    return path
+
+
+def test_a_profile_the_cluster_cannot_hold_is_refused_before_anything_is_written(tmp_path, slurm_conf):
+    preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}])
+    for keys, message in [({"partition": "nosuchpart"}, "partition 'nosuchpart' does not exist"),
+                          ({"cpus_per_task": 64}, "asks for 64 CPUs per node (cpus_per_task 64 x 1 task)")]:
+        args = args_for(tmp_path, preset, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *TINY_GRID,
+                        "--profile", str(write_profile(tmp_path, **keys)))
+        r = grid_cli(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stdout + r.stderr
+        assert not (tmp_path / "grid").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_sbatch_refusal_ends_in_one_line_and_leaves_nothing_submitted(tmp_path, slurm_conf):
+    """A refusal the profile check cannot foresee (a constraint no node has; features are not
+    checked), first of the grid's first batch, then of its probe array after the pretraining array was
+    accepted (held, so that it cannot start): one line and exit 2, the accepted array cancelled, the
+    grid folder without a trace of the submission, no MLflow run left RUNNING."""
+    preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    name = f"s{tmp_path.name[-8:]}"
+    grid_dir = tmp_path / "grid"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(SBATCH_WRAPPER % {"sbatch": shutil.which("sbatch")})
+    (bin_dir / "sbatch").chmod(0o755)
+    plan = tmp_path / "plan"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_PLAN": str(plan)}
+
+    def left_behind() -> list[str]:
+        files = [f for f in ("grid.json", "jobs.json", "submitting.json", "mlflow_parent_run_id")
+                 if (grid_dir / f).is_file()]
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(f"grid-{name}")
+        runs = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL) if exp else []
+        return files + [f"run {r.info.run_name} {r.info.status}" for r in runs if r.info.status == "RUNNING"]
+
+    def error_lines(r) -> list[str]:  # stderr but MLflow's lines as it creates a new store
+        return [line for line in r.stderr.splitlines() if " INFO mlflow." not in line]
+
+    profile = write_profile(tmp_path, constraint="no-such-feature")
+    r = grid_cli(*args_for(tmp_path, preset, "--tracking-uri", uri, *TINY_GRID, "--profile", str(profile)))
+    assert r.returncode == 2 and len(error_lines(r)) == 1, r.stdout + r.stderr
+    assert error_lines(r)[0] == ("error: sbatch: error: Batch job submission failed: Invalid feature specification "
+                                 f"(profile {profile.stem}; nothing was submitted)")
+    assert left_behind() == []
+
+    plan.write_text("hold\nrefuse\n")
+    r = grid_cli(*args_for(tmp_path, preset, "--tracking-uri", uri, *TINY_GRID), env=env)
+    assert r.returncode == 2 and len(error_lines(r)) == 1, r.stdout + r.stderr
+    assert "Invalid feature specification" in r.stderr and "cancelled the 2 jobs this run had submitted" in r.stderr
+    assert plan.with_suffix(".count").read_text().strip() == "2"
+    assert left_behind() == []
+    array = r.stdout.split("submitted 2 pretraining jobs: array ")[1].split()[0]
+    assert not subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout.strip()
+    # A held array cancelled before any task split off: sacct records it under its own id alone.
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", array], capture_output=True,
+                          text=True).stdout.splitlines()
+    assert acct and all(state.startswith("CANCELLED") for state in acct), acct

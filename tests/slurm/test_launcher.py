@@ -1,4 +1,9 @@
-"""slurm/launcher.py: cluster profiles and the executors they make (no scheduler needed)."""
+"""slurm/launcher.py: cluster profiles, the executors they make, what SLURM says of jobs; the tests
+marked slurm ask the one-machine test cluster."""
+
+import dataclasses
+import subprocess
+import time
 
 import pytest
 
@@ -68,8 +73,8 @@ def test_compressed_array_ids_expand_to_their_tasks(job_id, tasks):
 
 
 def test_the_submitit_internals_the_launcher_relies_on_hold_in_the_installed_version(tmp_path):
-    """sbatch_script and submitted_stderr reach into submitit's internals (its public API offers
-    neither); this holds them against the installed submitit, job by real job."""
+    """sbatch_script, sbatch_request and submitted_stderr reach into submitit's internals (its public
+    API offers none of them); this holds them against the installed submitit, job by real job."""
     import submitit
 
     moved = f"submitit {submitit.__version__} moved an internal that slurm/launcher.py's %s uses: %r"
@@ -81,7 +86,12 @@ def test_the_submitit_internals_the_launcher_relies_on_hold_in_the_installed_ver
         pytest.fail(moved % ("sbatch_script", e))
     assert text.startswith("#!/bin/bash") and "#SBATCH --job-name=g-pretrain" in text
     assert "#SBATCH --gpus-per-node=1" in text and "python -m job" in text
-    assert not list(tmp_path.iterdir()), "sbatch_script submitted or wrote something"
+    try:
+        request = launcher.sbatch_request(ex)
+    except (AttributeError, KeyError) as e:
+        pytest.fail(moved % ("sbatch_request", e))
+    assert request == launcher.Request(nodes=1, tasks_per_node=1, cpus_per_task=10, gpus_per_node=1)
+    assert not list(tmp_path.iterdir()), "sbatch_script or sbatch_request submitted or wrote something"
 
     local = launcher.make_executor("local", tmp_path, launcher.load_profile("local-cpu"), name="t", stage="eval")
     job = local.submit(pow, 2, 10)
@@ -93,3 +103,89 @@ def test_the_submitit_internals_the_launcher_relies_on_hold_in_the_installed_ver
     assert stderr == job.paths.stderr and stderr.is_file(), \
         f"submitit {submitit.__version__} keeps a job's files elsewhere than submitted_stderr looks"
     assert submitted_stderr(tmp_path, "999999") is None  # no payload written: a job that can only fail
+
+
+# sacct -n -X -P -o JobID,State,Start of a 4-task array (%2) on the test cluster, cancelled after its
+# task 0 had completed and while task 1 ran: SLURM's summary row for the rest of the array names
+# task 1 too, and comes after the tasks' own rows.
+SACCT_CANCELLED_ARRAY = """27_0|COMPLETED|2026-12-02T20:02:44
+27_1|CANCELLED by 0|2026-12-02T20:02:56
+27_[1-3%2]|CANCELLED by 0|None
+"""
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_array_tasks_own_sacct_rows_win_over_the_array_summary_row(order):
+    rows = [line.split("|") for line in SACCT_CANCELLED_ARRAY.splitlines()][::order]
+    assert launcher.sacct_jobs(rows) == {
+        "27_0": launcher.SlurmJob("COMPLETED"), "27_1": launcher.SlurmJob("CANCELLED"),
+        "27_2": launcher.SlurmJob("CANCELLED", started=False), "27_3": launcher.SlurmJob("CANCELLED", started=False),
+    }
+
+
+@pytest.mark.slurm
+def test_a_cancelled_array_keeps_what_each_of_its_tasks_did(slurm_conf):
+    """The summary row sacct writes for a cancelled array's remainder does not hide that task 0
+    completed and task 1 ran."""
+    def sh(*args: str) -> str:
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+
+    def wait(pred, what: str):
+        deadline = time.monotonic() + 180
+        while not pred():
+            assert time.monotonic() < deadline, f"{what} did not happen within 180 s"
+            time.sleep(1)
+
+    jid = sh("sbatch", "--parsable", "--hold", "-J", "mochi-test-array", "-o", "/dev/null", "-c", "1",
+             "--array=0-3%2", "--wrap", "sleep $((SLURM_ARRAY_TASK_ID ? 60 : 1))")
+    tasks = [f"{jid}_{i}" for i in range(4)]
+    try:
+        sh("scontrol", "release", tasks[0])
+        wait(lambda: launcher.slurm_jobs(tasks[:1])[tasks[0]].state == "COMPLETED", "task 0 to complete")
+        sh("scontrol", "release", tasks[1])
+
+        # Cancelled as soon as it runs: the array's summary row still names it then.
+        wait(lambda: launcher.slurm_jobs(tasks[1:2])[tasks[1]].state == "RUNNING", "task 1 to start")
+    finally:
+        sh("scancel", jid)
+
+    def sacct(task: str) -> str:  # slurmdbd records a task's own row a moment after squeue shows it
+        return sh("sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", task)
+
+    wait(lambda: f"{tasks[1]}|CANCELLED" in sacct(tasks[1]) and not sh("squeue", "-h", "-j", jid),
+         "the array to leave the queue")
+    jobs = launcher.slurm_jobs(tasks)
+    assert jobs[tasks[0]] == launcher.SlurmJob("COMPLETED")
+    assert jobs[tasks[1]] == launcher.SlurmJob("CANCELLED")
+    assert jobs[tasks[2]] == jobs[tasks[3]] == launcher.SlurmJob("CANCELLED", started=False)
+
+
+@pytest.mark.parametrize("gres, gpus", [("(null)", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4),
+                                        ("gpu:a100:2(S:0,1),gpu:v100:1,shard:8", 3), ("gpu", 1)])
+def test_gpus_of_a_sinfo_gres_field(gres, gpus):
+    assert launcher.gres_gpus(gres) == gpus
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("keys, message", [
+    ({"partition": "nosuchpart"}, "partition 'nosuchpart' does not exist on this cluster; partitions: debug"),
+    ({"cpus_per_task": 64}, "a pretraining job asks for 64 CPUs per node (cpus_per_task 64 x 1 task), but the "
+                            "largest node in partition debug has 2"),
+    ({"mem_gb": 100}, "mem_gb 100 (102400 MB per node), but the largest node in partition debug has 22057 MB"),
+    ({"gpus_per_node": 1}, "asks for 1 GPUs per node (gpus_per_node), but the node with the most in partition "
+                           "debug has 0"),
+    ({"nodes": 2}, "asks for 2 nodes (nodes)"),
+])
+def test_a_profile_the_cluster_cannot_hold_is_refused_naming_its_key(slurm_conf, keys, message):
+    """Against the test cluster: one node `vm`, 2 CPUs, 22057 MB, no GPUs, default partition debug."""
+    p = dataclasses.replace(launcher.load_profile("local-cpu"), **keys)
+    with pytest.raises(UserError) as e:
+        launcher.check_fits(p, ["pretrain", "eval"])
+    assert str(e.value).startswith("profile local-cpu: ") and message in str(e.value)
+
+
+@pytest.mark.slurm
+def test_a_profile_the_cluster_holds_passes_on_its_default_partition(slurm_conf):
+    p = launcher.load_profile("local-cpu")
+    assert p.partition is None
+    launcher.check_fits(p, ["pretrain", "eval", "spawn"])

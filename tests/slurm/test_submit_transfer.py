@@ -66,3 +66,16 @@ def test_transfer_jobs_run_on_slurm(sources, tmp_path, slurm_conf):
     again = submit(src, "--task", f"demo-voc={sources / 'det' / 'VOCdevkit'}", "--cluster", "slurm",
                    "--profile", "local-cpu", "--logs", tmp_path / "logs")
     assert again.returncode == 0 and "nothing to submit" in again.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("profile, message", [
+    ("cpus_per_task: 64\n", "an evaluation job asks for 64 CPUs per node"),  # caught before sbatch
+    ("constraint: no-such-feature\n", "sbatch: error: Batch job submission failed: Invalid feature specification"),
+])
+def test_a_profile_the_cluster_refuses_submits_nothing(sources, tmp_path, slurm_conf, profile, message):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(profile)
+    r = submit(sources / "resnet50.pth", "--task", f"demo-voc={sources / 'det' / 'VOCdevkit'}", "--cluster", "slurm",
+               "--profile", mine, "--logs", tmp_path / "logs")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stdout + r.stderr
