@@ -55,9 +55,10 @@ def ring_mask(l_neg: torch.Tensor, ring_outer: float, ring_inner: float) -> torc
     l_neg: [B, K] queue logits (-inf for negatives the oracle removed); ring_outer in (0, 1];
     ring_inner in [0, 1). Returns a [B, K] bool mask, no gradient."""
     l_neg = l_neg.detach()
-    n = torch.isfinite(l_neg).sum(dim=1, keepdim=True)
-    n_out = (ring_outer * n).floor().long()  # floor(fraction * count), as int() in the authors' code
-    n_in = (ring_inner * n_out).floor().long()
+    # floor(share * count) as int() does it in the authors' code: in float64, as Python computes it
+    n = torch.isfinite(l_neg).sum(dim=1, keepdim=True).double()
+    n_out = (ring_outer * n).floor()
+    n_in = (ring_inner * n_out).floor()
     order = l_neg.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(l_neg.shape[1], device=l_neg.device).expand_as(order))
     return (rank >= n_in) & (rank < n_out)

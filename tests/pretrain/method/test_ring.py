@@ -51,6 +51,8 @@ def test_the_ring_keeps_the_authors_ranks_out_of_a_queue():
     l_neg = torch.arange(1000.0).flip(0)[None]  # rank r holds the value 999 - r
     mask = ring_mask(l_neg, 0.1, 0.1)
     assert mask.sum().item() == 90 and mask[0, 10:100].all() and not mask[0, :10].any()
+    # int(0.7 * 10) is 7 in Python; 0.7 rounded to float32 times 10 would floor to 6
+    assert ring_mask(torch.randn(1, 10), 0.7, 0.0).sum().item() == 7
 
 
 @pytest.mark.parametrize("removed", [0, 4])
