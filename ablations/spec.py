@@ -15,7 +15,7 @@ Grid presets live in ``ablations/presets/NAME.yaml`` (one per paper table or fig
     table: {rows: [N, s, s_prime]}
 
 Axis names follow the papers (N, s, s_prime, K, tau, m, epochs, mix_start, method, tau_plus, beta,
-...); any dotted config key (``optim.base_lr``) is an axis too. ``axis(name)`` is the one registry: it gives each axis one
+ring_outer, ring_inner, ...); any dotted config key (``optim.base_lr``) is an axis too. ``axis(name)`` is the one registry: it gives each axis one
 name, its config key and its type, and every value that enters a grid (from a preset, the command
 line or a saved ``grid.json``) is restored to that type through it.
 
@@ -52,13 +52,16 @@ AXES = {
     "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.base_lr",
     "arch": "model.arch", "image_size": "data.image_size",
     "method": "loss.method", "tau_plus": "loss.tau_plus", "beta": "loss.beta",
+    "ring_outer": "loss.ring_outer", "ring_inner": "loss.ring_inner",
 }
-# How a cell name abbreviates an axis: N1024-s1024-sp128, lr0.03, hcl_b1.0_tp0.1.
-SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", "tau_plus": "tp", "beta": "b"}
+# How a cell name abbreviates an axis: N1024-s1024-sp128, lr0.03, hcl_b1.0_tp0.1, ring_ro0.1_ri0.1.
+SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", "tau_plus": "tp", "beta": "b",
+         "ring_outer": "ro", "ring_inner": "ri"}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer", "random_init", "reference"}
 MIXING_AXES = ("N", "s", "s_prime")
-LOSS_AXES = ("method", "tau_plus", "beta")
+LOSS_AXES = ("method", "tau_plus", "beta", "ring_outer", "ring_inner")
+PLAIN_LOSS = {"method": "infonce", "tau_plus": 0.0, "beta": 0.0, "ring_outer": 1.0, "ring_inner": 0.0}  # InfoNCE's values
 
 
 @dataclass(frozen=True)
@@ -548,8 +551,11 @@ def _plain_moco_like(grid: Grid, like: dict[str, object]) -> dict[str, object]:
     """The values of a plain MoCo v2 cell with ``like``'s other axes (K, epochs, ...): (N, s, s') =
     (0, 0, 0), and InfoNCE where ``like`` names a loss or the base's is another."""
     values = {k: v for k, v in like.items() if k not in (*MIXING_AXES, *LOSS_AXES)} | {"N": 0, "s": 0, "s_prime": 0}
-    if any(k in like for k in LOSS_AXES) or not grid.base_config().objective.loss.is_infonce:
-        values |= {"method": "infonce", "tau_plus": 0.0, "beta": 0.0}
+    base = grid.base_config().objective.loss
+    if any(k in like for k in LOSS_AXES) or not base.is_infonce:
+        # Ring's bounds are named only where the cell or the base sets them: other cells keep their ids.
+        values |= {k: v for k, v in PLAIN_LOSS.items()
+                   if k in ("method", "tau_plus", "beta") or k in like or getattr(base, k) != v}
     return typed_values(values)
 
 

@@ -72,7 +72,7 @@ def step(net: torch.nn.Module, opt: torch.optim.Optimizer, im_q: torch.Tensor, i
          oracle: bool = False, with_stats: bool = False,
          amp: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step of MoCo v2 / MoCHi: forward (the key encoder's momentum update and the
-    enqueue included), the loss over the fp32 logits (InfoNCE, or the debiased or HCL loss),
+    enqueue included), the loss over the fp32 logits (InfoNCE, or the debiased, HCL or Ring loss),
     backward, SGD.
 
     im_q, im_k: [B, 3, H, W] on the model's device and in its memory format. ``amp``: bf16 autocast
@@ -80,7 +80,7 @@ def step(net: torch.nn.Module, opt: torch.optim.Optimizer, im_q: torch.Tensor, i
     ``with_stats``)."""
     with torch.autocast(im_q.device.type, dtype=torch.bfloat16, enabled=amp):
         logits, stats = net(im_q, im_k, mixing, generator, labels=labels, oracle=oracle, with_stats=with_stats)
-    value = loss(logits, getattr(net, "module", net).tau)
+    value = loss(logits, getattr(net, "module", net).tau, mixing.synthetic)
     opt.zero_grad(set_to_none=True)
     value.backward()
     opt.step()

@@ -14,7 +14,7 @@ from .mochi import Mixing
 
 @dataclass(frozen=True)
 class Objective:
-    """A loss (InfoNCE, debiased, HCL) with a mixing (MoCHi's N, s, s', or none).
+    """A loss (InfoNCE, debiased, HCL, Ring) with a mixing (MoCHi's N, s, s', or none).
 
     Example:
         >>> Objective(Loss("hcl", 0.1, 1.0), Mixing(1024, 1024, 128)).label
@@ -33,7 +33,8 @@ class Objective:
 
     @property
     def method(self) -> str:
-        """The ``method`` tag of a run: mocov2, mochi, debiased, hcl, debiased+mochi or hcl+mochi."""
+        """The ``method`` tag of a run: mocov2, mochi, debiased, hcl, ring, or one of
+        the last three + mochi."""
         if self.loss.is_infonce:
             return "mochi" if self.mixing.active else "mocov2"
         return self.loss.method + ("+mochi" if self.mixing.active else "")

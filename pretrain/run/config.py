@@ -1,7 +1,8 @@
 """The pretraining config: one typed tree, loaded from a preset or YAML file plus dotted overrides.
 
 Names follow the papers: ``moco.K``, ``moco.m``, ``moco.tau``, ``mochi.N``, ``mochi.s``,
-``mochi.s_prime``, ``loss.tau_plus``, ``loss.beta``. ``python -m pretrain --show-config`` prints the resolved tree.
+``mochi.s_prime``, ``loss.tau_plus``, ``loss.beta``, ``loss.ring_outer``, ``loss.ring_inner``.
+``python -m pretrain --show-config`` prints the resolved tree.
 
 Values enter typed: from YAML files, from ``section.key=value`` text typed on a command line
 (read once, as YAML scalars, by ``parse_override``), or as Python values (``with_values``); every
@@ -62,14 +63,16 @@ class MochiCfg:
 
 @dataclass
 class LossCfg:
-    method: str = "infonce"  # infonce (MoCo v2), debiased (Chuang et al. 2020) or hcl (Robinson et al. 2021)
+    method: str = "infonce"  # infonce (MoCo v2), debiased (Chuang et al. 2020), hcl (Robinson et al. 2021), ring (Wu et al. 2021)
     tau_plus: float = 0.0  # class prior of the debiased and hcl losses, in [0, 1)
     beta: float = 0.0  # hcl's concentration on hard negatives, >= 0 (0: the debiased loss)
+    ring_outer: float = 1.0  # ring: share of each query's negatives, most similar first, in its outer ball, (0, 1]
+    ring_inner: float = 0.0  # ring: share of the outer ball, most similar first, left out, [0, 1)
 
     @property
     def loss(self) -> Loss:
         """The checked loss value the training step calls; ValueError for an undefined one."""
-        return Loss(self.method, self.tau_plus, self.beta)
+        return Loss(self.method, self.tau_plus, self.beta, self.ring_outer, self.ring_inner)
 
 
 @dataclass

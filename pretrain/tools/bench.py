@@ -1,5 +1,5 @@
-"""Training-step throughput: MoCo v2 vs MoCHi (and the debiased and HCL losses), side by side in one
-run, eager and compiled.
+"""Training-step throughput: MoCo v2 vs MoCHi (and the debiased, HCL and Ring losses), side by side in
+one run, eager and compiled.
 
 ``measure`` times ``pretrain.train.step`` itself, the function training runs, on synthetic images
 resident on the device (so only the model is measured), with the statistics computed on the
@@ -193,22 +193,23 @@ def time_mixing(B: int, K: int, mixing: Mixing, dev: torch.device, reps: int = 5
 
 
 # The methods the benchmark can time beside MoCo v2 (the losses with their authors' defaults).
-METHODS = ("mocov2", "mochi", "debiased", "hcl", "hcl+mochi")
+METHODS = ("mocov2", "mochi", "debiased", "hcl", "hcl+mochi", "ring")
 
 
 def objectives(names: list[str], mixing: Mixing) -> dict[str, Objective]:
     """{name: what it trains} for benchmark method names (MoCHi's setting is the size's)."""
     dcl, hard = Loss("debiased", tau_plus=0.1), Loss("hcl", tau_plus=0.1, beta=1.0)
+    ring = Loss("ring", ring_outer=0.1, ring_inner=0.1)  # the authors' MoCo v2 config
     known = {"mocov2": Objective(), "mochi": Objective(mixing=mixing), "debiased": Objective(dcl),
-             "hcl": Objective(hard), "hcl+mochi": Objective(hard, mixing)}
+             "hcl": Objective(hard), "hcl+mochi": Objective(hard, mixing), "ring": Objective(ring)}
     return {n: known[n] for n in names}
 
 
 def measure(size: Size, dev: torch.device, variants: list[str], steps: int, warmup: int, amp: bool,
             channels_last: bool, shuffle_bn_groups: int = 8, log_every: int = RunCfg().log_every,
             methods: list[str] = ("mocov2", "mochi")) -> dict:
-    """The step benchmark's figures: img/s of each method (MoCo v2 first, then MoCHi, the debiased
-    and HCL losses, ...) per variant (eager, compiled), each one's ratio to MoCo v2, and the share of
+    """The step benchmark's figures: img/s of each method (MoCo v2 first, then MoCHi, the debiased,
+    HCL and Ring losses, ...) per variant (eager, compiled), each one's ratio to MoCo v2, and the share of
     a MoCHi step that mixing alone takes. Statistics are computed every ``log_every`` steps
     (training's ``run.log_every``)."""
     cuda_math(dev)
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="eager,compiled", help="comma list of eager, compiled")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma list of {', '.join(METHODS)}: each timed beside MoCo v2 (debiased, "
-                        f"Chuang et al.'s, and HCL with tau+ 0.1, beta 1.0)")
+                        f"Chuang et al.'s, HCL with tau+ 0.1, beta 1.0, and Ring with its MoCo config's "
+                        f"outer 0.1, inner 0.1)")
     p.add_argument("--shuffle-bn-groups", type=int, default=8)
     p.add_argument("--stats-every", type=int, default=RunCfg().log_every,
                    help="compute the step statistics every this many steps, as training does every run.log_every "

@@ -136,8 +136,21 @@ def test_the_loss_is_an_axis_and_undefined_combinations_are_dropped_with_the_rea
     hard = spec.build(spec.load_preset("hardneg-in100"), None, {}, None, [], None)
     assert [hard.objective(c).label for c in hard.cells] == [
         "MoCo v2", "MoCHi (1024, 1024, 128)", "debiased (Chuang et al., tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
-        "HCL (beta 1.0, tau+ 0.1) + MoCHi (1024, 1024, 128)"]
+        "HCL (beta 1.0, tau+ 0.1) + MoCHi (1024, 1024, 128)", "Ring (outer 0.1, inner 0.1)"]
     assert hard.seeds == 3 and hard.base == "imagenet100"
+    ring = hard.cfg(hard.cells[-1], 0, REPO / "x").loss
+    assert (ring.method, ring.ring_outer, ring.ring_inner) == ("ring", 0.1, 0.1)
+
+
+def test_the_ring_is_an_axis_and_a_ring_on_another_loss_is_dropped_with_the_reason():
+    g = build(["method", "ring_outer", "ring_inner"], {"method": ["infonce", "ring"], "ring_outer": [0.1, 1.0],
+                                                       "ring_inner": [0.0, 0.1]})
+    assert [c.id for c in g.cells] == ["infonce_ro1.0_ri0.0", "ring_ro0.1_ri0.0", "ring_ro0.1_ri0.1",
+                                       "ring_ro1.0_ri0.0", "ring_ro1.0_ri0.1"]
+    reasons = dict(g.dropped)
+    assert "belong to the ring loss; infonce takes neither" in reasons["infonce_ro0.1_ri0.1"]
+    assert spec.axis("loss.ring_outer").name == "ring_outer" and spec.axis("ring_inner").type is float
+    assert "Ring (outer 0.1, inner 0.1) + MoCHi (128, 128, 32)" in {g.objective(c).label for c in g.cells}
 
 
 def test_the_transfer_stage_runs_through_torchvision_or_detectron2(tmp_path):

@@ -64,10 +64,11 @@ def test_bench_times_every_method_beside_moco_v2(tmp_path):
                        "--s-prime", "4", "--steps", "1", "--warmup", "0", "--variants", "eager", "--json", str(out)]) == 0
     row = json.loads(out.read_text())["results"][0]
     assert list(row["ratios"]) == ["MoCo v2", "MoCHi (16, 8, 4)", "debiased (Chuang et al., tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
-                                   "HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)"]
+                                   "HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)", "Ring (outer 0.1, inner 0.1)"]
     assert row["ratios"]["MoCo v2"] == 1.0 and all(v > 0 for v in row["ratios"].values())
     assert row["hcl+mochi_img_s"] == pytest.approx(row["ratios"]["HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)"]
                                                    * row["mocov2_img_s"])
+    assert row["ring_img_s"] == pytest.approx(row["ratios"]["Ring (outer 0.1, inner 0.1)"] * row["mocov2_img_s"])
 
 
 @pytest.mark.parametrize("args, message", [
