@@ -251,6 +251,14 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
     return json.loads(result_file.read_text())
 
 
+def finished(s: FinetuneSettings, ways: str = trials.WAYS_ON) -> list[bool]:
+    """Whether each trial of ``s`` is finished in its folder, without training or writing anything;
+    UserError for a bad source or for trials there trained with other settings (ending ``ways``)."""
+    src = trials.origin(s.source, s.random_init, s.out_dir)
+    return trials.finished_trials(s.out_dir, trials.fingerprint(s, src, dataclasses.asdict(s.recipe())), s.trials,
+                                  ways)
+
+
 def run(s: FinetuneSettings, discard: bool = False) -> dict:
     """Run (or resume) every trial of ``s``; returns the summary also written to ``OUT/summary.json``
     (on the main rank; other ranks return an empty dict). UserError before anything runs for a bad

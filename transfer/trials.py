@@ -112,15 +112,15 @@ def fingerprint(s: StageSettings, src: Origin, recipe: dict) -> dict:
     weights (their digest, not the file they were read from) or the random init, and ``recipe``,
     the engine's effective schedule and options (the summary's ``settings``). Left out, as they
     change no trial: where the stage writes and logs, its tags, parent run and number of trials."""
-    return strict({"task": s.task, "data": str(Path(s.data).resolve()), "random_init": s.random_init,
+    return strict({"task": s.task, "data_folder": str(Path(s.data).resolve()), "random_init": s.random_init,
                    "weights_sha256": src.digest, **recipe})
 
 
-def finished_trials(out: Path, fp: dict, trials: int) -> list[bool]:
+def finished_trials(out: Path, fp: dict, trials: int, ways: str = WAYS_ON) -> list[bool]:
     """Whether each of trials 0..trials-1 of the stage at ``out`` is finished (its result.json).
-    UserError, naming the first differing setting, for a trial trained with a fingerprint other than
-    ``fp`` or one with no record of its settings: reusing it would report old trials under new
-    settings. Reads only."""
+    UserError, naming the first differing setting and ending with ``ways`` (the command's ways on),
+    for a trial trained with a fingerprint other than ``fp`` or one with no record of its settings:
+    reusing it would report old trials under new settings. Reads only."""
     done = []
     for t in range(trials):
         d = rundir.trial_dir(out, t)
@@ -131,9 +131,9 @@ def finished_trials(out: Path, fp: dict, trials: int) -> list[bool]:
             if diff:
                 k = diff[0]
                 raise UserError(f"{d} was trained with other settings ({k}: {old.get(k)!r} there, {fp.get(k)!r} "
-                                f"now); {WAYS_ON}")
+                                f"now); {ways}")
         elif d.is_dir() and any(d.iterdir()):
-            raise UserError(f"{d} holds a trial with no record of its settings ({rundir.SETTINGS_FILE}); {WAYS_ON}")
+            raise UserError(f"{d} holds a trial with no record of its settings ({rundir.SETTINGS_FILE}); {ways}")
         done.append((d / rundir.RESULT_FILE).is_file())
     return done
 

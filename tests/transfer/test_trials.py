@@ -60,6 +60,7 @@ def test_a_trial_is_reused_only_with_the_fingerprint_it_was_trained_with(tmp_pat
     src = trials.origin(s.source, False, out)
     fp = trials.fingerprint(s, src, {"iters": 20, "steps": (10, 15)})
     assert fp["steps"] == [10, 15] and fp["weights_sha256"] == trials.weights_digest(src.state)
+    assert fp["data_folder"] == str(tmp_path.resolve()) and fp["task"] == "demo-voc" and fp["random_init"] is False
     # where it writes and logs, its tags and its number of trials change no trial
     other = FinetuneSettings(source=str(ckpt), task="demo-voc", data=str(tmp_path), out="elsewhere", trials=5,
                              tags={"slurm_job_id": "7"}, tracking_uri="http://x:5000", parent_run="p")
