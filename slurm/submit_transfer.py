@@ -9,7 +9,10 @@ grid (``--cluster auto|slurm|local|debug``); each job runs the transfer stage
 (``transfer.finetune.run``) for all its trials, resumes from its checkpoints when requeued, and logs
 every trial as an MLflow child of the source's pretraining run. Results land in
 SOURCE/transfer-TASK/summary.json and in the grid tables (VOC and COCO columns). Everything is
-checked before anything is submitted. (``python transfer/submit.py`` is the same command.)
+checked before anything is submitted, trials already in SOURCE/transfer-TASK included: a source x
+task whose trials are all done with these settings is skipped, one whose trials were trained with
+other settings is refused unless ``--discard-trials`` (which discards them here, before
+submitting, so a requeued job never does). (``python transfer/submit.py`` is the same command.)
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from pretrain.run.errors import UserError
 from slurm import launcher
 from slurm.jobs import TransferJob
 from transfer.convert import resnet50_state
+from transfer import finetune, trials
 from transfer.finetune import TASKS, FinetuneSettings
+
+# What a refusal to reuse a stage's trials offers here (this command has no --out).
+WAYS_ON = "pass --discard-trials to discard those trials and train them again, or move that folder"
 
 
 def stages_from_args(args) -> list[FinetuneSettings]:
@@ -64,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="gpu-1", help="cluster profile (its eval_gpus per job)")
     p.add_argument("--logs", default="runs/transfer-logs", help="submitit's job folder")
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+    p.add_argument("--discard-trials", action="store_true",
+                   help="discard each SOURCE/transfer-TASK's trials (and summary.json) before submitting; without it, "
+                        "trials trained with other settings are refused")
     args = p.parse_args(argv)
     if args.trials < 1:
         raise UserError("--trials must be >= 1")
@@ -73,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if cluster == "slurm":
         launcher.check_fits(profile, [TransferJob.tasks])
     setup_logging()
-    todo = [s for s in todo if not (s.out_dir / rundir.SUMMARY_FILE).is_file()]
+    if args.discard_trials:
+        for s in todo:
+            trials.discard_trials(s.out_dir)
+    todo = [s for s in todo if not all(finetune.finished(s, WAYS_ON))]
     if not todo:
-        print("every source x task already has its summary.json; nothing to submit")
+        print("every source x task already has its trials, done with these settings; nothing to submit")
         return 0
     ex = launcher.make_executor(cluster, Path(args.logs), profile, name="transfer", stage=TransferJob.tasks)
     jobs = launcher.submit_all(ex, [TransferJob(s, profile.cpus_per_task) for s in todo])

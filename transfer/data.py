@@ -36,6 +36,20 @@ def voc_class_names(root: str | Path, year: str = "2007") -> list[str]:
     return f.read_text().split() if f.is_file() else list(VOC_CLASSES)
 
 
+def voc_object_names(base: str | Path, split: str) -> dict[str, str]:
+    """{class name: the first annotation naming it (``VOC2007/Annotations/ID.xml``)} over the
+    objects of a VOC split (``base`` is ``VOCdevkit/VOC<year>``), as detectron2's reader takes them."""
+    base = Path(base)
+    found: dict[str, str] = {}
+    for img_id in (base / "ImageSets" / "Main" / f"{split}.txt").read_text().split():
+        xml = base / "Annotations" / f"{img_id}.xml"
+        if not xml.is_file():
+            raise UserError(f"{xml} is missing, which {base.name}/ImageSets/Main/{split}.txt lists")
+        for obj in ET.parse(xml).getroot().findall("object"):
+            found.setdefault(obj.findtext("name").strip(), f"{base.name}/Annotations/{xml.name}")
+    return found
+
+
 def _image_tensor(path: Path) -> torch.Tensor:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0

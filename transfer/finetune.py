@@ -7,7 +7,9 @@ ResNet-50 query encoder), or ``--random-init`` for the baseline. Each of ``--tri
 the end: VOC AP50/AP/AP75 as detectron2's Pascal VOC evaluator, or COCO box and mask AP through
 pycocotools. Mean and std over trials go to ``OUT/summary.json``; every trial is an MLflow child
 of the pretraining run. Trials checkpoint every ``--ckpt-every`` iterations and resume exactly:
-each iteration's images and flips depend only on (seed, iteration).
+each iteration's images and flips depend only on (seed, iteration). A trial is reused (resumed, or
+its result read back) only with the settings it was trained with (``transfer.trials.fingerprint``);
+other settings are refused, unless ``--discard-trials``.
 
 Tasks: the recipes of transfer/configs/ in iterations (``voc-c4``: VOC07+12 trainval -> VOC07
 test, 24k iterations; ``coco-c4-1x``, ``coco-c4-2x``, ``coco-fpn-1x``: COCO 2017 Mask R-CNN), and
@@ -98,8 +100,9 @@ class FinetuneSettings(trials.StageSettings):
         """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""
         if self.task not in TASKS:
             raise UserError(f"unknown transfer task {self.task!r}; tasks: {', '.join(sorted(TASKS))}")
-        if self.trials < 1 or (self.iters is not None and self.iters < 1) or (self.batch is not None and self.batch < 1):
-            raise UserError("--trials, --iters and --batch must be >= 1")
+        for flag, value in (("--trials", self.trials), ("--iters", self.iters), ("--batch", self.batch)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} {value}: must be >= 1")
         task = TASKS[self.task]
         if self.iters:
             steps, warmup = scale_schedule(self.iters, task.iters, task.steps, task.warmup)
@@ -248,10 +251,19 @@ def run_trial(task: Task, state, train, test, names, out: Path, seed: int, track
     return json.loads(result_file.read_text())
 
 
-def run(s: FinetuneSettings) -> dict:
+def finished(s: FinetuneSettings, ways: str = trials.WAYS_ON) -> list[bool]:
+    """Whether each trial of ``s`` is finished in its folder, without training or writing anything;
+    UserError for a bad source or for trials there trained with other settings (ending ``ways``)."""
+    src = trials.origin(s.source, s.random_init, s.out_dir)
+    return trials.finished_trials(s.out_dir, trials.fingerprint(s, src, dataclasses.asdict(s.recipe())), s.trials,
+                                  ways)
+
+
+def run(s: FinetuneSettings, discard: bool = False) -> dict:
     """Run (or resume) every trial of ``s``; returns the summary also written to ``OUT/summary.json``
     (on the main rank; other ranks return an empty dict). UserError before anything runs for a bad
-    task, source or data folder."""
+    task, source or data folder, or for trials in OUT trained with other settings; ``discard``
+    removes OUT's trials first instead (``trials.discard_trials``)."""
     task = s.recipe()
     if s.source is None and not s.random_init:
         raise UserError("a transfer stage needs a source, or --random-init")
@@ -262,33 +274,40 @@ def run(s: FinetuneSettings) -> dict:
     if not root.is_dir():
         raise UserError(f"--data {root} does not exist")
     train, test, names = datasets(task, root)
-
-    out.mkdir(parents=True, exist_ok=True)
+    recipe = dataclasses.asdict(task)
+    fp = trials.fingerprint(s, src, recipe)
     info = dist.init("auto")
     if task.batch % info.world:
         raise UserError(f"batch {task.batch} does not split over {info.world} ranks")
+    if not discard:
+        trials.finished_trials(out, fp, s.trials)
+    dist.barrier()  # every rank has read the folder before the main one changes it
+    if info.main:
+        if discard:
+            trials.discard_trials(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for t in range(s.trials):
+            trials.claim(rundir.trial_dir(out, t), fp)
+    dist.barrier()
     results = []
     for t in range(s.trials):
         trial_dir = rundir.trial_dir(out, t)
         run_tags = trials.trial_tags(src, s.task, t, s.random_init, s.engine, s.tags)
-        params = {f"transfer.{k}": v for k, v in dataclasses.asdict(task).items()}
+        params = {f"transfer.{k}": v for k, v in recipe.items()}
         saved, _ = checkpoint.load_latest(trial_dir / rundir.CHECKPOINTS)
         tracker = open_run(trial_dir, uri=src.uri, experiment=src.experiment,
                            name=f"transfer-{s.task}_trial{t}{'_random-init' if s.random_init else ''}",
                            stage=transfer_stage(task.data), params=params, tags=run_tags,
                            parent=src.parent, resume_step=saved["iteration"] if saved else None) \
             if info.main else None
-        try:
+        with trials.closing(tracker):
             res = run_trial(task, src.state, train, test, names, trial_dir, t, tracker, info, s.ckpt_every)
-        finally:
-            if tracker is not None:
-                tracker.finish()
         results.append(res)
         if info.main:
             log.info("trial %d: %s", t, ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
     if not info.main:
         return {}
-    return trials.write_summary(s, src, results, dataclasses.asdict(task))
+    return trials.write_summary(s, src, results, recipe)
 
 
 def parser() -> ArgumentParser:
@@ -303,6 +322,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=1000, help="iterations between checkpoints")
     p.add_argument("--random-init", action="store_true", help="baseline: a randomly initialised ResNet-50")
     p.add_argument("--out", help="output folder (default: SOURCE_RUN/transfer-TASK[-random-init])")
+    p.add_argument("--discard-trials", action="store_true",
+                   help="remove the output folder's trials (and summary.json) first, to train them again with "
+                        "these settings; without it, trials trained with other settings are refused")
     p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
     p.add_argument("--make-demo-data", metavar="DIR", help="build the local detection set into DIR and exit")
@@ -334,12 +356,12 @@ def main(argv: list[str] | None = None) -> int:
               f"--task demo-voc --data {a.make_demo_data}/VOCdevkit or --task demo-coco --data {a.make_demo_data}/coco")
         return 0
     s = settings(argv)
-    summary = run(s)
+    summary = run(s, discard=a.discard_trials)
     if not summary:
         return 0
     for t, res in enumerate(summary["trials"]):
         print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
-    print(f"{s.task} over {len(summary['trials'])} trials: {metrics.format_summary(summary['summary'])}")
+    print(f"{s.task} over {metrics.trials_phrase(len(summary['trials']))}: {metrics.format_summary(summary['summary'])}")
     print(f"wrote {Path(summary['out']) / rundir.SUMMARY_FILE}")
     return 0
 

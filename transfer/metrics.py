@@ -133,3 +133,8 @@ def format_summary(summary: dict[str, dict[str, float | None]]) -> str:
     """"AP50 81.20 ± 0.30, ..." for a ``summarize_trials`` result."""
     return ", ".join(f"{k} {v['mean']:.2f}" + (f" ± {v['std']:.2f}" if v["std"] is not None else "")
                      for k, v in summary.items())
+
+
+def trials_phrase(n: int) -> str:
+    """"1 trial", "5 trials": how the commands' last line counts them."""
+    return f"{n} trial{'' if n == 1 else 's'}"

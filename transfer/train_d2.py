@@ -4,7 +4,7 @@ the paper's transfer protocol with detectron2 (MoCo's detection recipe).
 SOURCE is what ``python -m transfer.finetune`` takes (a pretraining run folder, one of this
 project's checkpoints or a MoCo-format checkpoint; ``--random-init`` for the baseline); it is
 converted to detectron2's format once (``OUT/weights-d2.pkl``, as ``transfer/convert.py`` writes
-it). Each of ``--trials`` runs (default 5, as MoCo) trains with its own seed through detectron2's
+it; written again only when the source's weights change, ``OUT/weights-d2.json`` says from what). Each of ``--trials`` runs (default 5, as MoCo) trains with its own seed through detectron2's
 ``DefaultTrainer``: training, PreciseBN, and one evaluation at the end (VOC AP50/AP/AP75 from the
 Pascal VOC evaluator, COCO box and mask AP from the COCO evaluator). Every trial is an MLflow
 child of the pretraining run, tagged and named as the torchvision path's trials, so the grid
@@ -16,7 +16,10 @@ annotations/ and the image folders for COCO tasks; its layout is checked before 
 schedule scale to them from the recipe's 8 GPUs. ``--iters`` sets the number of iterations (steps
 and warm-up scale with it); trailing ``KEY VALUE`` pairs are detectron2 config options applied
 last, as in detectron2's and MoCo's ``train_net.py``. Trials resume from their last detectron2
-checkpoint; finished trials are not run again.
+checkpoint; finished trials are not run again. Either happens only with the settings the trial was
+trained with (``transfer.trials.fingerprint``, in each trial's settings.json): other settings are
+refused in one line, unless ``--discard-trials``. The VOC splits' annotations are checked against
+the classes each split is registered with before anything trains.
 
 Each trial runs in a process of its own: detectron2 configures its loggers per process (a console
 and a ``log.txt`` handler each time ``setup_logger`` meets a new output folder), so trials that
@@ -24,8 +27,8 @@ shared one process would log every console line once per earlier trial and write
 trials' ``log.txt``. Multi-GPU trials get fresh worker processes from detectron2's ``launch``
 anyway; a fresh process per trial gives one-GPU and CPU trials the same clean start.
 
-detectron2 is not installable from PyPI for current PyTorch; build it from its source (README,
-"Transfer"). Without it this command refuses with one line; ``python -m transfer.finetune`` is
+detectron2 is not installable from PyPI for current PyTorch; build it from its source
+(docs/transfer.md, "Building detectron2"). Without it this command refuses with one line; ``python -m transfer.finetune`` is
 the torchvision path that runs everywhere.
 """
 
@@ -47,7 +50,7 @@ from pretrain.run.errors import UserError
 from pretrain.run.tracking import open_run, transfer_stage
 from transfer import data, trials
 from transfer.convert import d2_checkpoint
-from transfer.metrics import format_summary
+from transfer.metrics import format_summary, trials_phrase
 from transfer.recipes import (CONFIG_DIR, DATASETS, RECIPES, check_layout, data_kind, recipe_gpus, resolve,
                               scale_for_gpus, with_iters)
 
@@ -66,7 +69,8 @@ def require_detectron2() -> None:
     try:
         import detectron2  # noqa: F401
     except ImportError:
-        raise UserError("detectron2 is not installed (build it from its source: README, 'Transfer'); "
+        raise UserError("detectron2 is not installed (build it from its source: docs/transfer.md, "
+                        "'Building detectron2'); "
                         "python -m transfer.finetune is the torchvision path that runs without it") from None
 
 
@@ -91,8 +95,9 @@ class D2Settings(trials.StageSettings):
     def check(self) -> None:
         """UserError for a task, number, device or option that cannot run (nothing is read)."""
         resolve(self.task)
-        if self.trials < 1 or (self.iters is not None and self.iters < 1) or (self.gpus is not None and self.gpus < 1):
-            raise UserError("--trials, --iters and --gpus must be >= 1")
+        for flag, value in (("--trials", self.trials), ("--iters", self.iters), ("--gpus", self.gpus)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} {value}: must be >= 1")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r}: one of {', '.join(DEVICES)}")
         if self.device == "cpu" and self.workers > 1:
@@ -130,6 +135,44 @@ def register_extra_norm_head() -> None:
             return seq, out_channels
 
 
+def registered_classes(name: str, root: str | Path) -> list[str] | None:
+    """The classes ``register_datasets`` gives dataset ``name`` under ``root``: VOC's 20, or the
+    local set's own (``classes.txt``); None for a COCO split, which reads its own from its JSON."""
+    d = DATASETS[name]
+    if d.kind != "voc":
+        return None
+    return data.voc_class_names(root) if d.own_classes else list(data.VOC_CLASSES)
+
+
+def check_classes(names: list[str], num_classes: int, root: str | Path) -> None:
+    """UserError, before anything trains, unless the VOC splits among dataset ``names`` (a config's
+    DATASETS.TRAIN and TEST) are registered with one class list, the model has as many classes
+    (``num_classes``, MODEL.ROI_HEADS.NUM_CLASSES), and every object their annotations name is in it
+    (detectron2 fails on the first that is not: for a test split, at the evaluation, after the whole
+    schedule)."""
+    root = Path(root)
+    names = list(dict.fromkeys(names))
+    lists = {n: registered_classes(n, root) for n in names}
+    voc = [n for n in names if lists[n] is not None]
+    if not voc:
+        return
+    first = voc[0]
+    for n in voc[1:]:
+        if lists[n] != lists[first]:
+            raise UserError(f"{n} has {len(lists[n])} classes ({', '.join(lists[n][:3])}, ...), {first} "
+                            f"{len(lists[first])} ({', '.join(lists[first][:3])}, ...): a model trains and "
+                            f"tests on one class list")
+    classes = lists[first]
+    if num_classes != len(classes):
+        raise UserError(f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}, but {first} has {len(classes)} classes")
+    for n in voc:
+        d = DATASETS[n]
+        for name, where in data.voc_object_names(root / f"VOC{d.year}", d.split).items():
+            if name not in classes:
+                raise UserError(f"--data {root}: {where} has an object {name!r}, not one of the {len(classes)} "
+                                f"classes {n} is registered with ({', '.join(classes[:3])}, ...)")
+
+
 def register_datasets(names: list[str], root: str | Path) -> None:
     """Register each dataset name the config reads under ``root`` (``--data``): VOC splits with VOC's
     20 classes, or the local set's own (``classes.txt``); COCO splits from their instances JSON.
@@ -149,8 +192,7 @@ def register_datasets(names: list[str], root: str | Path) -> None:
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         if d.kind == "voc":
-            classes = data.voc_class_names(root) if d.own_classes else list(data.VOC_CLASSES)
-            register_pascal_voc(name, str(root / f"VOC{d.year}"), d.split, d.year, classes)
+            register_pascal_voc(name, str(root / f"VOC{d.year}"), d.split, d.year, registered_classes(name, root))
         else:
             register_coco_instances(name, {}, str(root / "annotations" / f"instances_{d.split}.json"),
                                     str(root / d.split))
@@ -234,8 +276,7 @@ def _trial(cfg, root: str, tracking: dict, result_file: str) -> None:
         if comm.is_main_process() else None
     if tracker is not None:
         trainer.register_hooks([Track(tracker)])
-    status = "FAILED"
-    try:
+    with trials.closing(tracker):
         trainer.train()  # evaluates once, after the last iteration (its EvalHook)
         res = getattr(trainer, "_last_eval_results", None)
         if comm.is_main_process():
@@ -244,10 +285,6 @@ def _trial(cfg, root: str, tracking: dict, result_file: str) -> None:
             flat = flat_results(res, kind)
             tracker.log({k: v for k, v in flat.items() if math.isfinite(v)}, cfg.SOLVER.MAX_ITER)
             trials.write_json(Path(result_file), flat)
-        status = "FINISHED"
-    finally:
-        if tracker is not None:
-            tracker.finish(status)
 
 
 def _process(_index: int, threads: int, workers: int, args: tuple) -> None:
@@ -260,10 +297,19 @@ def _process(_index: int, threads: int, workers: int, args: tuple) -> None:
     launch(_trial, workers, dist_url="auto", args=args)
 
 
-def run(s: D2Settings) -> dict:
+def current_weights(out: Path, digest: str) -> bool:
+    """Whether ``OUT/weights-d2.pkl`` holds the source weights of ``digest`` (its weights-d2.json says so)."""
+    record = out / rundir.D2_WEIGHTS_SOURCE
+    return (out / rundir.D2_WEIGHTS_FILE).is_file() and record.is_file() and \
+        json.loads(record.read_text()).get("weights_sha256") == digest
+
+
+def run(s: D2Settings, discard: bool = False) -> dict:
     """Run (or resume) every trial of ``s``; returns the summary also written to ``OUT/summary.json``.
     UserError before anything is built or written for bad settings, a bad source, a data folder
-    missing part of its layout, detectron2 missing, an unknown option or too few GPUs."""
+    missing part of its layout or holding objects of classes its datasets are not registered with,
+    detectron2 missing, an unknown option, too few GPUs, or trials in OUT trained with other
+    settings; ``discard`` removes OUT's trials first instead (``trials.discard_trials``)."""
     import torch
     import torch.multiprocessing as mp
 
@@ -284,15 +330,27 @@ def run(s: D2Settings) -> dict:
                     "numbers need %d GPUs (the trials are tagged gpus=%d)", s.task, workers,
                     "GPUs" if s.device == "cuda" else "CPU process", cfgs[0].SOLVER.IMS_PER_BATCH,
                     resolve(s.task)["SOLVER"]["IMS_PER_BATCH"], wanted, workers)
+    sol = cfgs[0].SOLVER
+    recipe = {"device": s.device, "gpus": workers, "recipe_gpus": wanted, "opts": list(s.opts),
+              "ims_per_batch": sol.IMS_PER_BATCH, "base_lr": sol.BASE_LR, "max_iter": sol.MAX_ITER,
+              "steps": list(sol.STEPS), "warmup_iters": sol.WARMUP_ITERS}
+    fp = trials.fingerprint(s, src, recipe)
+    done = [False] * s.trials if discard else trials.finished_trials(out, fp, s.trials)
+    if not all(done):
+        check_classes([*cfgs[0].DATASETS.TRAIN, *cfgs[0].DATASETS.TEST], cfgs[0].MODEL.ROI_HEADS.NUM_CLASSES, s.data)
+    if discard:
+        trials.discard_trials(out)
     out.mkdir(parents=True, exist_ok=True)
-    if src.state is not None:
+    if src.state is not None and not all(done) and not current_weights(out, src.digest):
         atomic_write(weights, pickle.dumps(d2_checkpoint(src.state)))
+        trials.write_json(out / rundir.D2_WEIGHTS_SOURCE, {"source": src.source, "weights_sha256": src.digest})
     kind = data_kind(s.task, s.opts)
     results = []
     for t, cfg in enumerate(cfgs):
         trial_dir = rundir.trial_dir(out, t)
         result_file = trial_dir / rundir.RESULT_FILE
-        if not result_file.is_file():
+        if not done[t]:
+            trials.claim(trial_dir, fp)
             sol = cfg.SOLVER
             tracking = dict(
                 uri=src.uri, experiment=src.experiment, stage=transfer_stage(kind), parent=src.parent,
@@ -310,11 +368,7 @@ def run(s: D2Settings) -> dict:
                                nprocs=1, start_method="spawn")
         results.append(read_result(result_file))
         log.info("trial %d: %s", t, ", ".join(f"{k} {v:.2f}" for k, v in results[-1].items()))
-    sol = cfgs[0].SOLVER
-    return trials.write_summary(s, src, results, {
-        "device": s.device, "gpus": workers, "recipe_gpus": wanted, "opts": list(s.opts),
-        "ims_per_batch": sol.IMS_PER_BATCH, "base_lr": sol.BASE_LR, "max_iter": sol.MAX_ITER,
-        "steps": list(sol.STEPS), "warmup_iters": sol.WARMUP_ITERS})
+    return trials.write_summary(s, src, results, recipe)
 
 
 def parser() -> ArgumentParser:
@@ -332,6 +386,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--trials", type=int, default=5, help="fine-tuning runs with seeds 0..n-1 (default 5, as MoCo)")
     p.add_argument("--random-init", action="store_true", help="baseline: detectron2's random initialisation")
     p.add_argument("--out", help="output folder (default: SOURCE_RUN/transfer-d2-TASK[-random-init])")
+    p.add_argument("--discard-trials", action="store_true",
+                   help="remove the output folder's trials (and summary.json) first, to train them again with "
+                        "these settings; without it, trials trained with other settings are refused")
     p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE",
@@ -358,12 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, run every trial, print the summary."""
     import sys
 
-    s = settings(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    s = settings(argv)
     setup_logging()
-    summary = run(s)
+    summary = run(s, discard=parser().parse_intermixed_args(argv).discard_trials)
     for t, res in enumerate(summary["trials"]):
         print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
-    print(f"{s.task} (detectron2) over {len(summary['trials'])} trials: {format_summary(summary['summary'])}")
+    print(f"{s.task} (detectron2) over {trials_phrase(len(summary['trials']))}: {format_summary(summary['summary'])}")
     print(f"wrote {Path(summary['out']) / rundir.SUMMARY_FILE}")
     return 0
 

@@ -10,8 +10,10 @@ A pretraining run folder (``run.out``)::
     summary.json                    written when the run completes (from its final checkpoint)
     knn.json                        python -m pretrain.knn
     lincls-fast/ lincls-full/       linear probes (lincls.json, settings.json, features.pt, checkpoints/)
-    transfer-TASK/trialK/           detection transfer, torchvision path (summary.json; each trial result.json)
-    transfer-d2-TASK/trialK/        the same through detectron2 (+ weights-d2.pkl, the converted source;
+    transfer-TASK/trialK/           detection transfer, torchvision path (summary.json; each trial result.json
+                                    and settings.json, the settings it was trained with)
+    transfer-d2-TASK/trialK/        the same through detectron2 (+ weights-d2.pkl, the converted source,
+                                    and weights-d2.json, what it was converted from;
                                     each trial also holds detectron2's own files: config.yaml, log.txt,
                                     metrics.json, last_checkpoint, model_final.pth)
 
@@ -44,6 +46,7 @@ SETTINGS_FILE = "settings.json"
 FEATURES_FILE = "features.pt"
 RESULT_FILE = "result.json"  # one transfer trial's metrics
 D2_WEIGHTS_FILE = "weights-d2.pkl"  # a detectron2 transfer stage's source, in detectron2's format
+D2_WEIGHTS_SOURCE = "weights-d2.json"  # the source (and its weights' digest) weights-d2.pkl was converted from
 # A grid folder
 GRIDS = Path("runs") / "grids"  # where grids live unless --out says otherwise
 GRID_FILE = "grid.json"

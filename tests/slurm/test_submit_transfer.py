@@ -1,6 +1,7 @@
 """slurm/submit_transfer.py (and its old path, transfer/submit.py): bad input refused before anything is
 submitted; real jobs on the SLURM cluster."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -63,9 +64,30 @@ def test_transfer_jobs_run_on_slurm(sources, tmp_path, slurm_conf):
     assert "slurm job" in r.stdout and "demo-voc of" in r.stdout and "AP50" in r.stdout
     summary = json.loads((tmp_path / "transfer-demo-voc" / "summary.json").read_text())
     assert summary["task"] == "demo-voc" and len(summary["trials"]) == 1
-    again = submit(src, "--task", f"demo-voc={sources / 'det' / 'VOCdevkit'}", "--cluster", "slurm",
-                   "--profile", "local-cpu", "--logs", tmp_path / "logs")
+    same = [src, "--task", f"demo-voc={sources / 'det' / 'VOCdevkit'}", "--trials", "1", "--batch", "2", "--cluster",
+            "slurm", "--profile", "local-cpu", "--logs", tmp_path / "logs"]
+    again = submit(*same, "--iters", "2")
     assert again.returncode == 0 and "nothing to submit" in again.stdout
+    other = submit(*same, "--iters", "3")  # the old trial is not reported under the new settings
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "iters: 2 there, 3 now" in other.stderr and "--discard-trials" in other.stderr
+    assert json.loads((tmp_path / "transfer-demo-voc" / "summary.json").read_text()) == summary
+
+
+def test_trials_trained_with_other_settings_are_refused_before_anything_is_submitted(sources, tmp_path):
+    from transfer import trials
+    from transfer.finetune import FinetuneSettings
+
+    src, det = tmp_path / "r50.pth", sources / "det" / "VOCdevkit"
+    src.write_bytes((sources / "resnet50.pth").read_bytes())
+    old = FinetuneSettings(source=str(src), task="demo-voc", data=str(det), trials=1, iters=2)
+    trials.claim(old.out_dir / "trial0", trials.fingerprint(old, trials.origin(str(src), False, old.out_dir),
+                                                             dataclasses.asdict(old.recipe())))
+    r = submit(src, "--task", f"demo-voc={det}", "--trials", "1", "--iters", "3", "--logs", tmp_path / "logs",
+               env={"SLURM_CONF": "/nonexistent"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "trial0 was trained with other settings (iters: 2 there, 3 now)" in r.stderr and "--discard-trials" in r.stderr
+    assert not (tmp_path / "logs").exists() and (old.out_dir / "trial0" / "settings.json").is_file()
 
 
 @pytest.mark.slurm

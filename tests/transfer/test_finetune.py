@@ -107,5 +107,26 @@ def test_two_rank_ddp_trains_identical_replicas(det_root, r50, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ,
                        "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("demo-voc over 1 trials") == 1  # only rank 0 reports
+    assert r.stdout.count("demo-voc over 1 trial:") == 1  # only rank 0 reports
     assert len(json.loads((out / "summary.json").read_text())["trials"]) == 1
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_settings_is_refused_not_reported_under_the_new_ones(det_root, r50, tmp_path):
+    out = tmp_path / "out"
+    args = [r50[0], "--task", "demo-voc", "--data", det_root / "VOCdevkit", "--batch", 1, "--trials", 1, "--out", out]
+    assert finetune(*args, "--iters", 1).returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for other, differs in ((["--iters", 2], "iters: 1 there, 2 now"), (["--iters", 1, "--random-init"], "random_init")):
+        r = finetune(*args, *other)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+        assert differs in r.stderr and "--out" in r.stderr and "--discard-trials" in r.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
+    more = finetune(*args, "--iters", 1, "--trials", 2, "--ckpt-every", 7)  # same settings: trial0 is reused
+    assert more.returncode == 0 and "over 2 trials" in more.stdout, more.stderr[-2000:]
+    assert (out / "trial0" / "result.json").read_bytes() == before[out / "trial0" / "result.json"]
+    fresh = finetune(*args, "--iters", 2, "--discard-trials")
+    assert fresh.returncode == 0 and "over 1 trial:" in fresh.stdout, fresh.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["iters"] == 2 and len(summary["trials"]) == 1 and not (out / "trial1").exists()
+    assert json.loads((out / "trial0" / "settings.json").read_text())["iters"] == 2

@@ -17,7 +17,7 @@ from transfer.train_d2 import D2Settings, flat_results, settings
 
 HAS_D2 = importlib.util.find_spec("detectron2") is not None
 needs_d2 = pytest.mark.skipif(not HAS_D2, reason="detectron2 is not installed (it is built from its source, "
-                                                 "README 'Transfer'; CI never has it)")
+                                                 "docs/transfer.md; CI never has it)")
 # A CPU smoke run: a few iterations, PreciseBN on 2 batches, data loaded in the trial's process.
 SMOKE = ["--device", "cpu", "--iters", "3", "TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0"]
 
@@ -64,7 +64,8 @@ def test_settings_parse_like_train_net(tmp_path):
     (["x", "--task", "voc-c4", "--data", "/d", "OUTPUT_DIR", "/tmp"], "OUTPUT_DIR is set by train_d2.py (from --out)"),
     (["x", "--task", "voc-c4", "--data", "/d", "MODEL.WEIGHTS", "w.pkl"], "set by train_d2.py (from SOURCE)"),
     (["x", "--task", "voc-c4", "--data", "/d", "--device", "cpu", "--gpus", "2"], "--device cpu trains in one"),
-    (["x", "--task", "voc-c4", "--data", "/d", "--iters", "0"], "must be >= 1"),
+    (["x", "--task", "voc-c4", "--data", "/d", "--iters", "0"], "--iters 0: must be >= 1"),
+    (["x", "--task", "voc-c4", "--data", "/d", "--gpus", "-1"], "--gpus -1: must be >= 1"),
 ])
 def test_bad_settings_are_user_errors(args, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -221,3 +222,56 @@ def test_coco_smoke_run_of_the_demo_task_reports_box_and_mask_ap_as_strict_json(
     assert run.data.tags["stage"] == "transfer-coco" and run.data.tags["cell"] == "c1"
     assert run.data.tags["source"] == "random init" and "box_AP" in run.data.metrics and "mask_AP" in run.data.metrics
     assert "box_APl" not in run.data.metrics  # NaN is not logged
+
+
+def test_datasets_whose_annotations_or_class_lists_disagree_are_refused_before_training(det):
+    from transfer.train_d2 import check_classes
+
+    voc = det / "VOCdevkit"
+    check_classes(["mochi_demo_voc_trainval", "mochi_demo_voc_test"], 10, voc)
+    with pytest.raises(UserError, match=r"voc_2007_test has 20 classes \(aeroplane, bicycle, bird, \.\.\.\), "
+                                        r"mochi_demo_voc_trainval 10 \(tshirt_top"):
+        check_classes(["mochi_demo_voc_trainval", "voc_2007_test"], 10, voc)
+    with pytest.raises(UserError, match="MODEL.ROI_HEADS.NUM_CLASSES is 10, but voc_2007_trainval has 20 classes"):
+        check_classes(["voc_2007_trainval", "voc_2007_test"], 10, voc)
+    with pytest.raises(UserError, match=r"VOC2007/Annotations/\w+\.xml has an object '\w+', not one of the 20 "
+                                        r"classes voc_2007_trainval is registered with"):
+        check_classes(["voc_2007_trainval", "voc_2007_test"], 20, voc)
+
+
+@needs_d2
+def test_a_test_set_of_other_classes_is_refused_before_anything_trains(det, tmp_path):
+    out = tmp_path / "o"
+    r = train_d2("--random-init", "--task", "demo-voc", "--data", det / "VOCdevkit", "--out", out, *SMOKE,
+                 "DATASETS.TEST", "('voc_2007_test',)")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-3000:]
+    assert "voc_2007_test has 20 classes" in r.stderr and not out.exists()
+
+
+@needs_d2
+@pytest.mark.slow
+def test_a_rerun_with_other_settings_is_refused_and_the_weights_are_converted_once(det, tmp_path):
+    source = moco_checkpoint(tmp_path / "moco.pth.tar", "resnet50")
+    out = tmp_path / "o"
+    smoke = [a for a in SMOKE if a not in ("--iters", "3")]
+    base = [source, "--task", "demo-voc", "--data", det / "VOCdevkit", "--trials", "1", "--out", out, *smoke]
+    first = train_d2(*base, "--iters", "3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "over 1 trial:" in first.stdout
+    weights = out / "weights-d2.pkl"
+    converted = weights.stat().st_mtime_ns
+    again = train_d2(*base, "--iters", "3")  # every trial done: nothing trains, nothing is converted again
+    assert again.returncode == 0 and "Start inference" not in again.stdout, again.stderr[-3000:]
+    assert weights.stat().st_mtime_ns == converted
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for other, differs in ((["--iters", "4"], "max_iter: 3 there, 4 now"),
+                           (["--iters", "3", "MODEL.RPN.POST_NMS_TOPK_TEST", "20"], "opts")):
+        r = train_d2(*base, *other)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-3000:]
+        assert differs in r.stderr and "--discard-trials" in r.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
+    fresh = train_d2(*base, "--iters", "4", "--discard-trials")
+    assert fresh.returncode == 0 and "Starting training from iteration 0" in fresh.stdout, fresh.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["settings"]["max_iter"] == 4
+    assert "MAX_ITER: 4" in (out / "trial0" / "config.yaml").read_text()
+    assert weights.stat().st_mtime_ns == converted  # the same source: its conversion stands
