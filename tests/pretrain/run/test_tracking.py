@@ -1,6 +1,7 @@
 """pretrain.tracking: many concurrent jobs on one store lose nothing; sync rebuilds what a down store missed."""
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -156,31 +157,41 @@ def test_a_half_created_store_holding_runs_is_refused_with_how_to_recover(tmp_pa
     assert [rec["step"] for rec in read_metrics(tmp_path / "run")] == [1]
 
 
-def test_a_store_whose_creator_was_killed_is_made_again(tmp_path):
-    """A process killed while creating a store (at a random moment of it): the next open sets the
-    half-made file aside if it holds no run, and every later run and point lands."""
-    import random
+# The child kills itself just before its k-th SQL statement: a kill lands at a known point of the store's
+# creation however fast the machine is (creating and migrating a store is ~1700 statements, MLflow 3).
+KILL_AT_STATEMENT = """
+import os, signal, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+k, n = int(sys.argv[2]), [0]
+@event.listens_for(Engine, "before_cursor_execute")
+def count(*args, **kwargs):
+    n[0] += 1
+    if n[0] == k:
+        os.kill(os.getpid(), signal.SIGKILL)
+from pretrain.run.tracking import mlflow_client
+mlflow_client(sys.argv[1])
+"""
 
-    rng = random.Random(3)
-    for trial in range(3):
-        db = tmp_path / f"m{trial}.db"
+
+def test_a_store_whose_creator_was_killed_is_made_again(tmp_path):
+    """A process killed while creating a store (before its first statement, inside the migrations,
+    near their end): the next open sets a half-made file aside if it holds no run, and every later
+    run and point lands."""
+    for k in (1, 400, 800, 1500):
+        db = tmp_path / f"m{k}.db"
         uri = f"sqlite:///{db}"
-        proc = subprocess.Popen([sys.executable, "-c", f"from pretrain.run.tracking import mlflow_client; "
-                                                       f"mlflow_client({uri!r})"], cwd=REPO)
-        deadline = time.monotonic() + 60
-        while not db.exists() and time.monotonic() < deadline:  # creation has begun
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.05, 0.3))  # creating the tables and migrating them takes ~1 s
-        proc.kill()
-        proc.wait()
-        run_dir = tmp_path / f"run{trial}"
+        proc = subprocess.run([sys.executable, "-c", KILL_AT_STATEMENT, uri, str(k)], cwd=REPO,
+                              capture_output=True, text=True)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        run_dir = tmp_path / f"run{k}"
         run_dir.mkdir()
         t = Tracker(run_dir, uri, "e", "r", {}, {})
         assert t.client is not None
         t.log({"loss": 1.0}, 1)
         t.finish()
         assert [m.step for m in MlflowClient(uri).get_metric_history(t.run_id, "loss")] == [1]
-    assert list(tmp_path.glob("m*.db.broken-*")), "no kill landed inside a store's creation"
+    assert list(tmp_path.glob("m*.db.broken-*")), "no kill left a half-made store to set aside"
 
 
 def test_a_half_created_store_without_runs_is_set_aside_and_made_again(tmp_path):
