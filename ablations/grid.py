@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cancel:
         return status.cancel(gd)
     cluster = launcher.resolve_cluster(cluster)
-    if args.cluster != "debug" and cluster == "local" and profile.gpus_per_job > 1:
-        raise UserError(f"profile {profile.name} asks for {profile.gpus_per_job} GPUs per job; local runs use one")
+    if args.cluster != "debug" and cluster == "local" and profile.ranks_per_job > 1:
+        raise UserError(f"profile {profile.name} asks for {profile.ranks_per_job} DDP ranks per pretraining job "
+                        f"({profile.gpus_per_job} GPUs); local runs use one process per job (use --cluster slurm)")
     check_transfer_gpus(grid, profile, cluster)
     check_cluster(grid, profile, cluster)
     with gd.lock():

@@ -46,7 +46,8 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
         rows.append((cell.id, m.N, m.s, m.s_prime, cfg.moco.K, cfg.optim.epochs, images_per_epoch(cfg), hours))
     unit = "GPU-hours" if profile.gpus_per_job else "CPU-job-hours"
     print(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
-          f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs per job), folder {gd.out}")
+          f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs and {profile.ranks_per_job} DDP "
+          f"rank{'s' * (profile.ranks_per_job > 1)} per pretraining job), folder {gd.out}")
     head = ("cell", "N", "s", "s'", "K", "epochs", "images/epoch", "h/job")
     widths = [max(len(str(r[i])) if i < 7 else 6 for r in [head, *rows]) for i in range(8)]
     print("  ".join(str(h).rjust(w) for h, w in zip(head, widths)))

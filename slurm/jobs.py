@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import submitit
 
 from pretrain.eval import lincls
-from pretrain.run import rundir
+from pretrain.run import dist, rundir
 from pretrain.run.cli import setup_logging
 from pretrain.run.config import Config
 from transfer import finetune, train_d2
@@ -82,7 +81,8 @@ class PreflightJob:
 
 class StageJob(submitit.helpers.Checkpointable):
     """An evaluation stage's job: its typed settings, handed to the stage function with this job's id
-    added to its MLflow tags; resumable (the stage resumes from its own checkpoints)."""
+    added to its MLflow tags; resumable (the stage resumes from its own checkpoints). A single-process
+    stage (``tasks = "probe"``) runs on global rank 0 alone, should its job have more tasks."""
 
     stage = ""
     tasks = "eval"  # how launcher.make_executor lays the job out: one task per GPU (DDP ranks)
@@ -96,6 +96,8 @@ class StageJob(submitit.helpers.Checkpointable):
         raise NotImplementedError
 
     def __call__(self) -> dict:
+        if self.tasks == "probe" and dist.global_rank() != 0:
+            return {}
         setup_logging()
         use_cores(self.cores)
         return self.run(dataclasses.replace(self.settings, tags={**self.settings.tags, "slurm_job_id": job_id()}))
@@ -105,6 +107,7 @@ class LinclsJob(StageJob):
     """The linear probe of a finished run folder (``pretrain.eval.lincls.run``): its result record."""
 
     stage = "lincls"
+    tasks = "probe"  # one process: one task, on one GPU
     run = staticmethod(lincls.run)
 
 
@@ -140,7 +143,7 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         out = {"pretrain": self.pretrain() if self.pretrain is not None else {}}
-        if int(os.environ.get("RANK", "0")) == 0:
+        if dist.global_rank() == 0:
             for job in self.evals:
                 out[job.stage] = job()
         return out

@@ -37,6 +37,7 @@ class Profile:
     partition: str | None = None
     nodes: int = 1
     gpus_per_node: int = 0  # pretraining runs one task (one DDP rank) per GPU
+    tasks_per_node: int | None = None  # pretraining's DDP ranks per node; null: one per GPU, one on CPU
     cpus_per_task: int = 2
     mem_gb: float = 4.0
     timeout_min: int = 60
@@ -52,6 +53,25 @@ class Profile:
     @property
     def gpus_per_job(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def pretrain_tasks(self) -> int:
+        """Tasks (DDP ranks) on each node of a pretraining job: ``tasks_per_node``, else one per GPU,
+        one on a CPU profile."""
+        return self.tasks_per_node or max(self.gpus_per_node, 1)
+
+    @property
+    def ranks_per_job(self) -> int:
+        """The DDP ranks of one pretraining job, over all its nodes."""
+        return self.nodes * self.pretrain_tasks
+
+
+# sbatch options a profile sets through its own keys, per stage: extra_sbatch may not set them too
+# (it goes into every stage's sbatch, where it would give a single-process probe a pretraining's tasks).
+OWN_KEYS = {"nodes": "nodes", "ntasks": "tasks_per_node", "ntasks_per_node": "tasks_per_node",
+            "tasks_per_node": "tasks_per_node", "gpus": "gpus_per_node", "gpus_per_node": "gpus_per_node",
+            "cpus_per_task": "cpus_per_task", "mem": "mem_gb", "time": "timeout_min", "partition": "partition",
+            "account": "account", "qos": "qos", "constraint": "constraint"}
 
 
 def profiles() -> list[str]:
@@ -79,6 +99,18 @@ def load_profile(name: str) -> Profile:
             raise UserError(f"profile {path}: {key} must be an integer >= 1, got {getattr(prof, key)!r}")
     if prof.img_per_s <= 0 or prof.mem_gb <= 0 or prof.gpus_per_node < 0:
         raise UserError(f"profile {path}: img_per_s and mem_gb must be > 0, gpus_per_node >= 0")
+    tasks = prof.tasks_per_node
+    if tasks is not None and (not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1):
+        raise UserError(f"profile {path}: tasks_per_node must be an integer >= 1 or null, got {tasks!r}")
+    if tasks is not None and prof.gpus_per_node and tasks != prof.gpus_per_node:
+        raise UserError(f"profile {path}: tasks_per_node {tasks} with gpus_per_node {prof.gpus_per_node}: pretraining "
+                        f"runs one task (DDP rank) per GPU; set tasks_per_node to {prof.gpus_per_node} or null")
+    if not isinstance(prof.extra_sbatch, dict):
+        raise UserError(f"profile {path}: extra_sbatch must be a mapping of sbatch options, got {prof.extra_sbatch!r}")
+    for key in prof.extra_sbatch:
+        if (own := OWN_KEYS.get(str(key).replace("-", "_"))) is not None:
+            raise UserError(f"profile {path}: extra_sbatch sets {key}, which the profile's own key {own} sets per "
+                            f"stage; set {own} instead")
     return prof
 
 
@@ -142,7 +174,7 @@ def partitions() -> tuple[dict[str, list[Node]], str | None]:
 
 # How check_fits names a stage's jobs, and the profile key that sets their GPUs (make_executor's stages).
 STAGE_JOBS = {"pretrain": ("a pretraining job", "gpus_per_node"), "eval": ("an evaluation job", "eval_gpus"),
-              "spawn": ("an evaluation job", "eval_gpus")}
+              "probe": ("a linear-probe job", "eval_gpus"), "spawn": ("an evaluation job", "eval_gpus")}
 
 
 def check_fits(profile: Profile, stages: Iterable[str]) -> None:
@@ -188,14 +220,19 @@ def check_fits(profile: Profile, stages: Iterable[str]) -> None:
 
 def make_executor(cluster: str, folder: Path, profile: Profile, *, name: str, stage: str,
                   dependency: str | None = None) -> submitit.Executor:
-    """An executor for ``stage``: ``pretrain``, one task per GPU on every node; ``eval``, one task per
-    evaluation GPU (``eval_gpus``) on one node; ``spawn``, one task holding the evaluation GPUs and
-    their cores, for a job that starts its own worker per GPU (detectron2's ``launch``)."""
+    """An executor for ``stage``, by how its job uses tasks: ``pretrain``, data parallel,
+    ``pretrain_tasks`` tasks (DDP ranks) on each of ``nodes`` nodes, one GPU per task on a GPU
+    profile; ``eval``, data parallel on one node, one task per evaluation GPU (``eval_gpus``);
+    ``probe``, one process: one task, on one of the evaluation GPUs; ``spawn``, one task holding the
+    evaluation GPUs and their cores, for a job that starts its own worker per GPU (detectron2's
+    ``launch``)."""
+    if stage not in STAGE_JOBS:
+        raise ValueError(f"unknown stage layout {stage!r}; one of {', '.join(STAGE_JOBS)}")
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    gpus = profile.gpus_per_node if stage == "pretrain" else profile.eval_gpus
+    gpus = {"pretrain": profile.gpus_per_node, "probe": min(profile.eval_gpus, 1)}.get(stage, profile.eval_gpus)
     nodes = profile.nodes if stage == "pretrain" else 1
-    tasks, cores = (1, profile.cpus_per_task * max(gpus, 1)) if stage == "spawn" else (max(gpus, 1),
-                                                                                      profile.cpus_per_task)
+    tasks, cores = {"pretrain": (profile.pretrain_tasks, profile.cpus_per_task), "probe": (1, profile.cpus_per_task),
+                    "spawn": (1, profile.cpus_per_task * max(gpus, 1))}.get(stage, (max(gpus, 1), profile.cpus_per_task))
     params: dict = dict(
         name=name, timeout_min=profile.timeout_min, nodes=nodes, tasks_per_node=tasks,
         cpus_per_task=cores, mem_gb=profile.mem_gb,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
 
@@ -31,9 +30,10 @@ def parse_tags(items: list[str]) -> dict[str, str]:
 
 def setup_logging() -> None:
     """INFO on rank 0, warnings elsewhere; quiet third-party loggers."""
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    from .dist import global_rank  # (imports torch: not at the top of a module every --help loads)
+
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+        level=logging.INFO if global_rank() == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

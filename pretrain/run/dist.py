@@ -45,6 +45,12 @@ def _slurm_env() -> None:
         os.environ["MASTER_PORT"] = str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)
 
 
+def global_rank() -> int:
+    """This process's rank in its job, before any process group exists: RANK (torchrun, or set by
+    ``init``), else SLURM_PROCID (a task of a SLURM job step), else 0 (a single process)."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref == "cuda" and not torch.cuda.is_available():
         raise UserError("run.device=cuda but no CUDA device is visible")

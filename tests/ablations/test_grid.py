@@ -37,12 +37,18 @@ from tests.conftest import REPO, TINY_GRID, grid_cli, grid_runs
     (["--lincls", "--fast --no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--preset", "{malformed}"], "not valid YAML"),
     (["--preset", "{not-a-mapping}"], "expected a mapping of preset keys"),
+    (["--cluster", "local", "--profile", "{two-tasks}"], "asks for 2 DDP ranks per pretraining job (0 GPUs); "
+                                                         "local runs use one process per job"),
+    (["--profile", "{extra-tasks}"], "extra_sbatch sets ntasks_per_node, which the profile's own key "
+                                     "tasks_per_node sets per stage"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     (tmp_path / "malformed.yaml").write_text("base: demo\ncells: [{N: 0, s: 0\nseeds: 2\n")
     (tmp_path / "not-a-mapping.yaml").write_text("- N\n- s\n")
-    args = [a.replace("{malformed}", str(tmp_path / "malformed.yaml"))
-            .replace("{not-a-mapping}", str(tmp_path / "not-a-mapping.yaml")) for a in args]
+    (tmp_path / "two-tasks.yaml").write_text("tasks_per_node: 2\n")
+    (tmp_path / "extra-tasks.yaml").write_text("extra_sbatch: {ntasks_per_node: 2}\n")
+    for name in ("malformed", "not-a-mapping", "two-tasks", "extra-tasks"):
+        args = [a.replace(f"{{{name}}}", str(tmp_path / f"{name}.yaml")) for a in args]
     out = tmp_path / "grid"
     r = grid_cli("--out", str(out), *args, env={"SLURM_CONF": str(tmp_path / "no-slurm.conf")})
     assert r.returncode == 2, r.stderr

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -13,9 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from ablations import spec
 from pretrain.run import checkpoint
+from pretrain.run.tracking import read_metrics
 from pretrain.train import train
 from slurm.launcher import SACCT_STATES, load_profile, slurm_states
-from tests.conftest import TINY_GRID, grid_cli, grid_runs
+from tests.conftest import REPO, TINY_GRID, free_port, grid_cli, grid_runs
 from tests.ablations.test_grid import write_preset
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -289,3 +291,73 @@ def test_an_sbatch_refusal_ends_in_one_line_and_leaves_nothing_submitted(tmp_pat
     acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", array], capture_output=True,
                           text=True).stdout.splitlines()
     assert acct and all(state.startswith("CANCELLED") for state in acct), acct
+
+
+# One rank of the reference for a two-task job: the grid's cell, trained by train() under the
+# variables torch.distributed reads, on one thread as each of the job's one-core tasks.
+REFERENCE_RANK = """
+import json, sys
+import torch
+from ablations import spec
+from pretrain.train import train
+preset, overrides, out, uri = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+grid = spec.build(spec.load_preset(preset), None, {}, None, overrides, None)
+train(grid.cfg(grid.cells[0], 0, out, {"run.tracking_uri": uri}))
+"""
+
+
+def test_a_two_task_pretraining_job_is_one_ddp_run_and_its_probe_one_process(tmp_path, slurm_conf, mlflow_server):
+    """A profile's tasks_per_node: 2 on the CPU cluster: pretraining is one two-rank gloo group (one
+    checkpoint folder, one MLflow run), requeued half-way by ``scontrol requeue`` it ends bit-identical
+    to an uninterrupted two-rank run; its probe is one process: one MLflow run, each point once."""
+    preset = write_preset(tmp_path, [{"N": 32, "s": 16, "s_prime": 8}])
+    sets = ["--set", "optim.epochs=2", "--set", "data.subset=512", "--set", "run.ckpt_every_steps=4"]
+    args = args_for(tmp_path, preset, "--tracking-uri", mlflow_server, *TINY_GRID, *sets,
+                    "--profile", str(write_profile(tmp_path, tasks_per_node=2)))
+    r = grid_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    jobs = json.loads((tmp_path / "grid" / "jobs.json").read_text())["N32-s16-sp8/seed0"]
+    job_id, probe_id = jobs["pretrain"]["job_id"], jobs["lincls"]["job_id"]
+    run_dir = tmp_path / "grid" / "cells" / "N32-s16-sp8" / "seed0"
+    wait_until(lambda: list((run_dir / "checkpoints").glob("checkpoint-*.json")), 180, "a first checkpoint")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+
+    def started_again() -> bool:
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+        if "Reason=BeginTime" in shown:  # a requeued job waits ~2 minutes before it is eligible again
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        return "Restarts=1" in shown and ("JobState=RUNNING" in shown or "JobState=COMPLETED" in shown)
+
+    wait_until(started_again, 120, "the requeued job to start again")
+    wait_until(lambda: set(slurm_states([job_id, probe_id]).values()) == {"COMPLETED"}, 400,
+               "the pretraining job and its probe to complete", 3)
+
+    logs = {p.name: p.read_text() for p in (tmp_path / "grid" / "logs").glob(f"{job_id}_*log.err")}
+    assert sorted(logs) == [f"{job_id}_0_log.err", f"{job_id}_1_log.err"], sorted(logs)  # one log per task
+    assert "rank 0 of 2 on cpu" in logs[f"{job_id}_0_log.err"] and "resuming from" in logs[f"{job_id}_0_log.err"]
+    assert [p.name for p in (tmp_path / "grid" / "logs").glob(f"{probe_id}_*log.err")] == [f"{probe_id}_0_log.err"]
+
+    runs = grid_runs(MlflowClient(mlflow_server), tmp_path / "grid")
+    pre = [r for r in runs if r.data.tags["stage"] == "pretrain"]
+    probe = [r for r in runs if r.data.tags["stage"] == "lincls"]
+    assert len(pre) == 1 and len(probe) == 1 and pre[0].info.status == probe[0].info.status == "FINISHED"
+    assert pre[0].data.params["world_size"] == "2"
+    for folder in {p.parent for p in run_dir.rglob("metrics.jsonl")}:  # pretraining's and the probe's
+        points = [(r["step"], *sorted(set(r) - {"time"})) for r in read_metrics(folder)]
+        assert points and len(points) == len(set(points)), f"{folder}: a point logged twice"
+    assert len({p.parent for p in run_dir.rglob("metrics.jsonl")}) == 2
+
+    ref, port = tmp_path / "ref", free_port()
+    argv = TINY_GRID + sets
+    spec_args = json.dumps([str(preset), [argv[i + 1] for i, a in enumerate(argv) if a == "--set"], str(ref),
+                            f"sqlite:///{tmp_path}/ref.db"])
+    procs = [subprocess.Popen([sys.executable, "-c", REFERENCE_RANK, spec_args], cwd=REPO,
+                              env={**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for rank in (0, 1)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    state, _ = checkpoint.load_latest(run_dir / "checkpoints")
+    want, _ = checkpoint.load_latest(ref / "checkpoints")
+    assert state["global_step"] == want["global_step"] == 32
+    for k, v in want["model"].items():
+        assert torch.equal(state["model"][k], v), k

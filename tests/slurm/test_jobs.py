@@ -1,5 +1,6 @@
 """slurm/jobs.py: each transfer engine's stage gets its own job, laid out as its processes need."""
 
+from pretrain.eval import lincls
 from slurm import jobs, launcher
 from transfer import finetune, train_d2
 from transfer.finetune import FinetuneSettings
@@ -22,3 +23,19 @@ def test_a_transfer_stage_gets_the_job_of_its_engine(tmp_path):
     text = launcher.sbatch_script(
         launcher.make_executor("slurm", tmp_path, p, name="g-transfer", stage=tv.tasks), "python x")
     assert "#SBATCH --ntasks-per-node=8" in text and f"#SBATCH --cpus-per-task={p.cpus_per_task}" in text
+
+
+def test_a_probe_job_runs_on_global_rank_zero_alone(monkeypatch):
+    """A probe is one process: should its job have several tasks, the others return at once."""
+    calls = []
+
+    class Probe(jobs.LinclsJob):
+        run = staticmethod(lambda settings: calls.append(settings) or {"top1": 1.0})
+
+    settings = lincls.ProbeSettings(source="/r")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert Probe(settings)() == {} and calls == []
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert Probe(settings)() == {"top1": 1.0} and len(calls) == 1
+    assert jobs.LinclsJob.tasks == "probe" and jobs.PretrainJob.tasks == jobs.PreflightJob.tasks == "pretrain"

@@ -2,6 +2,7 @@
 marked slurm ask the one-machine test cluster."""
 
 import dataclasses
+import re
 import subprocess
 import time
 
@@ -55,6 +56,49 @@ def test_slurm_executor_gets_one_task_per_gpu_and_a_dependency(tmp_path):
     text = launcher.sbatch_script(ev, "python x")
     assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --gpus-per-node=1" in text
     assert "#SBATCH --dependency=aftercorr:12" in text and "#SBATCH --kill-on-invalid-dep=yes" in text
+
+
+def test_tasks_per_node_lays_out_pretraining_alone_and_a_probe_is_one_task_on_one_gpu(tmp_path):
+    """tasks_per_node gives a CPU pretraining job its DDP ranks (and its preflight, which runs on the
+    same layout); the probe, one process, keeps one task; nodes multiply pretraining's alone."""
+    f = tmp_path / "two.yaml"
+    f.write_text("nodes: 2\ntasks_per_node: 3\ncpus_per_task: 2\n")
+    p = launcher.load_profile(str(f))
+    assert (p.pretrain_tasks, p.ranks_per_job) == (3, 6)
+
+    def request(stage: str, prof=p) -> launcher.Request:
+        return launcher.sbatch_request(launcher.make_executor("slurm", tmp_path, prof, name="g", stage=stage))
+
+    assert request("pretrain") == launcher.Request(nodes=2, tasks_per_node=3, cpus_per_task=2, gpus_per_node=0)
+    for stage in ("probe", "eval", "spawn"):
+        assert request(stage) == launcher.Request(nodes=1, tasks_per_node=1, cpus_per_task=2, gpus_per_node=0)
+    gpu8 = launcher.load_profile("gpu-8")
+    gpu8.eval_gpus = 4  # a probe is one process on one GPU; a data-parallel evaluation has a task per GPU
+    assert request("probe", gpu8) == launcher.Request(nodes=1, tasks_per_node=1, cpus_per_task=10, gpus_per_node=1)
+    assert request("eval", gpu8) == launcher.Request(nodes=1, tasks_per_node=4, cpus_per_task=10, gpus_per_node=4)
+    assert gpu8.pretrain_tasks == 8 and launcher.load_profile("local-cpu").pretrain_tasks == 1
+    with pytest.raises(ValueError, match="unknown stage layout 'lincls'"):
+        request("lincls")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("gpus_per_node: 8\ntasks_per_node: 4\n", "tasks_per_node 4 with gpus_per_node 8: pretraining runs one task "
+                                               "(DDP rank) per GPU; set tasks_per_node to 8 or null"),
+    ("tasks_per_node: 0\n", "tasks_per_node must be an integer >= 1 or null, got 0"),
+    ("tasks_per_node: two\n", "tasks_per_node must be an integer >= 1 or null, got 'two'"),
+    ("extra_sbatch: {ntasks-per-node: 2}\n", "extra_sbatch sets ntasks-per-node, which the profile's own key "
+                                              "tasks_per_node sets per stage; set tasks_per_node instead"),
+    ("extra_sbatch: {nodes: 2}\n", "extra_sbatch sets nodes, which the profile's own key nodes sets"),
+    ("extra_sbatch: {gpus_per_node: 2}\n", "own key gpus_per_node"),
+    ("extra_sbatch: [exclusive]\n", "extra_sbatch must be a mapping of sbatch options"),
+])
+def test_a_profile_laying_out_tasks_twice_or_against_its_gpus_is_refused(tmp_path, text, message):
+    f = tmp_path / "mine.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        launcher.load_profile(str(f))
+    f.write_text("extra_sbatch: {exclusive: true, mail-type: END}\n")  # any other option passes through
+    assert launcher.load_profile(str(f)).extra_sbatch == {"exclusive": True, "mail-type": "END"}
 
 
 def test_auto_cluster_falls_back_to_local_without_a_controller(tmp_path, monkeypatch):
