@@ -68,7 +68,7 @@ def two_task_profile(tmp_path):
     p = tmp_path / "two-tasks.yaml"
     p.write_text(yaml.safe_dump({"description": "two gloo ranks per job", "gpus_per_node": 0, "cpus_per_task": 1,
                                  "mem_gb": 4, "timeout_min": 30, "array_parallelism": 1, "img_per_s": 2.5,
-                                 "extra_sbatch": {"ntasks_per_node": 2}}))
+                                 "tasks_per_node": 2}))
     return p
 
 
