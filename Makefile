@@ -37,11 +37,17 @@ demo-run: setup data
 	$(BIN)/mochi-lincls runs/demo --fast
 	$(BIN)/mochi-lincls runs/demo --fast --random-init
 
-test: setup data
-	$(PY) -m pytest
+# The suite on TEST_WORKERS pytest-xdist workers: the SLURM tests on one of them, one after another
+# (they wait on the cluster's jobs), the rest spread over the others; the slowest 25 printed at the end.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
+test: setup data
+	$(PY) -m pytest $(PYTEST_PARALLEL)
+
+# Before every commit: no end-to-end runs, no SLURM cluster needed.
 test-fast: setup data
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow and not slurm"
 
 # Browse every run (single runs and grids) in the MLflow UI, on this machine only.
 UI_PORT ?= 5000

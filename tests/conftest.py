@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny real training config and a real MLflow tracking server on loopback."""
+"""Shared fixtures: a tiny real training config and a real MLflow tracking server on loopback; how
+the suite is spread over pytest-xdist workers (``make test`` runs it with ``-n``)."""
 
 import json
 import os
@@ -10,8 +11,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from pretrain.run import config
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the machine's cores: each computes on one thread, and so do the commands and
+    # jobs it starts (a second thread per process on a busy 2-core machine costs more than it gives).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # Real Fashion-MNIST, real ResNet-18 steps, sized for 2 CPU cores: 8 steps per epoch.
 TINY = [
@@ -19,6 +27,31 @@ TINY = [
     "optim.epochs=2", "mochi.N=32", "mochi.s=16", "mochi.s_prime=8", "mochi.mix_start=1",
     "data.num_workers=0", "run.log_every=2", "moco.shuffle_bn_groups=2", "eval.every=0",
 ]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
+def pytest_collection_modifyitems(config, items):
+    """Spread the suite over xdist workers (``--dist loadgroup``): the tests that submit to the one
+    SLURM cluster run one after another on one worker (the node has 2 cores: a test waiting for its
+    jobs must not wait behind another test's), and the longest tests are handed out first so that no
+    worker picks one up at the end while the others idle."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+    # Only the longest tests move (none shares a module fixture): the rest keep pytest's order, so
+    # each module's fixtures are made once per worker.
+    items.sort(key=lambda item: next((i for i, prefix in enumerate(LONGEST) if item.nodeid.startswith(prefix)),
+                                     len(LONGEST)))
+
+
+# The longest tests outside the SLURM group (`make test` prints the slowest 25 each run), started
+# first in this order.
+LONGEST = (
+    "tests/pretrain/test_demo_quality.py",
+    "tests/pretrain/test_train.py::test_sigkill_at_random_moments",
+    "tests/ablations/test_grid.py::test_reference_rows",
+)
 
 
 def tiny_cfg(out: Path, *extra: str) -> config.Config:

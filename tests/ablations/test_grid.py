@@ -119,6 +119,7 @@ def local_grid(tmp_path_factory, mlflow_server):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("local_grid")  # one worker makes the module's grid once for both readers
 def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_server):
     tmp_path, args, r, grid = local_grid
     assert "[N32-s16-sp8/seed0] done: linear top-1" in r.stdout
@@ -173,6 +174,7 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("local_grid")
 def test_mlflow_ui_shows_the_grid(local_grid, mlflow_server, tmp_path):
     _, _, _, grid = local_grid
     # The REST API the UI uses: the parent and its children, with their metrics.
