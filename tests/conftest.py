@@ -29,6 +29,15 @@ TINY = [
 ]
 
 
+# The longest tests outside the SLURM group (`make test` prints the slowest 25 each run), started
+# first in this order.
+LONGEST = (
+    "tests/pretrain/test_demo_quality.py",
+    "tests/pretrain/test_train.py::test_sigkill_at_random_moments",
+    "tests/ablations/test_grid.py::test_reference_rows",
+)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(config, items):
     """Spread the suite over xdist workers (``--dist loadgroup``): the tests that submit to the one
@@ -43,15 +52,6 @@ def pytest_collection_modifyitems(config, items):
     # each module's fixtures are made once per worker.
     items.sort(key=lambda item: next((i for i, prefix in enumerate(LONGEST) if item.nodeid.startswith(prefix)),
                                      len(LONGEST)))
-
-
-# The longest tests outside the SLURM group (`make test` prints the slowest 25 each run), started
-# first in this order.
-LONGEST = (
-    "tests/pretrain/test_demo_quality.py",
-    "tests/pretrain/test_train.py::test_sigkill_at_random_moments",
-    "tests/ablations/test_grid.py::test_reference_rows",
-)
 
 
 def tiny_cfg(out: Path, *extra: str) -> config.Config:
