@@ -150,6 +150,7 @@ n=$(( $(cat "$SBATCH_PLAN.count" 2>/dev/null || echo 0) + 1 )); echo $n > "$SBAT
 action=$(sed -n "${n}p" "$SBATCH_PLAN")
 if [ "$action" = before ]; then kill -9 $PPID; exit 1; fi
 if [ "$action" = hold ]; then exec %(sbatch)s --hold "$@"; fi
+if [ "$action" = late ]; then exec %(sbatch)s --begin=now+40 "$@"; fi
 if [ "$action" = refuse ]; then exec %(sbatch)s --constraint=no-such-feature "$@"; fi
 out=$(%(sbatch)s "$@") || exit $?
 echo "$out"
@@ -163,17 +164,17 @@ def test_a_submission_cut_at_any_point_is_recovered_without_duplicates_or_gaps(t
     ones without a payload, submits every missing stage once (probes chained to live pretraining),
     and --wait then waits for the queued jobs and writes the table."""
     preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
-    # Long enough pretraining that it still runs while the probes are submitted.
-    args = args_for(tmp_path, preset, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *TINY_GRID,
-                    "--set", "optim.epochs=12")
+    args = args_for(tmp_path, preset, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *TINY_GRID)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(SBATCH_WRAPPER % {"sbatch": shutil.which("sbatch")})
     (bin_dir / "sbatch").chmod(0o755)
     plan = tmp_path / "plan"
     # sbatch calls: 1 pretrain array (killed after), 2 pretrain array, 3 probe array (killed before),
-    # 4 and 5 one chained probe per cell (killed after the second), 6 that probe again.
-    plan.write_text("after\nok\nbefore\nok\nafter\nok\n")
+    # 4 and 5 one chained probe per cell (killed after the second), 6 that probe again. The second
+    # pretraining array may start only 40 s after it is submitted, so that it is still live (queued)
+    # while the probes are chained to it; waiting costs the shared cores nothing, unlike a longer run.
+    plan.write_text("after\nlate\nbefore\nok\nafter\nok\n")
     # Unbuffered: what grid.py printed before the kill is what a terminal would have shown.
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_PLAN": str(plan), "PYTHONUNBUFFERED": "1"}
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60))
