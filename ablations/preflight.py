@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ablations.griddir import GridDir
 from pretrain.run import config, rundir
-from pretrain.tools.preflight import FAIL, PreflightSettings, Report, read_report
+from pretrain.tools.preflight_report import FAIL, PreflightSettings, Report, read_report
 from slurm import launcher
 
 
@@ -59,7 +59,7 @@ def from_failed_job(gd: GridDir, error: BaseException | str) -> Report:
     report = read_report(folder(gd))
     if report is not None:
         return report
-    from pretrain.tools.preflight import Check
+    from pretrain.tools.preflight_report import Check
 
     text = " ".join(str(error).split())[-300:]
     return Report(checks=[Check("job", FAIL, f"the preflight job died before its report: {text}",

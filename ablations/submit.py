@@ -29,8 +29,8 @@ from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import GRID, StoreError, experiment_id, git_commit, mlflow_client, retry_locked
-from pretrain.tools.preflight import Report
-from pretrain.train import finalize
+from pretrain.tools.preflight_report import Report
+from pretrain.run.tracking import finalize
 from slurm import jobs as grid_jobs
 from slurm import launcher
 

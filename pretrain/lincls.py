@@ -7,9 +7,8 @@ format (``state_dict`` with ``module.encoder_q.*`` keys). The probe itself is
 
 from __future__ import annotations
 
-from .eval.lincls import LR_FACTORS, PRESETS, VAL_SPLIT, ProbeSettings
-from .eval.lincls import run as run_probe
-from .method.encoders import ARCHS
+from .eval.probe import LR_FACTORS, PRESETS, VAL_SPLIT, ProbeSettings
+from .method.archs import ARCHS
 from .run import config, rundir
 from .run.cli import ArgumentParser, parse_tags, execute, setup_logging
 from .run.errors import UserError
@@ -81,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     s = settings(sys.argv[1:] if argv is None else argv)
     setup_logging()
+    from .eval.lincls import run as run_probe  # torch: after the command line is checked
+
     result = run_probe(s)
     sel = result["selection"]
     label = " (fast: cached centre-crop features)" if s.fast else ""

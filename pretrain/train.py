@@ -24,12 +24,12 @@ import yaml
 from .eval.monitor import Monitor
 from .input import data, pipelines
 from .method.loss import INFONCE, Loss
-from .method.mochi import Mixing
+from .method.mixing import Mixing
 from .method.moco import MoCo, from_config
 from .method.objective import Objective
 from .run import checkpoint, config, dist, rundir
 from .run.errors import UserError
-from .run.tracking import PRETRAIN, Tracker, close, default_uri, open_run
+from .run.tracking import PRETRAIN, Tracker, close, default_uri, finalize, open_run
 
 log = logging.getLogger(__name__)
 # Keys that may differ between a run and its resumption (they change how, not what, is computed).
@@ -390,18 +390,3 @@ def _finish(run: _Run, interrupted: bool) -> None:
     run.tracker.finish("FINISHED" if final is not None else ("KILLED" if interrupted else "FAILED"))
     if final is not None:
         checkpoint.atomic_write(run.out / rundir.SUMMARY_FILE, json.dumps(final).encode())
-
-
-def finalize(out: Path) -> dict | None:
-    """The summary of a complete run (None if it is not complete). A kill between the final
-    checkpoint, which carries the summary, and summary.json leaves the run done but unsettled: its
-    MLflow run is closed FINISHED and summary.json written here, from the checkpoint."""
-    out = Path(out)
-    if (out / rundir.SUMMARY_FILE).is_file():
-        return json.loads((out / rundir.SUMMARY_FILE).read_text())
-    summary = checkpoint.final_summary(out / rundir.CHECKPOINTS)
-    if summary is not None:
-        close(out, "FINISHED")
-        checkpoint.atomic_write(out / rundir.SUMMARY_FILE, json.dumps(summary).encode())
-        log.info("%s: final checkpoint found without its summary; run closed and summary written", out)
-    return summary

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import submitit
 
-from pretrain.eval import lincls
-from pretrain.run import dist, rundir
+from pretrain.run import rundir
 from pretrain.run.cli import setup_logging
 from pretrain.run.config import Config
-from transfer import finetune, train_d2
 
 
 def use_cores(n: int | None) -> None:
@@ -92,10 +90,12 @@ class StageJob(submitit.helpers.Checkpointable):
 
     @staticmethod
     def run(settings) -> dict:
-        """The stage function."""
+        """The stage function, imported in the job: the submitting side needs none of its torch."""
         raise NotImplementedError
 
     def __call__(self) -> dict:
+        from pretrain.run import dist
+
         if self.tasks == "probe" and dist.global_rank() != 0:
             return {}
         setup_logging()
@@ -108,14 +108,24 @@ class LinclsJob(StageJob):
 
     stage = "lincls"
     tasks = "probe"  # one process: one task, on one GPU
-    run = staticmethod(lincls.run)
+
+    @staticmethod
+    def run(settings) -> dict:
+        from pretrain.eval import lincls
+
+        return lincls.run(settings)
 
 
 class TransferJob(StageJob):
     """Detection fine-tuning trials of one source and task (``transfer.finetune.run``): its summary."""
 
     stage = "transfer"
-    run = staticmethod(finetune.run)
+
+    @staticmethod
+    def run(settings) -> dict:
+        from transfer import finetune
+
+        return finetune.run(settings)
 
 
 class D2TransferJob(StageJob):
@@ -124,7 +134,12 @@ class D2TransferJob(StageJob):
 
     stage = "transfer"
     tasks = "spawn"
-    run = staticmethod(train_d2.run)
+
+    @staticmethod
+    def run(settings) -> dict:
+        from transfer import train_d2
+
+        return train_d2.run(settings)
 
 
 def transfer_job(settings, cores: int | None = None) -> StageJob:
@@ -142,6 +157,8 @@ class CellJob(submitit.helpers.Checkpointable):
         self.pretrain, self.evals = pretrain, list(evals)
 
     def __call__(self) -> dict:
+        from pretrain.run import dist
+
         out = {"pretrain": self.pretrain() if self.pretrain is not None else {}}
         if dist.global_rank() == 0:
             for job in self.evals:

@@ -98,3 +98,12 @@ def test_the_installed_console_scripts_run():
     missing = sorted(set(SCRIPTS) - set(installed))
     if missing:
         pytest.skip(f"not installed in {bin_dir} (run pip install -e . again): {', '.join(missing)}")
+
+
+def test_commands_that_train_nothing_import_no_torch():
+    """A grid's dry run, status and refusals, a table, and the pretraining and probe command lines load
+    their settings without torch, torchvision or MLflow (importing those costs seconds per command)."""
+    code = ("import sys, ablations.grid, ablations.tables, pretrain.__main__, pretrain.lincls\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -5,11 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torchvision
 
-ARCHS = sorted(
-    name
-    for name in torchvision.models.list_models(module=torchvision.models)
-    if name.startswith(("resnet", "wide_resnet", "resnext"))
-)
+from .archs import ARCHS
 
 
 def resnet(arch: str, num_classes: int, small_stem: bool = False) -> nn.Module:

@@ -10,19 +10,17 @@
   (``pretrain.method.ring``).
 
 Checked once, where it is made; each method's formula and the choices its authors' code makes are
-in its own module. This module imports nothing else of the project.
+in its own module, imported when a loss is first computed: the value itself needs no torch, so that
+settings load in a command that trains nothing. This module imports nothing else of the project.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from .debiased import debiased
-from .hcl import hcl
-from .infonce import infonce
-from .ring import ring
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("infonce", "debiased", "hcl", "ring")
 
@@ -91,11 +89,19 @@ class Loss:
         """The mean loss of ``logits`` [B, 1 + M] (already divided by ``tau``, positive in column 0);
         the last ``synthetic`` columns are MoCHi's points, which only the ring loss tells apart."""
         if self.method == "debiased":
+            from .debiased import debiased
+
             return debiased(logits, tau, self.tau_plus)
         if self.method == "hcl":
+            from .hcl import hcl
+
             return hcl(logits, tau, self.tau_plus, self.beta)
         if self.method == "ring":
+            from .ring import ring
+
             return ring(logits, self.ring_outer, self.ring_inner, synthetic)
+        from .infonce import infonce
+
         return infonce(logits)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from . import analysis, mochi
 from .encoders import encoder
-from .mochi import PLAIN, Mixing
+from .mixing import PLAIN, Mixing
 
 
 _LOCAL = [False]  # set by ``local_only``

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .loss import Loss
-from .mochi import Mixing
+from .mixing import Mixing
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ the previous one.
 A checkpoint holds data only (tensors, numbers, strings, lists, dicts): it is read back with
 ``torch.load(weights_only=True)``, and nothing in it is evaluated; the random generators' states
 too (``rng_state``).
+
+torch and numpy are imported by the functions that need them: finding a run's newest checkpoint or
+its final summary reads manifests only, in commands (a grid's status, a table) that train nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ import logging
 import os
 import random
 from pathlib import Path
-
-import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 PREFIX = "checkpoint-"
@@ -46,6 +46,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def atomic_torch_save(path: Path, obj) -> bytes:
     """torch.save ``obj`` to ``path`` atomically; returns the bytes written."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
@@ -105,6 +107,8 @@ def verify(path: Path) -> bytes | None:
 
 def load_latest(folder: Path, map_location="cpu") -> tuple[dict | None, Path | None]:
     """(state, path) of the newest valid checkpoint in ``folder``, or (None, None)."""
+    import torch
+
     for stale in Path(folder).glob(f".{PREFIX}*.tmp*"):  # left by a writer killed mid-write
         stale.unlink(missing_ok=True)
     for path in candidates(folder):
@@ -120,6 +124,9 @@ def rng_state() -> dict:
     """The state of every random generator training draws from (torch's CPU and CUDA ones, numpy's,
     Python's ``random``), as data a checkpoint holds: tensors, numbers, and Python's state as the
     list [version, [625 ints], gauss_next] of ``random.getstate()``."""
+    import numpy as np
+    import torch
+
     np_state = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     state = {
@@ -149,6 +156,9 @@ def _python_state(saved) -> tuple:
 def set_rng_state(state: dict) -> None:
     """Restore the generators to what ``rng_state`` captured; ValueError, before touching any of
     them, if Python's state is not the list it writes (an older checkpoint stored it as a string)."""
+    import numpy as np
+    import torch
+
     python = _python_state(state["python"])
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))

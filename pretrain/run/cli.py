@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import UserError
+from .rank import global_rank
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -30,8 +31,6 @@ def parse_tags(items: list[str]) -> dict[str, str]:
 
 def setup_logging() -> None:
     """INFO on rank 0, warnings elsewhere; quiet third-party loggers."""
-    from .dist import global_rank  # (imports torch: not at the top of a module every --help loads)
-
     logging.basicConfig(
         level=logging.INFO if global_rank() == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

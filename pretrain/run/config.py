@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from ..method.encoders import ARCHS
+from ..method.archs import ARCHS
 from ..method.loss import METHODS, Loss
-from ..method.mochi import Mixing
+from ..method.mixing import Mixing
 from ..method.objective import Objective
 from .errors import UserError
 

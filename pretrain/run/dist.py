@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
+from .rank import global_rank
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ def _slurm_env() -> None:
         os.environ["MASTER_ADDR"] = first
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)
-
-
-def global_rank() -> int:
-    """This process's rank in its job, before any process group exists: RANK (torchrun, or set by
-    ``init``), else SLURM_PROCID (a task of a SLURM job step), else 0 (a single process)."""
-    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
 
 
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:

@@ -100,7 +100,7 @@ def run_home(source: str | Path) -> Path:
 
 def pretrain_done(run_dir: Path) -> bool:
     """True once the run's final checkpoint is written (it carries the summary; summary.json is
-    written from it next, by the run or, after a kill in between, by ``pretrain.train.finalize``)."""
+    written from it next, by the run or, after a kill in between, by ``pretrain.run.tracking.finalize``)."""
     return (Path(run_dir) / SUMMARY_FILE).is_file() or checkpoint.final_summary(Path(run_dir) / CHECKPOINTS) is not None
 
 

@@ -16,9 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, final_summary
 from .errors import UserError
-from .rundir import METRICS_FILE, RUN_ID_FILE, TRACKING_FILE
+from .rundir import CHECKPOINTS, METRICS_FILE, RUN_ID_FILE, SUMMARY_FILE, TRACKING_FILE
 
 log = logging.getLogger(__name__)
 # The ``stage`` tag of each kind of run; a grid's tables pick their columns by it.
@@ -389,3 +389,18 @@ def sync(run_dir: Path, uri: str | None = None) -> str:
         retry_locked(client.set_terminated, run_id, status=meta["status"])
     retry_locked(client.log_batch, run_id, tags=[RunTag("synced_points", str(len(missing)))])
     return run_id
+
+
+def finalize(out: Path) -> dict | None:
+    """The summary of a complete run (None if it is not complete). A kill between the final
+    checkpoint, which carries the summary, and summary.json leaves the run done but unsettled: its
+    MLflow run is closed FINISHED and summary.json written here, from the checkpoint."""
+    out = Path(out)
+    if (out / SUMMARY_FILE).is_file():
+        return json.loads((out / SUMMARY_FILE).read_text())
+    summary = final_summary(out / CHECKPOINTS)
+    if summary is not None:
+        close(out, "FINISHED")
+        atomic_write(out / SUMMARY_FILE, json.dumps(summary).encode())
+        log.info("%s: final checkpoint found without its summary; run closed and summary written", out)
+    return summary

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..method import mochi
 from ..method.loss import Loss
-from ..method.mochi import Mixing
+from ..method.mixing import Mixing
 from ..method.moco import MoCo
 from ..method.objective import Objective
 from ..run import dist
@@ -90,7 +90,7 @@ def add_size_args(p) -> None:
 
 def resolve_size(args, small: bool) -> Size:
     """PAPER or SMALL sizes with the flags given, checked: one error line for impossible sizes."""
-    from ..method.encoders import ARCHS
+    from ..method.archs import ARCHS
 
     base = SMALL if small else PAPER
     pick = {k: getattr(args, k) if getattr(args, k) is not None else getattr(base, k)

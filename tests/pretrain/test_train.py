@@ -198,7 +198,7 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tmp_path):
 
 def test_step_runs_bf16_autocast_and_channels_last_on_the_cpu_too():
     """run.amp and run.channels_last take the same code path on any device: no CUDA-only branch."""
-    from pretrain.method.mochi import Mixing
+    from pretrain.method.mixing import Mixing
     from pretrain.method.moco import MoCo
     from pretrain.train import memory_format, step
 

@@ -7,11 +7,14 @@ from transfer.finetune import FinetuneSettings
 from transfer.train_d2 import D2Settings
 
 
-def test_a_transfer_stage_gets_the_job_of_its_engine(tmp_path):
+def test_a_transfer_stage_gets_the_job_of_its_engine(tmp_path, monkeypatch):
     tv = jobs.transfer_job(FinetuneSettings(source="r", task="voc-c4", data="/d"), cores=4)
     d2 = jobs.transfer_job(D2Settings(source="r", task="voc-c4", data="/d", gpus=8), cores=4)
-    assert type(tv) is jobs.TransferJob and tv.run is finetune.run and tv.tasks == "eval"
-    assert type(d2) is jobs.D2TransferJob and d2.run is train_d2.run and d2.cores == 4
+    # each job hands its settings to its engine's stage function (imported in the job, not at submission)
+    monkeypatch.setattr(finetune, "run", lambda s: ("torchvision", s))
+    monkeypatch.setattr(train_d2, "run", lambda s: ("detectron2", s))
+    assert type(tv) is jobs.TransferJob and tv.run(tv.settings) == ("torchvision", tv.settings) and tv.tasks == "eval"
+    assert type(d2) is jobs.D2TransferJob and d2.run(d2.settings) == ("detectron2", d2.settings) and d2.cores == 4
     assert tv.stage == d2.stage == "transfer"  # the same column of jobs.json and --status
     # detectron2 starts its own worker per GPU: one SLURM task holding the 8 GPUs and their cores
     p = launcher.load_profile("gpu-8")

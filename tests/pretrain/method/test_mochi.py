@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.method import mochi
-from pretrain.method.mochi import Mixing
+from pretrain.method.mixing import Mixing
 
 
 def orthonormal_setup(B=6, K=24, N=4, extra=3, seed=0):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from pretrain.method import mochi
 from pretrain.method.loss import INFONCE, Loss
-from pretrain.method.mochi import Mixing
+from pretrain.method.mixing import Mixing
 from pretrain.method.moco import MoCo
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from pretrain.method.loss import Loss
-from pretrain.method.mochi import Mixing
+from pretrain.method.mixing import Mixing
 from pretrain.method.objective import Objective
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pretrain.method.infonce import infonce
 from pretrain.method.loss import Loss
-from pretrain.method.mochi import Mixing
+from pretrain.method.mixing import Mixing
 from pretrain.method.moco import MoCo
 from pretrain.method.objective import Objective
 from pretrain.method.ring import ring, ring_mask

@@ -10,7 +10,7 @@ import pytest
 
 from pretrain import bench
 from pretrain import train as train_module
-from pretrain.method.mochi import Mixing
+from pretrain.method.mixing import Mixing
 from pretrain.run.errors import UserError
 from pretrain.tools import bench as tools_bench
 from tests.conftest import REPO
