@@ -54,8 +54,8 @@ class GridDir:
         f = self.out / rundir.GRID_FILE
         if not f.is_file():
             return
+        saved = spec.read_grid_file(f).identity()
         text = f.read_text()
-        saved = spec.from_json(text).identity()
         mine = self.grid.identity()
         if saved != mine:
             what = next(k for k in mine if saved.get(k) != mine[k])

@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from pretrain.method.objective import Objective
-from pretrain.run import config, rundir
+from pretrain.run import config, rundir, yamlfile
 from pretrain.run.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -432,10 +432,7 @@ def load_preset(name: str) -> dict:
     path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown grid preset {name!r}; available: {', '.join(presets())} (or a .yaml path)")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"grid preset {path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+    tree = yamlfile.read(path, f"grid preset {path}") or {}
     if not isinstance(tree, dict):
         raise UserError(f"grid preset {path}: expected a mapping of preset keys, got {type(tree).__name__}")
     bad = sorted(set(tree) - PRESET_KEYS)
@@ -557,6 +554,16 @@ def _plain_moco_like(grid: Grid, like: dict[str, object]) -> dict[str, object]:
         values |= {k: v for k, v in PLAIN_LOSS.items()
                    if k in ("method", "tau_plus", "beta") or k in like or getattr(base, k) != v}
     return typed_values(values)
+
+
+def read_grid_file(path: Path) -> Grid:
+    """The grid a folder's ``grid.json`` at ``path`` describes; UserError in one line for a file that
+    cannot be read or is not one (cut short, edited, from another program)."""
+    try:
+        return from_json(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: not a grid.json this version can read ({e.__class__.__name__}: "
+                        f"{' '.join(str(e).split())[:160]}); was it cut short or edited?") from None
 
 
 def from_json(text: str) -> Grid:

@@ -155,11 +155,11 @@ def load_reference() -> list[dict]:
 
 def yaml_reference(path: Path) -> list[dict]:
     """Reference entries of a YAML file, their cells' values typed; an entry without a source is an error."""
-    import yaml
+    from pretrain.run import yamlfile
 
     if not Path(path).is_file():
         return []
-    entries = yaml.safe_load(Path(path).read_text()) or []
+    entries = yamlfile.read(path) or []
     for e in entries:
         if not e.get("source") or "value" not in e or e.get("metric") not in METRICS:
             raise UserError(f"{path}: every reference needs preset, cell, a known metric, value and source: {e}")

@@ -68,30 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     dirs = grid_dirs(args.grids)
     if args.results and len(dirs) > 1:
         raise UserError("--results needs exactly one grid folder")
+    # Every grid and every argument is checked before anything is written.
+    grids = [(d, checked(spec.read_grid_file(d / rundir.GRID_FILE), args)) for d in dirs]
     setup_logging()
     code = 0
-    for d in dirs:
-        grid = spec.from_json((d / rundir.GRID_FILE).read_text())
-        if args.baseline:
-            if args.baseline not in {c.id for c in grid.cells}:
-                raise UserError(f"--baseline {args.baseline!r} is not a cell of grid {grid.name} "
-                                f"({', '.join(c.id for c in grid.cells)})")
-            grid.baseline = args.baseline
+    for d, (grid, axes, rows, cols) in grids:
         uri = args.tracking_uri or _uri(d)
         out = Path(args.results or Path("results") / grid.name)
         print(f"== {grid.name} ({d})")
         code |= report.report(grid, d, uri, out, complete=False)
         if args.rows:
-            axes = list(dict.fromkeys(a for c in grid.cells for a in c.values))
-
-            def names(text: str) -> list[str]:
-                chosen = [spec.axis(a.strip()).name for a in text.split(",") if a.strip()]
-                bad = [a for a in chosen if a not in axes]
-                if bad:
-                    raise UserError(f"--rows/--cols: {bad[0]!r} is not an axis of grid {grid.name} ({', '.join(axes)})")
-                return chosen
-
-            rows, cols = names(args.rows), names(args.cols)
             runs = collect.runs_frame(uri, grid.grid_id, grid.experiment)
             t = pivot(collect.per_seed(runs, grid, axes), rows, cols, args.metric)
             stem = f"pivot_{args.metric}_{'-'.join(rows)}" + (f"_by_{'-'.join(cols)}" if cols else "")
@@ -103,6 +89,26 @@ def main(argv: list[str] | None = None) -> int:
                   f"\n{t.to_string()}")
             print(f"wrote {out}/{stem}.md, .csv, .tex")
     return code
+
+
+def checked(grid: spec.Grid, args) -> tuple[spec.Grid, list[str], list[str], list[str]]:
+    """(grid with its --baseline, its axes, the --rows and --cols axes); UserError for a baseline or an
+    axis the grid does not have."""
+    if args.baseline:
+        if args.baseline not in {c.id for c in grid.cells}:
+            raise UserError(f"--baseline {args.baseline!r} is not a cell of grid {grid.name} "
+                            f"({', '.join(c.id for c in grid.cells)})")
+        grid.baseline = args.baseline
+    axes = list(dict.fromkeys(a for c in grid.cells for a in c.values))
+
+    def names(text: str) -> list[str]:
+        chosen = [spec.axis(a.strip()).name for a in text.split(",") if a.strip()]
+        bad = [a for a in chosen if a not in axes]
+        if bad:
+            raise UserError(f"--rows/--cols: {bad[0]!r} is not an axis of grid {grid.name} ({', '.join(axes)})")
+        return chosen
+
+    return grid, axes, names(args.rows or ""), names(args.cols)
 
 
 def _uri(grid_dir: Path) -> str:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from .eval.monitor import Monitor
 from .input import data, pipelines
@@ -27,7 +26,7 @@ from .method.loss import INFONCE, Loss
 from .method.mixing import Mixing
 from .method.moco import MoCo, from_config
 from .method.objective import Objective
-from .run import checkpoint, config, dist, rundir
+from .run import checkpoint, config, dist, rundir, yamlfile
 from .run.errors import UserError
 from .run.tracking import PRETRAIN, Tracker, close, default_uri, finalize, open_run
 
@@ -235,7 +234,7 @@ def _set_up(cfg: config.Config) -> tuple[_Run, dict | None, Path | None]:
     if state is not None:
         _check_same_run(state["config"], cfg, out)
     elif (out / rundir.CONFIG_FILE).is_file():
-        _check_same_run(yaml.safe_load((out / rundir.CONFIG_FILE).read_text()), cfg, out)
+        _check_same_run(yamlfile.read(out / rundir.CONFIG_FILE) or {}, cfg, out)
 
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
-import yaml
 
+from pretrain.run import yamlfile
 from pretrain.run.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,7 @@ def load_profile(name: str) -> Profile:
     path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown cluster profile {name!r}; available: {', '.join(profiles())} (or a .yaml path)")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"profile {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    tree = yamlfile.read(path, f"profile {path}") or {}
     known = {f.name for f in dataclasses.fields(Profile)} - {"name"}
     bad = sorted(set(tree) - known)
     if bad:

@@ -16,6 +16,7 @@ settings load in a command that trains nothing. This module imports nothing else
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,9 @@ class Loss:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        for name in ("tau_plus", "beta", "ring_outer", "ring_inner"):
+            if not math.isfinite(getattr(self, name)):  # NaN would pass every range check below
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if not 0.0 <= self.tau_plus < 1.0:
             raise ValueError(f"tau_plus must be in [0, 1), got {self.tau_plus}")
         if self.beta < 0.0:
@@ -56,6 +60,15 @@ class Loss:
             raise ValueError(f"ring_outer and ring_inner belong to the ring loss; {self.method} takes neither")
         if self.method == "debiased" and self.beta:
             raise ValueError("beta belongs to the hcl loss; the debiased loss is hcl with beta = 0")
+
+    def ring_size(self, K: int) -> int:
+        """How many of a query's K queue negatives the ring keeps (``pretrain.method.ring``'s counts:
+        the outer ball floor(ring_outer K) without its top floor(ring_inner floor(ring_outer K))); K
+        for the other losses."""
+        if self.method != "ring":
+            return K
+        outer = math.floor(self.ring_outer * K)
+        return outer - math.floor(self.ring_inner * outer)
 
     @property
     def is_infonce(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -25,6 +26,7 @@ from ..method.archs import ARCHS
 from ..method.loss import METHODS, Loss
 from ..method.mixing import Mixing
 from ..method.objective import Objective
+from . import yamlfile
 from .errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -195,7 +197,8 @@ def coerce(dotted: str, value: object, where: str = "override") -> object:
 def typed(label: str, value: object, typ: object) -> object:
     """``value`` as a field declared ``typ`` holds it: a scalar with int -> float widening (and
     YAML's 5e-4 string -> float), ``X | None``, and a list for ``tuple[X, ...]`` or ``list[X]``, a
-    mapping for ``dict[K, V]``, item by item; UserError ``LABEL: VALUE is not a valid TYPE`` else."""
+    mapping for ``dict[K, V]``, item by item; UserError ``LABEL: VALUE is not a valid TYPE`` else, and
+    for a float that is NaN or infinite."""
     allow_none = False
     if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
         args = [a for a in typing.get_args(typ) if a is not type(None)]
@@ -218,9 +221,12 @@ def typed(label: str, value: object, typ: object) -> object:
         return float(value)
     if typ is float and isinstance(value, str):
         try:  # PyYAML (YAML 1.1) reads 5e-4 as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        # NaN passes every range check (each comparison is False) and would train a NaN model
+        raise UserError(f"{label}: {value!r} is not a finite number")
     if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if typ in (int, float) and isinstance(value, bool) or not isinstance(value, typ):
@@ -301,11 +307,7 @@ def load(preset: str | None = None, path: str | None = None, overrides: Iterable
             raise UserError(f"config file {path} does not exist")
         sources.append((str(p), p))
     for where, p in sources:
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
-        _apply(cfg, tree, where)
+        _apply(cfg, yamlfile.read(p, where) or {}, where)
     for text in overrides:
         set_key(cfg, *parse_override(text))
     _set_all(cfg, values, "override")
@@ -318,6 +320,11 @@ def from_dict(tree: dict) -> Config:
     cfg = Config()
     _apply(cfg, tree, "saved config")
     return cfg
+
+
+# The synthetic points of one step, [batch per rank, s + s', dim] fp32, may take at most this much:
+# the paper's largest setting (s = s' = 1024 at batch 256, dim 128) takes 0.25 GiB.
+MAX_SYNTHETIC_BYTES = 16 * 2**30
 
 
 def validate(cfg: Config, world_size: int = 1) -> None:
@@ -358,6 +365,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise UserError(f"config key {key}: must be >= 0, got {v}")
     if not 0.0 <= cfg.moco.m < 1.0:
         raise UserError(f"config key moco.m: must be in [0, 1), got {cfg.moco.m}")
+    if not 0.0 <= cfg.optim.momentum < 1.0:
+        raise UserError(f"config key optim.momentum: must be in [0, 1), got {cfg.optim.momentum}")
     if cfg.moco.tau <= 0:
         raise UserError(f"config key moco.tau: must be > 0, got {cfg.moco.tau}")
     if cfg.optim.base_lr <= 0:
@@ -380,9 +389,19 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     except ValueError as e:
         raise UserError(f"config mochi: {e}") from None
     try:
-        cfg.loss.loss
+        loss = cfg.loss.loss
     except ValueError as e:
         raise UserError(f"config loss: {e}") from None
+    ring_size = loss.ring_size(cfg.moco.K)
+    if ring_size < 1:
+        raise UserError(f"config loss: ring_outer={loss.ring_outer:g} and ring_inner={loss.ring_inner:g} leave no "
+                        f"queue negative in the ring of a queue of K={cfg.moco.K}; widen the ring or lengthen the queue")
+    per_rank = max(1, cfg.optim.batch_size // world_size)
+    synthetic_bytes = per_rank * cfg.mochi.mixing.synthetic * cfg.model.dim * 4
+    if synthetic_bytes > MAX_SYNTHETIC_BYTES:
+        raise UserError(f"config mochi: s + s_prime = {cfg.mochi.mixing.synthetic} synthetic negatives per query "
+                        f"need {synthetic_bytes / 2**30:.0f} GiB for a batch of {per_rank} (at most "
+                        f"{MAX_SYNTHETIC_BYTES // 2**30} GiB); the paper uses at most a few thousand")
     if cfg.optim.batch_size % world_size:
         raise UserError(
             f"config key optim.batch_size: the global batch {cfg.optim.batch_size} "

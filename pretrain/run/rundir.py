@@ -27,9 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from . import checkpoint, config
+from . import checkpoint, config, yamlfile
 from .errors import UserError
 
 # A run folder
@@ -109,7 +107,7 @@ def read_run(run_dir: Path) -> tuple[config.Config, dict]:
     cfg_file = Path(run_dir) / CONFIG_FILE
     if not cfg_file.is_file():
         raise UserError(f"{run_dir} is not a pretraining run folder (no {CONFIG_FILE})")
-    cfg = config.from_dict(yaml.safe_load(cfg_file.read_text()))
+    cfg = config.from_dict(yamlfile.read(cfg_file) or {})
     state, _ = checkpoint.load_latest(Path(run_dir) / CHECKPOINTS)
     if state is None:
         raise UserError(f"{run_dir} has no valid checkpoint")

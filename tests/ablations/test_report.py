@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablations import report, spec, summary
+from ablations import report, spec, summary, tables
+from pretrain.run.cli import execute
 from pretrain.run.errors import UserError
 
 # linear top-1 per (cell, seed); the baseline is MoCo v2 (N = s = s' = 0)
@@ -315,3 +316,41 @@ def test_source_json_records_how_each_probe_chose_its_lr(tmp_path):
     assert [c["lr"] for c in sel["candidates"]] == [round(10.0 * f, 12) for f in lincls.LR_FACTORS]
     assert all("val_top1" in c for c in sel["candidates"]) and sel["lr"] == lincls.choose(sel["candidates"])["lr"]
     assert (sel["epochs"], sel["val_images"], sel["rule"]) == (1, 26, lincls.RULE)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--rows", "bogus"], "unknown axis 'bogus'"),
+    (["--rows", "s_prime", "--cols", "tau_plus"], "--rows/--cols: 'tau_plus' is not an axis of grid"),
+    (["--baseline", "N9-s9-sp9"], "--baseline 'N9-s9-sp9' is not a cell of grid"),
+])
+def test_tables_refuse_bad_arguments_before_writing_anything(tmp_path, capsys, args, needle):
+    from pretrain.run import rundir
+
+    grid = spec.build(spec.load_preset("demo"), ["s_prime"], {"s_prime": [0, 32]}, None, [], None,
+                      name=f"x{tmp_path.name[-6:]}")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fill_linear(uri, grid, {c.id: [60.0] for c in grid.cells})
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / rundir.GRID_FILE).write_text(grid.to_json())
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "table.md").write_text("a table published earlier")
+    capsys.readouterr()  # (the store's creation logs)
+    with pytest.raises(SystemExit) as stop:
+        execute(tables.main, [str(tmp_path / "grid"), "--tracking-uri", uri, "--results", str(out), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and needle in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["table.md"] and (out / "table.md").read_text() == "a table published earlier"
+
+
+def test_a_grid_json_cut_short_is_one_line(tmp_path, capsys):
+    from pretrain.run import rundir
+
+    grid = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name=f"c{tmp_path.name[-6:]}")
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / rundir.GRID_FILE).write_text(grid.to_json()[:40])
+    with pytest.raises(SystemExit) as stop:
+        execute(tables.main, [str(tmp_path / "grid"), "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "grid.json: not a grid.json this version can read" in err[0], err
+    assert not (tmp_path / "results").exists()

@@ -30,6 +30,13 @@ def run_cli(*args, cwd=None):
         (["loss.method=hcl", "loss.tau_plus=1.0"], "config loss: tau_plus must be in [0, 1), got 1.0"),
         (["loss.method=hcl", "loss.beta=-0.5"], "config loss: beta must be >= 0, got -0.5"),
         (["loss.tau_plus=0.1"], "tau_plus and beta belong to the debiased and hcl losses"),
+        # numbers that are not numbers, or outside their range, refused before a folder or a run opens
+        (["moco.tau=.nan"], "config key moco.tau: nan is not a finite number"),
+        (["loss.method=hcl", "loss.beta=.nan"], "config key loss.beta: nan is not a finite number"),
+        (["optim.base_lr=.inf"], "config key optim.base_lr: inf is not a finite number"),
+        (["optim.momentum=-0.5"], "config key optim.momentum: must be in [0, 1), got -0.5"),
+        (["loss.method=ring", "loss.ring_outer=0.001"], "leave no queue negative in the ring of a queue of K=512"),
+        (["mochi.s_prime=1000000000"], "synthetic negatives per query need"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
@@ -43,6 +50,30 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
     assert needle in lines[0]
     assert "Traceback" not in r.stderr
     assert not out.exists()
+
+
+
+@pytest.mark.parametrize("text, why", [
+    ("moco:\n\tK: 512\n", "line 2, column 1: found character '\\t' that cannot start any token"),
+    ("moco:\n  K: 512\nmoco:\n  m: 0.9\n", "line 3, column 1: key 'moco' is given twice (first on line 1)"),
+])
+def test_a_malformed_config_file_is_one_line_naming_where(tmp_path, text, why):
+    f = tmp_path / "mine.yaml"
+    f.write_text(text)
+    r = run_cli("--preset", "demo", "--config", str(f), f"run.out={tmp_path / 'run'}")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {f}: not valid YAML ({why})"], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_whose_config_is_not_yaml_is_refused_untouched(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("model: [resnet18\n")
+    r = run_cli("--preset", "demo", f"run.out={out}")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{out / 'config.yaml'}: not valid YAML (line 2, column 1" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    assert (out / "config.yaml").read_text() == "model: [resnet18\n"
 
 
 def test_different_config_in_an_existing_run_folder_is_refused(tmp_path):

@@ -125,6 +125,9 @@ def test_removed_negatives_count_for_nothing():
     (("hcl", 0.1, -1.0), "beta must be >= 0"),
     (("infonce", 0.1), "infonce takes neither"),
     (("debiased", 0.1, 1.0), "the debiased loss is hcl with beta = 0"),
+    (("hcl", 0.1, math.nan), "beta must be a finite number"),
+    (("debiased", math.nan), "tau_plus must be a finite number"),
+    (("ring", 0.0, 0.0, math.inf), "ring_outer must be a finite number"),
 ])
 def test_undefined_losses_are_refused_where_they_are_made(args, message):
     with pytest.raises(ValueError, match=message):

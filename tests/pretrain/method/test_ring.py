@@ -14,6 +14,7 @@ from pretrain.method.loss import Loss
 from pretrain.method.mixing import Mixing
 from pretrain.method.moco import MoCo
 from pretrain.method.objective import Objective
+from pretrain.method.loss import Loss
 from pretrain.method.ring import ring, ring_mask
 
 from .test_losses import TAU, logits_of
@@ -158,3 +159,11 @@ def test_the_training_step_tells_the_loss_how_many_columns_are_synthetic():
                     loss=Loss("ring", ring_outer=0.5, ring_inner=0.25))
     assert value.item() == pytest.approx(ring(logits, 0.5, 0.25, mixing.synthetic).item(), rel=1e-5)
     assert value.item() != pytest.approx(ring(logits, 0.5, 0.25).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("ring_outer, ring_inner, K", [(0.1, 0.1, 512), (0.7, 0.0, 10), (0.5, 0.2, 16), (0.001, 0.0, 512),
+                                                        (0.3, 0.9, 10), (1.0, 0.0, 7)])
+def test_the_ring_size_a_config_is_checked_with_is_the_masks_size(ring_outer, ring_inner, K):
+    """``Loss.ring_size`` (what a config is refused on: an empty ring) counts what ``ring_mask`` keeps."""
+    kept = ring_mask(torch.randn(3, K), ring_outer, ring_inner).sum(dim=1)
+    assert kept.tolist() == [Loss("ring", ring_outer=ring_outer, ring_inner=ring_inner).ring_size(K)] * 3
