@@ -215,11 +215,30 @@ def train(cfg: config.Config, tags: dict[str, str] | None = None, parent: str | 
             finalize(run.out)
         log.info("%s is already complete (%d steps); nothing to do", run.out, run.global_step)
         return run.model
+    if run.info.main:
+        set_aside_damaged(run.out / rundir.CHECKPOINTS, ckpt_path)
     _start(run, tags, parent)
     _epochs(run)
     if run.skipped_total:
         log.warning("%d unreadable images were skipped", run.skipped_total)
     return run.model
+
+
+def set_aside_damaged(folder: Path, resumed_from: Path | None) -> None:
+    """Move the checkpoints newer than the one a run resumes from (all of them without one: each failed
+    its manifest) into ``folder/damaged/``, so that the run's next saves neither overwrite nor prune
+    them: they are kept for inspection."""
+    for path in checkpoint.candidates(folder):
+        if path == resumed_from:
+            break
+        aside = folder / "damaged"
+        aside.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for f in (path, path.with_suffix(".json")):
+            if f.exists():
+                target = aside / f.name
+                f.replace(target if not target.exists() else aside / f"{f.name}.{stamp}")
+        log.warning("%s failed its manifest: kept in %s", path, aside)
 
 
 def _set_up(cfg: config.Config) -> tuple[_Run, dict | None, Path | None]:
@@ -247,6 +266,15 @@ def _set_up(cfg: config.Config) -> tuple[_Run, dict | None, Path | None]:
     total_steps = cfg.optim.epochs * sampler.steps_per_epoch
     if cfg.run.max_steps:
         total_steps = min(total_steps, cfg.run.max_steps)
+    # A finished run whose newest checkpoint is damaged would be trained again from an older one (or
+    # from scratch) over its results; one finished under run.max_steps and now given more steps is not.
+    newer = checkpoint.candidates(out / rundir.CHECKPOINTS)
+    newer = newer[:newer.index(ckpt_path)] if ckpt_path in newer else newer
+    if (out / rundir.SUMMARY_FILE).is_file() and (state is None or newer):
+        damaged = len(newer)
+        raise UserError(f"{out} holds a finished run (its {rundir.SUMMARY_FILE}) whose final checkpoint cannot be read "
+                        f"({damaged} damaged checkpoint{'s' * (damaged != 1)}); nothing was changed. Move the folder "
+                        f"aside (or its {rundir.SUMMARY_FILE}) to train it again")
     run = _Run(cfg, info, loader, sampler, monitor, model, opt, cfg.objective, total_steps)
     return run, state, ckpt_path
 

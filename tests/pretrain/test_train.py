@@ -380,3 +380,41 @@ def test_sigkill_at_random_moments_leaves_every_point_in_mlflow_once(tmp_path):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == [r["step"] for r in records if key in r], key
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_whose_checkpoints_are_all_cut_is_refused_untouched(tmp_path):
+    """A disk that filled up, a copy cut short: a finished run is never trained again unasked."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "run.max_steps=4", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+    train(cfg)
+    for ckpt in (out / "checkpoints").glob("*.pt"):
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    before = snapshot(out)
+    r = subprocess.run([sys.executable, "-m", "pretrain", "--preset=demo", *TINY, "run.max_steps=4", f"run.out={out}",
+                        f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db"], capture_output=True, text=True,
+                       timeout=300)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "holds a finished run" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert snapshot(out) == before
+
+
+def test_a_cut_last_checkpoint_is_kept_aside_when_its_step_is_saved_again(tmp_path):
+    """The run resumes from the newest checkpoint that reads back; the damaged one is moved to
+    checkpoints/damaged/ rather than overwritten when its step is saved again."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "run.max_steps=6", "run.ckpt_every_steps=2", "run.keep_checkpoints=3",
+                   f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+    train(cfg)
+    (out / "summary.json").unlink()  # as if killed before the run was done: only its checkpoints count
+    last = sorted((out / "checkpoints").glob("*.pt"))[-1]
+    damaged = last.read_bytes()[:2000]
+    last.write_bytes(damaged)
+    train(cfg)
+    assert (out / "checkpoints" / "damaged" / last.name).read_bytes() == damaged
+    assert checkpoint.verify(last) is not None and (out / "summary.json").is_file()
