@@ -59,6 +59,11 @@ SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", "tau_plus": "tp", "beta
          "ring_outer": "ro", "ring_inner": "ri"}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer", "random_init", "reference"}
+# The preset keys that hold one scalar, and its type (a quoted "false" is not false, "three" not a count).
+PRESET_SCALARS = {"description": str, "paper": str, "base": str, "seeds": int, "profile": str, "random_init": bool,
+                  "baseline": (str, bool)}
+PRESET_SCALAR_WORDS = {str: "a string", int: "an integer >= 1", bool: "true or false",
+                       (str, bool): "a cell name or true"}
 MIXING_AXES = ("N", "s", "s_prime")
 LOSS_AXES = ("method", "tau_plus", "beta", "ring_outer", "ring_inner")
 PLAIN_LOSS = {"method": "infonce", "tau_plus": 0.0, "beta": 0.0, "ring_outer": 1.0, "ring_inner": 0.0}  # InfoNCE's values
@@ -441,6 +446,11 @@ def load_preset(name: str) -> dict:
     for key, kind in (("cells", list), ("axes", dict)):
         if tree.get(key) is not None and not isinstance(tree[key], kind):
             raise UserError(f"grid preset {path}: {key} must be a {kind.__name__}")
+    for key, kind in PRESET_SCALARS.items():
+        if key in tree and not (isinstance(tree[key], kind) and (kind is not int or not isinstance(tree[key], bool))):
+            raise UserError(f"grid preset {path}: {key} must be {PRESET_SCALAR_WORDS[kind]}, got {tree[key]!r}")
+    if "seeds" in tree and tree["seeds"] < 1:
+        raise UserError(f"grid preset {path}: seeds must be an integer >= 1, got {tree['seeds']!r}")
     if any(not isinstance(c, dict) for c in tree.get("cells") or []):
         raise UserError(f"grid preset {path}: each cell must be a mapping of axis values, like {{N: 0, s: 0}}")
     tree["name"] = path.stem

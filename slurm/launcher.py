@@ -12,13 +12,14 @@ import logging
 import os
 import re
 import subprocess
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
 
-from pretrain.run import yamlfile
+from pretrain.run import config, yamlfile
 from pretrain.run.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Profile:
 # (it goes into every stage's sbatch, where it would give a single-process probe a pretraining's tasks).
 OWN_KEYS = {"nodes": "nodes", "ntasks": "tasks_per_node", "ntasks_per_node": "tasks_per_node",
             "tasks_per_node": "tasks_per_node", "gpus": "gpus_per_node", "gpus_per_node": "gpus_per_node",
+            "gres": "gpus_per_node", "gpus_per_task": "gpus_per_node", "mem_per_gpu": "mem_gb", "mem_per_cpu": "mem_gb",
             "cpus_per_task": "cpus_per_task", "mem": "mem_gb", "time": "timeout_min", "partition": "partition",
             "account": "account", "qos": "qos", "constraint": "constraint"}
 
@@ -84,18 +86,25 @@ def load_profile(name: str) -> Profile:
     if not path.is_file():
         raise UserError(f"unknown cluster profile {name!r}; available: {', '.join(profiles())} (or a .yaml path)")
     tree = yamlfile.read(path, f"profile {path}") or {}
+    if not isinstance(tree, dict):
+        raise UserError(f"profile {path}: expected a mapping of profile keys, got {tree!r}")
     known = {f.name for f in dataclasses.fields(Profile)} - {"name"}
     bad = sorted(set(tree) - known)
     if bad:
         raise UserError(f"profile {path}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(Profile)
+    # every value as its field declares it (64G is not a float, a setup string is not a list of lines)
+    tree = {k: v if k == "extra_sbatch" else config.typed(f"profile {path}: {k}", v, hints[k]) for k, v in tree.items()}
+    if not all(isinstance(line, str) for line in tree.get("setup", [])):
+        raise UserError(f"profile {path}: setup must be a list of shell lines (strings)")
     if tree.get("gpus_per_node", 0) == 0 and "eval_gpus" not in tree:
         tree["eval_gpus"] = 0
     prof = Profile(name=path.stem, **tree)
     for key in ("nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
         if not isinstance(getattr(prof, key), int) or getattr(prof, key) < 1:
             raise UserError(f"profile {path}: {key} must be an integer >= 1, got {getattr(prof, key)!r}")
-    if prof.img_per_s <= 0 or prof.mem_gb <= 0 or prof.gpus_per_node < 0:
-        raise UserError(f"profile {path}: img_per_s and mem_gb must be > 0, gpus_per_node >= 0")
+    if prof.img_per_s <= 0 or prof.mem_gb <= 0 or prof.gpus_per_node < 0 or prof.eval_gpus < 0:
+        raise UserError(f"profile {path}: img_per_s and mem_gb must be > 0, gpus_per_node and eval_gpus >= 0")
     tasks = prof.tasks_per_node
     if tasks is not None and (not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1):
         raise UserError(f"profile {path}: tasks_per_node must be an integer >= 1 or null, got {tasks!r}")

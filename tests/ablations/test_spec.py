@@ -1,5 +1,6 @@
 """ablations/spec.py: what a grid is, built from presets and axes, with typed values throughout."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,20 @@ def test_a_stage_mapping_is_refused_in_one_line_naming_the_key(tmp_path, lincls,
     with pytest.raises(UserError, match=message) as e:
         stage_grid(tmp_path, lincls, transfer)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seeds: three\n", "seeds must be an integer >= 1, got 'three'"),
+    ("seeds: 0\n", "seeds must be an integer >= 1, got 0"),
+    ("seeds: true\n", "seeds must be an integer >= 1, got True"),
+    ("profile: 5\n", "profile must be a string, got 5"),
+    ("random_init: \"false\"\n", "random_init must be true or false, got 'false'"),
+    ("base: [demo]\n", "base must be a string, got ['demo']"),
+    ("baseline: 3\n", "baseline must be a cell name or true, got 3"),
+    ("seeds: 2\nseeds: 3\n", "key 'seeds' is given twice (first on line 1)"),
+])
+def test_a_preset_value_of_the_wrong_type_is_refused_naming_it(tmp_path, text, message):
+    f = tmp_path / "mine.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        spec.load_preset(str(f))

@@ -85,7 +85,15 @@ def test_tasks_per_node_lays_out_pretraining_alone_and_a_probe_is_one_task_on_on
     ("gpus_per_node: 8\ntasks_per_node: 4\n", "tasks_per_node 4 with gpus_per_node 8: pretraining runs one task "
                                                "(DDP rank) per GPU; set tasks_per_node to 8 or null"),
     ("tasks_per_node: 0\n", "tasks_per_node must be an integer >= 1 or null, got 0"),
-    ("tasks_per_node: two\n", "tasks_per_node must be an integer >= 1 or null, got 'two'"),
+    ("tasks_per_node: two\n", "tasks_per_node: 'two' is not a valid int"),
+    ("mem_gb: 64G\n", "mem_gb: '64G' is not a valid float"),
+    ("setup: module load cuda\n", "setup: 'module load cuda' is not a valid list"),
+    ("setup: [module load cuda, 5]\n", "setup must be a list of shell lines (strings)"),
+    ("eval_gpus: -1\n", "gpus_per_node and eval_gpus >= 0"),
+    ("nodes: .nan\n", "nodes: nan is not a valid int"),
+    ("img_per_s: .nan\n", "img_per_s: nan is not a finite number"),
+    ("5\n", "expected a mapping of profile keys, got 5"),
+    ("extra_sbatch: {gres: 'gpu:1'}\n", "extra_sbatch sets gres, which the profile's own key gpus_per_node sets"),
     ("extra_sbatch: {ntasks-per-node: 2}\n", "extra_sbatch sets ntasks-per-node, which the profile's own key "
                                               "tasks_per_node sets per stage; set tasks_per_node instead"),
     ("extra_sbatch: {nodes: 2}\n", "extra_sbatch sets nodes, which the profile's own key nodes sets"),
