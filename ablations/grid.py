@@ -115,6 +115,8 @@ def grid_from_args(args) -> spec.Grid:
 def main(argv: list[str] | None = None) -> int:
     """Parse, build the grid, check its folder, then dry-run, show status, cancel or submit."""
     args = parser().parse_args(argv)
+    if args.preflight and not args.check:
+        raise UserError("--preflight runs the preflight alone and --no-preflight skips it: give one of them")
     grid = grid_from_args(args)
     profile = launcher.load_profile(args.profile or grid.profile)
     cluster = args.cluster

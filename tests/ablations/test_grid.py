@@ -36,6 +36,7 @@ from tests.conftest import REPO, TINY_GRID, grid_cli, grid_runs
     (["--sweep", "N", "--N", "64", "--axis", "mochi.N=128"], "values for axis N are given twice"),
     (["--lincls", "--fast --no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--preset", "{malformed}"], "not valid YAML"),
+    (["--preflight", "--no-preflight"], "--preflight runs the preflight alone and --no-preflight skips it"),
     (["--preset", "{not-a-mapping}"], "expected a mapping of preset keys"),
     (["--cluster", "local", "--profile", "{two-tasks}"], "asks for 2 DDP ranks per pretraining job (0 GPUs); "
                                                          "local runs use one process per job"),
