@@ -95,6 +95,8 @@ class FinetuneSettings(trials.StageSettings):
     def check(self) -> None:
         """UserError for a task or number that cannot run (nothing is read)."""
         self.recipe()
+        if self.ckpt_every < 1:
+            raise UserError(f"--ckpt-every {self.ckpt_every}: must be >= 1")
 
     def recipe(self) -> Task:
         """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""

@@ -5,6 +5,7 @@ without loading what trains it.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +73,26 @@ class ProbeSettings:
             raise UserError("give --lr (one lr) or --lrs (candidates to choose among), not both")
 
     def check(self) -> None:
-        """UserError for a schedule preset, architecture or dataset the probe does not know (nothing is read)."""
+        """UserError for a schedule preset, architecture or dataset the probe does not know, or a number
+        it cannot run with (nothing is read)."""
         for name, value, known in (("preset", self.preset, sorted(PRESETS)), ("arch", self.arch, ARCHS),
                                    ("dataset", self.dataset, sorted(config.DATASETS))):
             if value is not None and value not in known:
                 raise UserError(f"{name} {value!r}: one of {', '.join(known)}")
+        at_least = {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 1), "image_size": (self.image_size, 1),
+                    "train_size": (self.train_size, 0), "test_size": (self.test_size, 0), "workers": (self.workers, 0),
+                    "seed": (self.seed, 0)}
+        for name, (value, low) in at_least.items():
+            if value is not None and value < low:
+                raise UserError(f"{name} {value}: must be >= {low}")
+        for name, value in (("lr", self.lr), ("gamma", self.gamma), *(("lrs", v) for v in self.lrs or ())):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UserError(f"{name} {value}: must be a finite number > 0")
+        v = self.val_split
+        if v is not None and not (math.isfinite(v) and v >= 0 and (v < 1 or float(v).is_integer())):
+            raise UserError(f"val_split {self.val_split}: a fraction in [0, 1) or a count of images")
+        if self.milestones is not None and any(m < 1 for m in self.milestones):
+            raise UserError(f"milestones {list(self.milestones)}: epochs >= 1")
 
     @property
     def mode(self) -> str:

@@ -323,3 +323,20 @@ def test_a_preset_value_of_the_wrong_type_is_refused_naming_it(tmp_path, text, m
     f.write_text(text)
     with pytest.raises(UserError, match=re.escape(message)):
         spec.load_preset(str(f))
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"lincls": {"train_size": -5}}, "lincls: train_size -5: must be >= 0"),
+    ({"lincls": {"epochs": 0}}, "lincls: epochs 0: must be >= 1"),
+    ({"lincls": {"lr": 0.0}}, "lincls: lr 0.0: must be a finite number > 0"),
+    ({"lincls": {"lrs": [0.1, -1.0]}}, "lincls: lrs -1.0: must be a finite number > 0"),
+    ({"lincls": {"val_split": -5}}, "lincls: val_split -5.0: a fraction in [0, 1) or a count of images"),
+    ({"lincls": {"milestones": [0, 5]}}, "lincls: milestones [0, 5]: epochs >= 1"),
+    ({"transfer": {"task": "demo-voc", "data": "/d", "ckpt_every": 0}}, "--ckpt-every 0: must be >= 1"),
+])
+def test_a_stage_value_that_cannot_run_is_refused_when_the_grid_is_built(tmp_path, stage, message):
+    """Checked where the grid reads its preset, not in a job after pretraining."""
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump({"base": "demo", **stage}))
+    with pytest.raises(UserError, match=re.escape(message)):
+        spec.build(spec.load_preset(str(f)), None, {}, None, [], None)
