@@ -54,9 +54,8 @@ class GridDir:
         f = self.out / rundir.GRID_FILE
         if not f.is_file():
             return
-        saved = spec.read_grid_file(f).identity()
-        text = f.read_text()
-        mine = self.grid.identity()
+        saved_grid, written_id = spec.read_grid_file(f)
+        saved, mine = saved_grid.identity(), self.grid.identity()
         if saved != mine:
             what = next(k for k in mine if saved.get(k) != mine[k])
             there, here = saved.get(what), mine[what]
@@ -64,9 +63,9 @@ class GridDir:
                 there = {f: v for f, v in there.items() if here.get(f) != v}
             raise UserError(f"{self.out} holds a different grid ({what} differs: {there!r} there); "
                             f"choose another --out or --name")
-        if json.loads(text).get("grid_id", self.grid.grid_id) != self.grid.grid_id:
+        if written_id is not None and written_id != self.grid.grid_id:
             raise UserError(f"{self.out} holds this grid as an earlier version of grid.py wrote it (grid id "
-                            f"{json.loads(text)['grid_id']}, now {self.grid.grid_id}); choose another --out or --name")
+                            f"{written_id}, now {self.grid.grid_id}); choose another --out or --name")
 
     def run_dir(self, cell: spec.Cell, seed: int) -> Path:
         """The run folder of one cell x seed."""

@@ -59,11 +59,11 @@ SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", "tau_plus": "tp", "beta
          "ring_outer": "ro", "ring_inner": "ri"}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer", "random_init", "reference"}
-# The preset keys that hold one scalar, and its type (a quoted "false" is not false, "three" not a count).
-PRESET_SCALARS = {"description": str, "paper": str, "base": str, "seeds": int, "profile": str, "random_init": bool,
-                  "baseline": (str, bool)}
-PRESET_SCALAR_WORDS = {str: "a string", int: "an integer >= 1", bool: "true or false",
-                       (str, bool): "a cell name or true"}
+# The preset keys that hold one scalar: its type, and that type in words (a quoted "false" is not
+# false, "three" not a count).
+PRESET_SCALARS = {"description": (str, "a string"), "paper": (str, "a string"), "base": (str, "a string"),
+                  "seeds": (int, "an integer >= 1"), "profile": (str, "a string"),
+                  "random_init": (bool, "true or false"), "baseline": ((str, bool), "a cell name or true")}
 MIXING_AXES = ("N", "s", "s_prime")
 LOSS_AXES = ("method", "tau_plus", "beta", "ring_outer", "ring_inner")
 PLAIN_LOSS = {"method": "infonce", "tau_plus": 0.0, "beta": 0.0, "ring_outer": 1.0, "ring_inner": 0.0}  # InfoNCE's values
@@ -446,9 +446,9 @@ def load_preset(name: str) -> dict:
     for key, kind in (("cells", list), ("axes", dict)):
         if tree.get(key) is not None and not isinstance(tree[key], kind):
             raise UserError(f"grid preset {path}: {key} must be a {kind.__name__}")
-    for key, kind in PRESET_SCALARS.items():
+    for key, (kind, words) in PRESET_SCALARS.items():
         if key in tree and not (isinstance(tree[key], kind) and (kind is not int or not isinstance(tree[key], bool))):
-            raise UserError(f"grid preset {path}: {key} must be {PRESET_SCALAR_WORDS[kind]}, got {tree[key]!r}")
+            raise UserError(f"grid preset {path}: {key} must be {words}, got {tree[key]!r}")
     if "seeds" in tree and tree["seeds"] < 1:
         raise UserError(f"grid preset {path}: seeds must be an integer >= 1, got {tree['seeds']!r}")
     if any(not isinstance(c, dict) for c in tree.get("cells") or []):
@@ -566,11 +566,13 @@ def _plain_moco_like(grid: Grid, like: dict[str, object]) -> dict[str, object]:
     return typed_values(values)
 
 
-def read_grid_file(path: Path) -> Grid:
-    """The grid a folder's ``grid.json`` at ``path`` describes; UserError in one line for a file that
+def read_grid_file(path: Path) -> tuple[Grid, str | None]:
+    """The grid a folder's ``grid.json`` at ``path`` describes, and the grid id it was written with
+    (an earlier version of grid.py may have computed another); UserError in one line for a file that
     cannot be read or is not one (cut short, edited, from another program)."""
     try:
-        return from_json(Path(path).read_text())
+        d = json.loads(Path(path).read_text())
+        return from_dict(d), d.get("grid_id")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: not a grid.json this version can read ({e.__class__.__name__}: "
                         f"{' '.join(str(e).split())[:160]}); was it cut short or edited?") from None
@@ -578,7 +580,11 @@ def read_grid_file(path: Path) -> Grid:
 
 def from_json(text: str) -> Grid:
     """The grid a folder's ``grid.json`` describes, every value restored to its type."""
-    d = json.loads(text)
+    return from_dict(json.loads(text))
+
+
+def from_dict(d: dict) -> Grid:
+    """The grid of ``grid.json``'s parsed content (``from_json``)."""
     cells = [Cell(typed_values(v)) for v in d["cells"]]
     return Grid(name=d["name"], base=d["base"], set=parse_set(d["set"]), cells=cells,
                 seeds=int(d["seeds"]), lincls=d["lincls"], dropped=[tuple(x) for x in d.get("dropped", [])],

@@ -28,9 +28,8 @@ from ablations.griddir import GridDir, Unit, finish
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
-from pretrain.run.tracking import GRID, StoreError, experiment_id, git_commit, mlflow_client, retry_locked
+from pretrain.run.tracking import GRID, StoreError, experiment_id, finalize, git_commit, mlflow_client, retry_locked
 from pretrain.tools.preflight_report import Report
-from pretrain.run.tracking import finalize
 from slurm import jobs as grid_jobs
 from slurm import launcher
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.results and len(dirs) > 1:
         raise UserError("--results needs exactly one grid folder")
     # Every grid and every argument is checked before anything is written.
-    grids = [(d, checked(spec.read_grid_file(d / rundir.GRID_FILE), args)) for d in dirs]
+    grids = [(d, checked(spec.read_grid_file(d / rundir.GRID_FILE)[0], args)) for d in dirs]
     setup_logging()
     code = 0
     for d, (grid, axes, rows, cols) in grids:

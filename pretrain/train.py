@@ -28,7 +28,7 @@ from .method.moco import MoCo, from_config
 from .method.objective import Objective
 from .run import checkpoint, config, dist, rundir, yamlfile
 from .run.errors import UserError
-from .run.tracking import PRETRAIN, Tracker, close, default_uri, finalize, open_run
+from .run.tracking import PRETRAIN, Tracker, default_uri, finalize, open_run
 
 log = logging.getLogger(__name__)
 # Keys that may differ between a run and its resumption (they change how, not what, is computed).
@@ -228,12 +228,9 @@ def set_aside_damaged(folder: Path, resumed_from: Path | None) -> None:
     """Move the checkpoints newer than the one a run resumes from (all of them without one: each failed
     its manifest) into ``folder/damaged/``, so that the run's next saves neither overwrite nor prune
     them: they are kept for inspection."""
-    for path in checkpoint.candidates(folder):
-        if path == resumed_from:
-            break
-        aside = folder / "damaged"
+    aside, stamp = folder / "damaged", time.strftime("%Y%m%d-%H%M%S")
+    for path in checkpoint.newer_than(folder, resumed_from):
         aside.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         for f in (path, path.with_suffix(".json")):
             if f.exists():
                 target = aside / f.name
@@ -254,6 +251,13 @@ def _set_up(cfg: config.Config) -> tuple[_Run, dict | None, Path | None]:
         _check_same_run(state["config"], cfg, out)
     elif (out / rundir.CONFIG_FILE).is_file():
         _check_same_run(yamlfile.read(out / rundir.CONFIG_FILE) or {}, cfg, out)
+    # A finished run whose newest checkpoint is damaged would be trained again from an older one (or
+    # from scratch) over its results; one finished under run.max_steps and now given more steps is not.
+    damaged = len(checkpoint.newer_than(out / rundir.CHECKPOINTS, ckpt_path))
+    if (out / rundir.SUMMARY_FILE).is_file() and (state is None or damaged):
+        raise UserError(f"{out} holds a finished run (its {rundir.SUMMARY_FILE}) whose final checkpoint cannot be read "
+                        f"({damaged} damaged checkpoint{'s' * (damaged != 1)}); nothing was changed. Move the folder "
+                        f"aside (or its {rundir.SUMMARY_FILE}) to train it again")
 
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
@@ -266,15 +270,6 @@ def _set_up(cfg: config.Config) -> tuple[_Run, dict | None, Path | None]:
     total_steps = cfg.optim.epochs * sampler.steps_per_epoch
     if cfg.run.max_steps:
         total_steps = min(total_steps, cfg.run.max_steps)
-    # A finished run whose newest checkpoint is damaged would be trained again from an older one (or
-    # from scratch) over its results; one finished under run.max_steps and now given more steps is not.
-    newer = checkpoint.candidates(out / rundir.CHECKPOINTS)
-    newer = newer[:newer.index(ckpt_path)] if ckpt_path in newer else newer
-    if (out / rundir.SUMMARY_FILE).is_file() and (state is None or newer):
-        damaged = len(newer)
-        raise UserError(f"{out} holds a finished run (its {rundir.SUMMARY_FILE}) whose final checkpoint cannot be read "
-                        f"({damaged} damaged checkpoint{'s' * (damaged != 1)}); nothing was changed. Move the folder "
-                        f"aside (or its {rundir.SUMMARY_FILE}) to train it again")
     run = _Run(cfg, info, loader, sampler, monitor, model, opt, cfg.objective, total_steps)
     return run, state, ckpt_path
 

@@ -19,6 +19,7 @@ import submitit
 from pretrain.run import rundir
 from pretrain.run.cli import setup_logging
 from pretrain.run.config import Config
+from pretrain.run.rank import global_rank
 
 
 def use_cores(n: int | None) -> None:
@@ -94,9 +95,7 @@ class StageJob(submitit.helpers.Checkpointable):
         raise NotImplementedError
 
     def __call__(self) -> dict:
-        from pretrain.run import dist
-
-        if self.tasks == "probe" and dist.global_rank() != 0:
+        if self.tasks == "probe" and global_rank() != 0:
             return {}
         setup_logging()
         use_cores(self.cores)
@@ -157,10 +156,8 @@ class CellJob(submitit.helpers.Checkpointable):
         self.pretrain, self.evals = pretrain, list(evals)
 
     def __call__(self) -> dict:
-        from pretrain.run import dist
-
         out = {"pretrain": self.pretrain() if self.pretrain is not None else {}}
-        if dist.global_rank() == 0:
+        if global_rank() == 0:
             for job in self.evals:
                 out[job.stage] = job()
         return out

@@ -101,12 +101,12 @@ def load_profile(name: str) -> Profile:
         tree["eval_gpus"] = 0
     prof = Profile(name=path.stem, **tree)
     for key in ("nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
-        if not isinstance(getattr(prof, key), int) or getattr(prof, key) < 1:
+        if getattr(prof, key) < 1:
             raise UserError(f"profile {path}: {key} must be an integer >= 1, got {getattr(prof, key)!r}")
     if prof.img_per_s <= 0 or prof.mem_gb <= 0 or prof.gpus_per_node < 0 or prof.eval_gpus < 0:
         raise UserError(f"profile {path}: img_per_s and mem_gb must be > 0, gpus_per_node and eval_gpus >= 0")
     tasks = prof.tasks_per_node
-    if tasks is not None and (not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1):
+    if tasks is not None and tasks < 1:
         raise UserError(f"profile {path}: tasks_per_node must be an integer >= 1 or null, got {tasks!r}")
     if tasks is not None and prof.gpus_per_node and tasks != prof.gpus_per_node:
         raise UserError(f"profile {path}: tasks_per_node {tasks} with gpus_per_node {prof.gpus_per_node}: pretraining "

@@ -81,6 +81,13 @@ def candidates(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"{PREFIX}*.pt"), reverse=True)
 
 
+def newer_than(folder: Path, path: Path | None) -> list[Path]:
+    """The checkpoint files in ``folder`` newer than ``path`` (the one ``load_latest`` found valid),
+    newest first; all of them without one. After ``load_latest``, these are the damaged ones."""
+    found = candidates(folder)
+    return found[:found.index(path)] if path in found else found
+
+
 def final_summary(folder: Path) -> dict | None:
     """The summary that the newest checkpoint's manifest carries if it is a run's final checkpoint,
     else None. Reads only the manifest, which is written after its checkpoint's bytes."""

@@ -11,7 +11,6 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
-from .rank import global_rank
 
 log = logging.getLogger(__name__)
 
