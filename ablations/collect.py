@@ -138,7 +138,7 @@ def fewer_gpus(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-ROW_COLUMNS = ["cell", "seed", "setting", "kind", "plain_moco", "mixes", "paired"]
+ROW_COLUMNS = ["cell", "seed", "setting", "loss", "kind", "plain_moco", "mixes", "paired"]
 # pandas dtypes that keep an axis's type where a reference row has no value for it
 NULLABLE = {int: "Int64", float: "Float64", bool: "boolean", str: "object"}
 
@@ -153,17 +153,19 @@ def typed_axes(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 def row_columns(grid: spec.Grid, axes: list[str]) -> dict[str, dict[str, object]]:
     """{row id: its columns}: a cell's typed axis values (from its config, so an axis the cell leaves
-    to the base preset shows the base's value), what it trains in words (``setting``), whether it is plain MoCo; a
-    reference row's kind. ``paired``: whether its seeds pair with the cells' (a released
-    checkpoint's seeds only reseed its probe)."""
+    to the base preset shows the base's value), what it trains in words (``setting``, and its ``loss``
+    alone), whether it is plain MoCo; a reference row's kind. ``paired``: whether its seeds pair with
+    the cells' (a released checkpoint's seeds only reseed its probe)."""
     out = {}
     for cell in grid.cells:
         cfg = grid.cfg(cell, 0, Path("runs/x"))
         flat, objective = cfg.flat(), cfg.objective
-        out[cell.id] = {**{a: flat[spec.axis(a).key] for a in axes}, "setting": objective.label, "kind": "cell",
+        out[cell.id] = {**{a: flat[spec.axis(a).key] for a in axes}, "setting": objective.label,
+                        "loss": objective.loss.label, "kind": "cell",
                         "plain_moco": objective.is_plain_moco, "mixes": objective.mixing.active, "paired": True}
     for ref in grid.references:
-        out[ref.id] = {**{a: None for a in axes}, "setting": ref.label, "kind": ref.kind, "plain_moco": False,
+        out[ref.id] = {**{a: None for a in axes}, "setting": ref.label, "loss": None, "kind": ref.kind,
+                       "plain_moco": False,
                        "mixes": False, "paired": ref.path is None}
     return out
 

@@ -25,12 +25,12 @@ CURVES = {
                          "Hardest negative, synthetic points included (mean over queries)"),
     "syn_top10_share": ("synthetic_share_top10", "synthetic points among the top-10 negatives (%)",
                         "Share of synthetic points among each query's 10 hardest negatives"),
-    "false_neg_share": ("class_oracle_false_negatives", "false negatives among the N hardest (%)",
-                        "Class oracle: share of each query's hardest negatives with its own label"),
+    "false_neg_share": ("class_oracle_false_negatives", "false negatives among the N = {N} hardest (%)",
+                        "Class oracle: share of each query's N = {N} hardest queue negatives with its own label"),
     "neg_top1_cos": ("hardness_top1", "cosine of the hardest queue negative",
                      "Hardness of the top queue negative (mean over queries)"),
-    "neg_topN_cos": ("hardness_topN", "mean cosine of the N hardest queue negatives",
-                     "Hardness of the N hardest queue negatives (mean over queries)"),
+    "neg_topN_cos": ("hardness_topN", "mean cosine of the N = {N} hardest queue negatives",
+                     "Hardness of the N = {N} hardest queue negatives, the same N for every row (mean over queries)"),
 }
 PERCENT = {"acc_moco", "acc_all", "false_neg_share", "syn_top10_share"}
 BAND = "bands: 95% CI over seeds"
@@ -90,9 +90,10 @@ def score_bars(summary: pd.DataFrame, title: str, out_dir: Path, metric: str = "
     return _save(fig, out_dir / metric)
 
 
-def curves(hist: pd.DataFrame, order: list[str], plain: set[str], out_dir: Path) -> list[Path]:
+def curves(hist: pd.DataFrame, order: list[str], plain: set[str], out_dir: Path, analysis_N: int) -> list[Path]:
     """The training-curve figures of ``CURVES``: one line per row (mean over seeds at each logged
-    step, with its 95% CI band), dashed for the plain-MoCo rows in ``plain``."""
+    step, with its 95% CI band), dashed for the plain-MoCo rows in ``plain``; ``analysis_N``: the
+    grid's one "N hardest" of the top-N statistics, named on their axes."""
     plt = _plt()
     files: list[Path] = []
     for metric, (stem, ylabel, title) in CURVES.items():
@@ -112,8 +113,8 @@ def curves(hist: pd.DataFrame, order: list[str], plain: set[str], out_dir: Path)
             ax.plot(steps, mean, "--" if cell in plain else "-", label=f"{cell} (n={n})", lw=1.4)
             ax.fill_between(steps, low, high, alpha=0.15)
         ax.set_xlabel("training step")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(ylabel.format(N=analysis_N))
+        ax.set_title(title.format(N=analysis_N), fontsize=9)
         ax.legend(fontsize=7, title=f"row (dashed: MoCo v2); {BAND}", title_fontsize=7, loc="best")
         files += _save(fig, out_dir / stem)
     return files
@@ -137,21 +138,40 @@ def alignment_uniformity(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir / "alignment_uniformity")
 
 
-def heatmap_N_s(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Linear top-1 over N x s, one panel per s' (needs >= 2 values of N and of s); means over seeds."""
-    need = {"N", "s", "s_prime"}
-    if not need <= set(summary) or "linear_top1_mean" not in summary or summary["linear_top1_mean"].isna().all():
+def heatmap_panels(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, linear top-1 means over N x s) per loss and s': each loss's MoCHi cells with that s',
+    and the loss without mixing at N = s = 0 (MoCo v2 in InfoNCE's panels), so that no two
+    settings share a cell. A panel needs >= 2 values of N and of s."""
+    if not {"N", "s", "s_prime", "loss", "mixes"} <= set(summary) or "linear_top1_mean" not in summary:
         return []
     d = summary[(summary["kind"] == "cell") & summary["linear_top1_mean"].notna()]
-    d = d[~d["plain_moco"].astype(bool)]
-    if d["N"].nunique() < 2 or d["s"].nunique() < 2:
+    panels = []
+    for loss, g in d.groupby("loss", sort=False):
+        mixes = g["mixes"].astype(bool)
+        alone = g[~mixes].head(1).assign(N=0, s=0)  # a setting that synthesises nothing is the loss alone
+        for sp in sorted(g.loc[mixes, "s_prime"].unique()):
+            cells = pd.concat([alone, g[mixes & (g["s_prime"] == sp)]])
+            p = cells.pivot_table(index="N", columns="s", values="linear_top1_mean")
+            if p.shape[0] < 2 or p.shape[1] < 2:
+                continue
+            if loss == "InfoNCE":
+                title = f"MoCHi, s' = {int(sp)}" + (" (MoCo v2 at N = s = 0)" if len(alone) else "")
+            else:
+                title = f"{loss} + MoCHi, s' = {int(sp)}" + (f" ({loss} alone at N = s = 0)" if len(alone) else "")
+            panels.append((title, p))
+    return panels
+
+
+def heatmap_N_s(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Linear top-1 over N x s, one panel per loss and s' (``heatmap_panels``); means over seeds."""
+    panels = heatmap_panels(summary)
+    if not panels:
         return []
+    d = summary[(summary["kind"] == "cell") & summary["linear_top1_mean"].notna()]
     plt = _plt()
-    panels = sorted(d["s_prime"].unique())
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.4), squeeze=False)
-    lo, hi = d["linear_top1_mean"].min(), d["linear_top1_mean"].max()
-    for ax, sp in zip(axes[0], panels):
-        p = d[d["s_prime"] == sp].pivot_table(index="N", columns="s", values="linear_top1_mean")
+    lo, hi = min(p.min().min() for _, p in panels), max(p.max().max() for _, p in panels)
+    for ax, (title, p) in zip(axes[0], panels):
         im = ax.imshow(p.values, cmap="viridis", vmin=lo, vmax=hi, origin="lower", aspect="auto")
         ax.set_xticks(range(p.shape[1]), [str(int(c)) for c in p.columns])
         ax.set_yticks(range(p.shape[0]), [str(int(i)) for i in p.index])
@@ -160,7 +180,7 @@ def heatmap_N_s(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
                 ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white", fontsize=8)
         ax.set_xlabel("s (pair mixes)")
         ax.set_ylabel("N (hard negatives)")
-        ax.set_title(f"s' = {int(sp)}", fontsize=9)
+        ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), label="linear top-1 (%)")
     n = int(d["linear_top1_n"].min())
     fig.suptitle(f"Linear top-1 over N x s (mean over n >= {n} seeds; intervals in table.md)", fontsize=9)

@@ -161,7 +161,7 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     atomic_write(results_dir / "table.tex", latex(tables).encode())
     figs = figures.score_bars(summary, title, results_dir)
     figs += figures.curves(hist, grid.row_ids(), set(summary.loc[summary["plain_moco"].astype(bool), "cell"]),
-                           results_dir)
+                           results_dir, grid.analysis_N)
     figs += figures.alignment_uniformity(summary, results_dir)
     figs += figures.heatmap_N_s(summary, results_dir)
     figs += figures.accuracy_vs_K(summary, results_dir)

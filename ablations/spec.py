@@ -272,9 +272,18 @@ class Grid:
         return _base_config(self.base, tuple(self.set.items()))
 
     def cfg(self, cell: Cell, seed: int, out: Path, extra: Mapping[str, object] | None = None) -> config.Config:
-        """The validated pretraining config of one cell x seed, written to ``out``."""
-        return config.with_values(self.base_config(), {**cell.settings(), "run.seed": seed, "run.out": str(out),
-                                                        **(extra or {})})
+        """The validated pretraining config of one cell x seed, written to ``out``: its top-N
+        statistics over the grid's one ``analysis_N``."""
+        return config.with_values(self.base_config(), {**cell.settings(), "eval.analysis_N": self.analysis_N,
+                                                        "run.seed": seed, "run.out": str(out), **(extra or {})})
+
+    @property
+    def analysis_N(self) -> int:
+        """The "N hardest" of every row's hardness and class-oracle statistics: the base's
+        ``eval.analysis_N``, at most the smallest queue of the grid (a cell's own K), so that each
+        row is measured over the same number of negatives whatever its mixing or K."""
+        base = self.base_config()
+        return min([base.eval.analysis_N, *(c.settings().get("moco.K", base.moco.K) for c in self.cells)])
 
     def objective(self, cell: Cell) -> Objective:
         """The loss and (N, s, s') a cell trains with (its own axes, else the base preset's)."""

@@ -24,12 +24,29 @@ from pretrain.run.errors import UserError
 from pretrain.run.tracking import default_uri
 
 
+def separating(seeds: pd.DataFrame, rows: list[str], cols: list[str], axes: list[str]) -> list[str]:
+    """The grid's axes, beyond ``rows`` and ``cols``, on which cells that those alone would put in one
+    table cell differ (MoCo v2 and HCL both at N = s = s' = 0 differ in method, tau_plus, beta): a
+    pivot adds them to its rows, so that two settings never share a cell."""
+    key = rows + cols
+    d = seeds[seeds["kind"] == "cell"]
+    if d.empty or not key:
+        return []
+    groups = d.groupby(key, dropna=False)
+    return [a for a in axes if a not in key and (groups[a].nunique(dropna=False) > 1).any()]
+
+
 def pivot(seeds: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> pd.DataFrame:
     """'mean ± sd (n=k)' of ``metric`` over seeds, rows x columns chosen among the grid's axes, each
-    sorted by its typed values (0, 32, 128, not "0", "128", "32")."""
+    sorted by its typed values (0, 32, 128, not "0", "128", "32"). UserError where two cells would
+    share a table cell (``separating`` names the axes to add)."""
     d = seeds[seeds["kind"] == "cell"].dropna(subset=[metric])
     if d.empty:
         raise UserError(f"no run of this grid has {metric}")
+    merged = d.groupby(rows + cols, dropna=False)["cell"].nunique()
+    if (merged > 1).any():
+        raise UserError(f"rows {rows} and columns {cols} put cells of different settings in one table cell "
+                        f"({', '.join(sorted(set(d['cell'])))}); add the axes they differ in")
     g = d.groupby(rows + cols, dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
     g = g.sort_values(rows + cols, kind="stable")
     g["cell"] = [fmt(m, s, int(n)) for m, s, n in zip(g["mean"], g["std"], g["count"])]
@@ -79,13 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         code |= report.report(grid, d, uri, out, complete=False)
         if args.rows:
             runs = collect.runs_frame(uri, grid.grid_id, grid.experiment)
-            t = pivot(collect.per_seed(runs, grid, axes), rows, cols, args.metric)
+            seeds = collect.per_seed(runs, grid, axes)
+            extra = separating(seeds, rows, cols, axes)
+            if extra:
+                print(f"rows split by {', '.join(extra)} as well: cells that --rows {','.join(rows)} --cols "
+                      f"{','.join(cols)} alone would put in one table cell differ there")
+            t = pivot(seeds, rows + extra, cols, args.metric)
             stem = f"pivot_{args.metric}_{'-'.join(rows)}" + (f"_by_{'-'.join(cols)}" if cols else "")
             flat = t.reset_index() if cols else t
             atomic_write(out / f"{stem}.md", flat.to_markdown(index=False, disable_numparse=True).encode())
             atomic_write(out / f"{stem}.csv", flat.to_csv(index=False).encode())
             atomic_write(out / f"{stem}.tex", flat.to_latex(index=False).encode())
-            print(f"\n{collect.METRICS[args.metric].label} (mean ± sd over seeds, n), rows {rows}, columns {cols}:"
+            print(f"\n{collect.METRICS[args.metric].label} (mean ± sd over seeds, n), rows {rows + extra}, columns {cols}:"
                   f"\n{t.to_string()}")
             print(f"wrote {out}/{stem}.md, .csv, .tex")
     return code

@@ -50,7 +50,7 @@ def from_config(cfg) -> "MoCo":
     """The MoCo model a pretraining config (``pretrain.run.config.Config``) describes."""
     return MoCo(
         cfg.model.arch, cfg.model.dim, cfg.moco.K, cfg.moco.m, cfg.moco.tau, cfg.model.mlp, cfg.model.small_stem,
-        cfg.moco.shuffle_bn_groups, analysis_N=cfg.mochi.N or cfg.eval.analysis_N,
+        cfg.moco.shuffle_bn_groups, analysis_N=cfg.eval.analysis_N,
     )
 
 
@@ -80,7 +80,9 @@ class MoCo(nn.Module):
     ):
         super().__init__()
         self.K, self.m, self.tau = K, m, tau
-        self.analysis_N = min(analysis_N, K)  # "top-N" in the hardness and class-oracle statistics
+        # "top-N" of the hardness and class-oracle statistics: the same for every run whatever its
+        # mixing, so that two runs of one grid are measured alike (not the run's own MoCHi N).
+        self.analysis_N = min(analysis_N, K)
         self.shuffle_bn_groups = shuffle_bn_groups
         self.encoder_q = encoder(arch, dim, mlp, small_stem)
         self.encoder_k = copy.deepcopy(self.encoder_q)

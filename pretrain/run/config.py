@@ -114,7 +114,7 @@ class EvalCfg:
     knn_t: float = 0.07
     knn_train_size: int = 10000  # memory-bank images from the training split (0 = all)
     heldout_size: int = 1000  # held-out (test/val split) images: kNN queries, alignment, uniformity
-    analysis_N: int = 1024  # "top-N" of the hardness and class-oracle statistics when mochi.N = 0
+    analysis_N: int = 1024  # "top-N" of the hardness and class-oracle statistics, whatever mochi.N (at most K)
 
 
 @dataclass

@@ -354,3 +354,41 @@ def test_a_grid_json_cut_short_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and "grid.json: not a grid.json this version can read" in err[0], err
     assert not (tmp_path / "results").exists()
+
+
+def test_settings_that_share_N_s_s_prime_never_share_a_table_or_figure_cell(tmp_path, capsys):
+    """The demo's MoCo v2 and HCL rows are both at N = s = s' = 0: the README's pivot by N, s x s'
+    splits them by the loss axes (not one row of six "seeds"), and the N x s heatmap puts MoCo v2 at
+    (0, 0) of MoCHi's panels and HCL in none of them."""
+    from ablations import figures, tables
+    from pretrain.run import rundir
+
+    grid = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name=f"m{tmp_path.name[-6:]}")
+    grid.cells += [spec.Cell(spec.typed_values(v)) for v in ({"N": 64, "s": 128, "s_prime": 0},
+                                                             {"N": 64, "s": 128, "s_prime": 32})]
+    grid.references = []
+    values = {"N0-s0-sp0": [78.0, 78.5, 79.0], "N0-s0-sp0_hcl_tp0.1_b1.0": [80.0, 80.5, 81.0],
+              "N128-s128-sp0": [77.0], "N128-s128-sp32": [76.0], "N64-s128-sp0": [75.0], "N64-s128-sp32": [74.0]}
+    assert set(values) == {c.id for c in grid.cells}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fill_linear(uri, grid, values)
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / rundir.GRID_FILE).write_text(grid.to_json())
+    out = tmp_path / "results"
+    assert tables.main([str(tmp_path / "grid"), "--tracking-uri", uri, "--results", str(out), "--rows", "N,s",
+                        "--cols", "s_prime"]) == 0
+    assert "rows split by method, tau_plus, beta as well" in capsys.readouterr().out
+    csv = pd.read_csv(out / "pivot_linear_top1_N-s_by_s_prime.csv")
+    assert csv.columns.tolist() == ["N", "s", "method", "tau_plus", "beta", "0", "32"]
+    at_zero = csv[(csv["N"] == 0) & (csv["s"] == 0)].set_index("method")["0"]
+    assert at_zero["infonce"].startswith("78.50 ± 0.50 (n=3)") and at_zero["hcl"].startswith("80.50 ± 0.50 (n=3)")
+    assert "(n=6)" not in csv.to_string()
+    with pytest.raises(UserError, match="different settings in one table cell"):  # the rule itself
+        seeds = pd.read_csv(out / "per_seed.csv")
+        tables.pivot(seeds, ["N", "s"], ["s_prime"], "linear_top1")
+
+    panels = dict(figures.heatmap_panels(pd.read_csv(out / "table.csv")))
+    assert list(panels) == ["MoCHi, s' = 0 (MoCo v2 at N = s = 0)", "MoCHi, s' = 32 (MoCo v2 at N = s = 0)"]
+    for p in panels.values():
+        assert p.loc[0, 0] == pytest.approx(78.5)  # MoCo v2's mean, not HCL's 80.5
+        assert p.loc[64, 128] < 76 and p.loc[128, 128] >= 76

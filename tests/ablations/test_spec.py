@@ -93,6 +93,17 @@ def test_mixing_of_a_cell_comes_from_its_config():
     assert [g.objective(c).is_plain_moco for c in g.cells] == [True, True]
 
 
+def test_every_row_of_a_grid_is_measured_over_one_analysis_N():
+    """The top-N statistics of MoCo v2 and MoCHi rows, and of rows with other queues, count the same
+    N hardest negatives: eval.analysis_N, at most the grid's smallest K; not each row's MoCHi N."""
+    g = build(["N", "s", "s_prime", "K"], {"N": [0, 128], "s": [0, 128], "s_prime": [0], "K": [256, 1024]})
+    assert {c.id for c in g.cells} >= {"N0-s0-sp0_K256", "N128-s128-sp0_K1024"}
+    assert g.analysis_N == 256 and {g.cfg(c, 0, Path("x")).eval.analysis_N for c in g.cells} == {256}
+    assert spec.from_json(g.to_json()).analysis_N == 256
+    g = build(["N"], {"N": [0, 128]}, extra=["eval.analysis_N=64"])
+    assert {g.cfg(c, 0, Path("x")).eval.analysis_N for c in g.cells} == {64}
+
+
 def back_refs(g):
     """The reference rows a grid reads back from its grid.json."""
     return spec.from_json(g.to_json()).references

@@ -163,3 +163,28 @@ def test_stats_are_skipped_when_not_asked():
     assert stats == {}
     _, stats = model(im_q, im_k, Mixing(16, 4, 2))  # the default: training asks for them on logging steps only
     assert stats == {}
+
+
+def test_top_n_statistics_use_one_analysis_N_whatever_the_mixing():
+    """MoCo v2 and MoCHi runs of one preset measure "the N hardest" alike (``eval.analysis_N``, at
+    most K): at their first step they are the same model, so their statistics must be equal."""
+    from pretrain.method.moco import from_config
+    from pretrain.run import config
+
+    stats = {}
+    small_demo = ["model.dim=16", "moco.K=64", "optim.batch_size=8"]
+    mixings = {"mocov2": "mochi.N=0 mochi.s=0 mochi.s_prime=0", "mochi": "mochi.N=16 mochi.s=8 mochi.s_prime=4"}
+    for name, mixing in mixings.items():
+        cfg = config.load("demo", overrides=[*mixing.split(), *small_demo, "eval.analysis_N=48"])
+        torch.manual_seed(0)
+        model = from_config(cfg)
+        assert model.analysis_N == 48
+        im_q, im_k = images()
+        labels = torch.arange(8) % 3
+        model.queue_labels.fill_(1)
+        _, stats[name] = model(im_q, im_k, cfg.objective.mixing, torch.Generator().manual_seed(0), labels=labels,
+                               with_stats=True)
+    for key in ("neg_topN_cos", "false_neg_share"):
+        assert torch.equal(stats["mocov2"][key], stats["mochi"][key]), key
+    # and it is clamped to the queue: a top-N over more entries than the queue holds is the whole queue
+    assert from_config(config.load("demo", overrides=[*small_demo, "mochi.N=16"])).analysis_N == 64
