@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations import spec
-from pretrain.run import rundir
+from pretrain.run import rundir, sameness
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 
@@ -55,14 +55,9 @@ class GridDir:
         if not f.is_file():
             return
         saved_grid, written_id = spec.read_grid_file(f)
-        saved, mine = saved_grid.identity(), self.grid.identity()
-        if saved != mine:
-            what = next(k for k in mine if saved.get(k) != mine[k])
-            there, here = saved.get(what), mine[what]
-            if isinstance(there, dict) and isinstance(here, dict):  # a stage's settings: the fields that differ
-                there = {f: v for f, v in there.items() if here.get(f) != v}
-            raise UserError(f"{self.out} holds a different grid ({what} differs: {there!r} there); "
-                            f"choose another --out or --name")
+        diff = sameness.first_difference(saved_grid.identity(), self.grid.identity(), ignore=frozenset())
+        if diff:
+            raise UserError(sameness.differs(self.out, "a grid", diff, "choose another --out or --name"))
         if written_id is not None and written_id != self.grid.grid_id:
             raise UserError(f"{self.out} holds this grid as an earlier version of grid.py wrote it (grid id "
                             f"{written_id}, now {self.grid.grid_id}); choose another --out or --name")

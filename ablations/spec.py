@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from pretrain.method.objective import Objective
-from pretrain.run import config, rundir, yamlfile
+from pretrain.run import config, rundir, sameness, yamlfile
 from pretrain.run.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -238,10 +238,12 @@ class Grid:
     baseline: str | None = None  # the cell every row is compared with (default: the first plain-MoCo cell)
 
     def identity(self) -> dict:
-        """What makes two grids the same (and a re-run idempotent): not where or how they run. A
+        """What makes two grids the same (and a re-run idempotent): not where or how they run
+        (``sameness``: ``--set run.ckpt_every_minutes=20`` or a new data.path is the same grid). A
         stage counts by the typed settings its arguments parse to (``--epochs=2`` is ``--epochs 2``)."""
         probe, transfer = self._probe_settings(STAGE_SOURCE), self._transfer_settings(STAGE_SOURCE)
-        return {**self._stored(), "lincls": None if probe is None else stage_identity(probe),
+        return {**self._stored(), "set": sameness.without_how_it_runs(self.set),
+                "lincls": None if probe is None else stage_identity(probe),
                 "transfer": None if transfer is None else {"engine": transfer.engine, **stage_identity(transfer)}}
 
     def _stored(self) -> dict:
@@ -370,10 +372,9 @@ class Grid:
 # The run folder a stage's arguments are parsed on where no unit is meant (the grid's identity).
 STAGE_SOURCE = "runs/x"
 # Fields of a stage's settings that are not the grid's to say: the run folder it reads and its seed
-# (each unit's), where it logs (set when it is submitted), the random-init row's stand-in config,
-# and how many loader processes it uses (how it runs; its default is the machine's).
-NOT_IDENTITY = frozenset({"source", "seed", "workers", "parent_run", "run_name", "tracking_uri", "experiment",
-                          "pretrain_config"})
+# (each unit's), the random-init row's stand-in config, and how it runs (``sameness.HOW_IT_RUNS``:
+# where it writes, reads its data and logs, how many loader processes it uses).
+NOT_IDENTITY = frozenset({"source", "seed", "pretrain_config"}) | sameness.HOW_IT_RUNS
 
 
 # Fields of a stage's settings that the grid sets for each unit, not a preset's stage mapping: the

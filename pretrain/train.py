@@ -26,17 +26,11 @@ from .method.loss import INFONCE, Loss
 from .method.mixing import Mixing
 from .method.moco import MoCo, from_config
 from .method.objective import Objective
-from .run import checkpoint, config, dist, rundir, yamlfile
+from .run import checkpoint, config, dist, rundir, sameness, yamlfile
 from .run.errors import UserError
 from .run.tracking import PRETRAIN, Tracker, default_uri, finalize, open_run
 
 log = logging.getLogger(__name__)
-# Keys that may differ between a run and its resumption (they change how, not what, is computed).
-OPERATIONAL = {
-    "data.path", "data.num_workers", "data.prefetch", "run.out", "run.device", "run.compile", "run.ckpt_every_minutes",
-    "run.ckpt_every_steps", "run.keep_checkpoints", "run.log_every", "run.max_steps", "run.experiment",
-    "run.tracking_uri", "run.run_name",
-}
 
 
 def lr_at(cfg: config.Config, epoch: int) -> float:
@@ -87,15 +81,12 @@ def step(net: torch.nn.Module, opt: torch.optim.Optimizer, im_q: torch.Tensor, i
 
 
 def _check_same_run(saved: dict, cfg: config.Config, where: Path) -> None:
-    mine = cfg.flat()
-    theirs = config.from_dict(saved).flat()
-    diff = [k for k in mine if k not in OPERATIONAL and not k.startswith("eval.") and mine[k] != theirs[k]]
+    """UserError if the run folder ``where`` (its config ``saved``) holds another run than ``cfg``
+    (``sameness``: how a run runs and its monitors may differ)."""
+    diff = sameness.first_difference(config.from_dict(saved).flat(), cfg.flat(),
+                                     ignore_prefix=sameness.MONITOR_PREFIX)
     if diff:
-        k = diff[0]
-        raise UserError(
-            f"{where} holds a run with a different config ({k}: {theirs[k]!r} there, {mine[k]!r} now); "
-            f"choose another run.out"
-        )
+        raise UserError(sameness.differs(where, "a run", diff, "choose another run.out"))
 
 
 class Progress:

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import torch
 
-from pretrain.run import rundir
+from pretrain.run import rundir, sameness
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import default_uri
@@ -111,7 +111,9 @@ def fingerprint(s: StageSettings, src: Origin, recipe: dict) -> dict:
     """What decides a trial's result, as JSON values: the task, the data folder, the source's
     weights (their digest, not the file they were read from) or the random init, and ``recipe``,
     the engine's effective schedule and options (the summary's ``settings``). Left out, as they
-    change no trial: where the stage writes and logs, its tags, parent run and number of trials."""
+    change no trial: where the stage writes and logs, its tags, parent run and number of trials. The
+    data folder is recorded but not compared (``sameness.HOW_IT_RUNS``: data moved to node-local
+    scratch is the same data)."""
     return strict({"task": s.task, "data_folder": str(Path(s.data).resolve()), "random_init": s.random_init,
                    "weights_sha256": src.digest, **recipe})
 
@@ -126,12 +128,10 @@ def finished_trials(out: Path, fp: dict, trials: int, ways: str = WAYS_ON) -> li
         d = rundir.trial_dir(out, t)
         saved = d / rundir.SETTINGS_FILE
         if saved.is_file():
-            old = json.loads(saved.read_text())
-            diff = [k for k in dict.fromkeys([*fp, *old]) if old.get(k) != fp.get(k)]
+            diff = sameness.first_difference(json.loads(saved.read_text()), fp)
             if diff:
-                k = diff[0]
-                raise UserError(f"{d} was trained with other settings ({k}: {old.get(k)!r} there, {fp.get(k)!r} "
-                                f"now); {ways}")
+                key, there, here = diff
+                raise UserError(f"{d} was trained with other settings ({key}: {there!r} there, {here!r} now); {ways}")
         elif d.is_dir() and any(d.iterdir()):
             raise UserError(f"{d} holds a trial with no record of its settings ({rundir.SETTINGS_FILE}); {ways}")
         done.append((d / rundir.RESULT_FILE).is_file())

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 
 from ..input import data
-from ..run import checkpoint, config, rundir
+from ..run import checkpoint, config, rundir, sameness
 from ..run.errors import UserError
 from ..run.tracking import LINCLS, Tracker, default_uri, open_run
 from .probe import LR_FACTORS, PRESETS, RULE, VAL_SPLIT, ProbeSettings  # noqa: F401
@@ -286,12 +286,9 @@ def run(s: ProbeSettings) -> dict:
                 "source": source}
     saved = out / rundir.SETTINGS_FILE
     if saved.is_file():
-        old = json.loads(saved.read_text())
-        diff = [k for k in identity if old.get(k) != identity[k]]
+        diff = sameness.first_difference(json.loads(saved.read_text()), identity)
         if diff:
-            k = diff[0]
-            raise UserError(f"{out} holds a linear probe with other settings ({k}: {old.get(k)!r} there, "
-                            f"{identity[k]!r} now); pass --out for a new folder")
+            raise UserError(sameness.differs(out, "a linear probe", diff, "pass --out for a new folder"))
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_write(saved, json.dumps(identity, indent=1).encode())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -63,8 +63,29 @@ def test_a_folder_holding_another_grid_is_refused_untouched(tmp_path):
     other = build(["N"], {"N": [64]}).to_json()
     (out / "grid.json").write_text(other)
     r = grid_cli("--out", str(out), "--cluster", "local")
-    assert r.returncode == 2 and "holds a different grid" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and "holds a grid with other settings (cells: [{'N': 64}] there, [{'N': 0," in r.stderr
+    assert r.stderr.count("\n") == 1
     assert (out / "grid.json").read_text() == other and sorted(p.name for p in out.iterdir()) == ["grid.json"]
+
+
+def test_how_a_grid_runs_is_not_what_it_is(tmp_path):
+    """The manual's advice (save more often, move the data to node-local scratch) keeps a grid's folder
+    and id; a setting that changes results is refused naming the key and both values."""
+    def folder(*extra):
+        grid = spec.build(spec.load_preset("demo"), None, {}, None, list(extra), None)
+        return GridDir(tmp_path / "grid", grid, tmp_path)
+
+    written = folder()
+    written.out.mkdir()
+    written.save_grid()
+    again = folder("run.ckpt_every_minutes=20", "data.path=/scratch/fmnist", "data.num_workers=4")
+    again.check_same()
+    assert again.grid.grid_id == written.grid.grid_id
+    with pytest.raises(UserError, match=r"holds a grid with other settings \(set.optim.base_lr: 'absent' there, "
+                                        r"0.1 now\); choose another --out or --name"):
+        folder("optim.base_lr=0.1").check_same()
+    with pytest.raises(UserError, match=r"\(set.optim.epochs: 2 there, 3 now\)"):
+        folder("optim.epochs=3").check_same()
 
 
 def test_a_folder_is_the_same_grid_however_its_stages_arguments_were_spelled(tmp_path):
@@ -75,7 +96,7 @@ def test_a_folder_is_the_same_grid_however_its_stages_arguments_were_spelled(tmp
     written.out.mkdir()
     written.save_grid()
     folder("--epochs 2 --fast").check_same()
-    with pytest.raises(UserError, match=r"holds a different grid \(lincls differs: \{'epochs': 2\} there\)"):
+    with pytest.raises(UserError, match=r"holds a grid with other settings \(lincls.epochs: 2 there, 3 now\)"):
         folder("--fast --epochs 3").check_same()
     # grid.json as grid.py wrote it when the id hashed the stages' argument lists: refused in one line
     d = json.loads((written.out / "grid.json").read_text())

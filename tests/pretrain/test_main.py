@@ -82,7 +82,7 @@ def test_different_config_in_an_existing_run_folder_is_refused(tmp_path):
     (out / "config.yaml").write_text(config.dump(config.load("demo", overrides=[f"run.out={out}"])))
     before = (out / "config.yaml").read_text()
     r = run_cli("--preset", "demo", f"run.out={out}", "mochi.N=64")
-    assert r.returncode == 2 and "different config (mochi.N: 128 there, 64 now)" in r.stderr
+    assert r.returncode == 2 and "holds a run with other settings (mochi.N: 128 there, 64 now)" in r.stderr
     assert (out / "config.yaml").read_text() == before and sorted(p.name for p in out.iterdir()) == ["config.yaml"]
 
 
