@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from pretrain.method.objective import Objective
+from pretrain.method.registry import PARAMS
 from pretrain.run import config, rundir, sameness, yamlfile
 from pretrain.run.errors import UserError
 
@@ -51,12 +52,11 @@ AXES = {
     "K": "moco.K", "tau": "moco.tau", "m": "moco.m",
     "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.base_lr",
     "arch": "model.arch", "image_size": "data.image_size",
-    "method": "loss.method", "tau_plus": "loss.tau_plus", "beta": "loss.beta",
-    "ring_outer": "loss.ring_outer", "ring_inner": "loss.ring_inner",
+    # the loss and every registered loss parameter (pretrain.method.registry)
+    "method": "loss.method", **{p.name: f"loss.{p.name}" for p in PARAMS},
 }
 # How a cell name abbreviates an axis: N1024-s1024-sp128, lr0.03, hcl_b1.0_tp0.1, ring_ro0.1_ri0.1.
-SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", "tau_plus": "tp", "beta": "b",
-         "ring_outer": "ro", "ring_inner": "ri"}
+SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", **{p.name: p.short for p in PARAMS}}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer", "random_init", "reference"}
 # The preset keys that hold one scalar: its type, and that type in words (a quoted "false" is not
@@ -65,8 +65,8 @@ PRESET_SCALARS = {"description": (str, "a string"), "paper": (str, "a string"), 
                   "seeds": (int, "an integer >= 1"), "profile": (str, "a string"),
                   "random_init": (bool, "true or false"), "baseline": ((str, bool), "a cell name or true")}
 MIXING_AXES = ("N", "s", "s_prime")
-LOSS_AXES = ("method", "tau_plus", "beta", "ring_outer", "ring_inner")
-PLAIN_LOSS = {"method": "infonce", "tau_plus": 0.0, "beta": 0.0, "ring_outer": 1.0, "ring_inner": 0.0}  # InfoNCE's values
+LOSS_AXES = ("method", *(p.name for p in PARAMS))
+PLAIN_LOSS = {"method": "infonce", **{p.name: p.neutral for p in PARAMS}}  # InfoNCE's values
 
 
 @dataclass(frozen=True)
@@ -570,9 +570,8 @@ def _plain_moco_like(grid: Grid, like: dict[str, object]) -> dict[str, object]:
     values = {k: v for k, v in like.items() if k not in (*MIXING_AXES, *LOSS_AXES)} | {"N": 0, "s": 0, "s_prime": 0}
     base = grid.base_config().objective.loss
     if any(k in like for k in LOSS_AXES) or not base.is_infonce:
-        # Ring's bounds are named only where the cell or the base sets them: other cells keep their ids.
-        values |= {k: v for k, v in PLAIN_LOSS.items()
-                   if k in ("method", "tau_plus", "beta") or k in like or getattr(base, k) != v}
+        # A parameter is named only where the cell or the base sets it: other cells keep their ids.
+        values |= {k: v for k, v in PLAIN_LOSS.items() if k == "method" or k in like or getattr(base, k) != v}
     return typed_values(values)
 
 

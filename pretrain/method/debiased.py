@@ -21,12 +21,21 @@ the same thing. Choices the paper leaves to its code (chingyaoc/DCL, main.py), k
 - Computed with the row's largest logit factored out of every exponential, so large 1/tau does
   not overflow; the value is that of the formula.
 
-This module imports nothing of the project.
+At tau_plus = 0 it is InfoNCE (the clamp cannot bind then: every exp(l_i) >= exp(-1/tau)).
+This module imports only the registry's types (torch where a loss is computed).
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from .losskind import LossKind, Param
+
+if TYPE_CHECKING:
+    import torch
+
+TAU_PLUS = Param("tau_plus", 0.0, 0.0, 1.0, high_open=True, short="tp",
+                 help="class prior of the debiased and hcl losses, in [0, 1)")
 
 
 def debiased(logits: torch.Tensor, tau: float, tau_plus: float) -> torch.Tensor:
@@ -35,6 +44,8 @@ def debiased(logits: torch.Tensor, tau: float, tau_plus: float) -> torch.Tensor:
     logits: [B, 1 + M] already divided by ``tau`` (positive in column 0, -inf for removed
     negatives); tau_plus in [0, 1): the class prior. Returns a scalar.
     """
+    import torch
+
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64 as given
     l_pos, l_neg = logits[:, 0], logits[:, 1:]
     n = torch.isfinite(l_neg).sum(dim=1).to(logits.dtype)  # negatives each query really has
@@ -44,3 +55,14 @@ def debiased(logits: torch.Tensor, tau: float, tau_plus: float) -> torch.Tensor:
     g = (neg - tau_plus * n * pos) / (1.0 - tau_plus)
     g = torch.maximum(g, n * torch.exp(-1.0 / tau - m))
     return torch.log1p(g / pos).mean()  # -log(pos / (pos + g)), precise when g << pos
+
+
+KIND = LossKind(
+    name="debiased", params=(TAU_PLUS,),
+    # the authors named: "DCL" also names Yeh et al.'s decoupled loss
+    label=lambda loss: f"debiased (Chuang et al., tau+ {loss.tau_plus:g})",
+    slug=lambda loss: f"debiased-tp{loss.tau_plus:g}",
+    compute=lambda loss, logits, tau, synthetic: debiased(logits, tau, loss.tau_plus),
+    reduces=lambda loss: ("infonce", {}) if loss.tau_plus == 0 else None,
+    cite="Chuang et al. 2020",
+)

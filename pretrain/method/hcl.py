@@ -23,12 +23,20 @@ beta = 0 makes every weight 1, which is the debiased loss; beta = 0 and tau_plus
 - Computed with the row's largest logit factored out (the weights as a softmax), so large 1/tau
   and beta do not overflow.
 
-This module imports nothing of the project.
+This module imports only the registry's types (torch where a loss is computed).
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from .debiased import TAU_PLUS
+from .losskind import LossKind, Param
+
+if TYPE_CHECKING:
+    import torch
+
+BETA = Param("beta", 0.0, 0.0, short="b", help="hcl's concentration on hard negatives, >= 0 (0: the debiased loss)")
 
 
 def hcl(logits: torch.Tensor, tau: float, tau_plus: float, beta: float) -> torch.Tensor:
@@ -38,6 +46,8 @@ def hcl(logits: torch.Tensor, tau: float, tau_plus: float, beta: float) -> torch
     negatives); tau_plus in [0, 1): the class prior; beta >= 0: the concentration on hard
     negatives. Returns a scalar.
     """
+    import torch
+
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64 as given
     l_pos, l_neg = logits[:, 0], logits[:, 1:]
     kept = torch.isfinite(l_neg)
@@ -53,3 +63,13 @@ def hcl(logits: torch.Tensor, tau: float, tau_plus: float, beta: float) -> torch
     g = (neg - tau_plus * n * pos) / (1.0 - tau_plus)
     g = torch.maximum(g, n * torch.exp(-1.0 / tau - m))
     return torch.log1p(g / pos).mean()  # -log(pos / (pos + g)), precise when g << pos
+
+
+KIND = LossKind(
+    name="hcl", params=(TAU_PLUS, BETA),
+    label=lambda loss: f"HCL (beta {loss.beta:.1f}, tau+ {loss.tau_plus:g})",
+    slug=lambda loss: f"hcl-b{loss.beta:g}-tp{loss.tau_plus:g}",
+    compute=lambda loss, logits, tau, synthetic: hcl(logits, tau, loss.tau_plus, loss.beta),
+    reduces=lambda loss: ("debiased", {"tau_plus": loss.tau_plus}) if loss.beta == 0 else None,
+    cite="Robinson et al. 2021",
+)

@@ -39,14 +39,24 @@ to the authors' code (mhw32/contrastive-ring-public), kept here unless said:
   so ranking them with the queue would let the inner cut discard most of them and undo MoCHi.
 
 Ties in q . n (of measure zero for real embeddings) are ranked in the order ``topk`` returns them.
-This module imports nothing of the project.
+This module imports only the registry's types and InfoNCE (torch where a loss is computed).
 """
 
 from __future__ import annotations
 
-import torch
+import math
+from typing import TYPE_CHECKING
 
 from .infonce import infonce
+from .losskind import LossKind, Param
+
+if TYPE_CHECKING:
+    import torch
+
+RING_OUTER = Param("ring_outer", 1.0, 0.0, 1.0, low_open=True, short="ro",
+                   help="ring: share of each query's negatives, most similar first, in its outer ball, (0, 1]")
+RING_INNER = Param("ring_inner", 0.0, 0.0, 1.0, high_open=True, short="ri",
+                   help="ring: share of the outer ball, most similar first, left out, [0, 1)")
 
 
 def ring_mask(l_neg: torch.Tensor, ring_outer: float, ring_inner: float) -> torch.Tensor:
@@ -54,6 +64,8 @@ def ring_mask(l_neg: torch.Tensor, ring_outer: float, ring_inner: float) -> torc
 
     l_neg: [B, K] queue logits (-inf for negatives the oracle removed); ring_outer in (0, 1];
     ring_inner in [0, 1). Returns a [B, K] bool mask, no gradient."""
+    import torch
+
     l_neg = l_neg.detach()
     # floor(share * count) as int() does it in the authors' code: in float64, as Python computes it
     n = torch.isfinite(l_neg).sum(dim=1, keepdim=True).double()
@@ -75,7 +87,27 @@ def ring(logits: torch.Tensor, ring_outer: float, ring_inner: float, synthetic: 
     the outer ball's share of each query's negatives; ring_inner in [0, 1): the share of that ball,
     the most similar, left out. Returns a scalar.
     """
+    import torch
+
     K = logits.shape[1] - 1 - synthetic
     l_neg = logits[:, 1 : 1 + K]
     kept = l_neg.masked_fill(~ring_mask(l_neg, ring_outer, ring_inner), float("-inf"))
     return infonce(torch.cat([logits[:, :1], kept, logits[:, 1 + K :]], dim=1))
+
+
+def ring_size(ring_outer: float, ring_inner: float, K: int) -> int:
+    """How many of a query's K queue negatives the ring keeps (``ring_mask``'s counts: the outer
+    ball floor(ring_outer K) without its top floor(ring_inner floor(ring_outer K)))."""
+    outer = math.floor(ring_outer * K)
+    return outer - math.floor(ring_inner * outer)
+
+
+KIND = LossKind(
+    name="ring", params=(RING_OUTER, RING_INNER),
+    label=lambda loss: f"Ring (outer {loss.ring_outer:g}, inner {loss.ring_inner:g})",
+    slug=lambda loss: f"ring-o{loss.ring_outer:g}-i{loss.ring_inner:g}",
+    compute=lambda loss, logits, tau, synthetic: ring(logits, loss.ring_outer, loss.ring_inner, synthetic),
+    reduces=lambda loss: ("infonce", {}) if (loss.ring_outer, loss.ring_inner) == (1.0, 0.0) else None,
+    kept=lambda loss, K: ring_size(loss.ring_outer, loss.ring_inner, K),
+    cite="Wu et al. 2021",
+)

@@ -26,6 +26,7 @@ from ..method.archs import ARCHS
 from ..method.loss import METHODS, Loss
 from ..method.mixing import Mixing
 from ..method.objective import Objective
+from ..method.registry import PARAMS
 from . import yamlfile
 from .errors import UserError
 
@@ -63,18 +64,18 @@ class MochiCfg:
         return Mixing(self.N, self.s, self.s_prime)
 
 
-@dataclass
-class LossCfg:
-    method: str = "infonce"  # infonce (MoCo v2), debiased (Chuang et al. 2020), hcl (Robinson et al. 2021), ring (Wu et al. 2021)
-    tau_plus: float = 0.0  # class prior of the debiased and hcl losses, in [0, 1)
-    beta: float = 0.0  # hcl's concentration on hard negatives, >= 0 (0: the debiased loss)
-    ring_outer: float = 1.0  # ring: share of each query's negatives, most similar first, in its outer ball, (0, 1]
-    ring_inner: float = 0.0  # ring: share of the outer ball, most similar first, left out, [0, 1)
+def _loss_from_section(self) -> Loss:
+    """The checked loss value the training step calls; ValueError for an undefined one."""
+    return Loss(self.method, **{p.name: getattr(self, p.name) for p in PARAMS})
 
-    @property
-    def loss(self) -> Loss:
-        """The checked loss value the training step calls; ValueError for an undefined one."""
-        return Loss(self.method, self.tau_plus, self.beta, self.ring_outer, self.ring_inner)
+
+# loss: the method (infonce: MoCo v2; debiased: Chuang et al. 2020; hcl: Robinson et al. 2021; ring:
+# Wu et al. 2021) and every parameter of the registered losses at its neutral value (each one's
+# range and meaning: its ``Param`` in the loss's module, ``pretrain.method.registry``).
+LossCfg = dataclasses.make_dataclass(
+    "LossCfg", [("method", str, field(default="infonce")),
+                *((p.name, float, field(default=p.neutral)) for p in PARAMS)],
+    namespace={"loss": property(_loss_from_section), "__module__": __name__})
 
 
 @dataclass
@@ -392,10 +393,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         loss = cfg.loss.loss
     except ValueError as e:
         raise UserError(f"config loss: {e}") from None
-    ring_size = loss.ring_size(cfg.moco.K)
-    if ring_size < 1:
-        raise UserError(f"config loss: ring_outer={loss.ring_outer:g} and ring_inner={loss.ring_inner:g} leave no "
-                        f"queue negative in the ring of a queue of K={cfg.moco.K}; widen the ring or lengthen the queue")
+    if loss.ring_size(cfg.moco.K) < 1:
+        raise UserError(f"config loss: {loss.label} keeps no queue negative of a queue of K={cfg.moco.K}; "
+                        f"widen it or lengthen the queue")
     per_rank = max(1, cfg.optim.batch_size // world_size)
     synthetic_bytes = per_rank * cfg.mochi.mixing.synthetic * cfg.model.dim * 4
     if synthetic_bytes > MAX_SYNTHETIC_BYTES:

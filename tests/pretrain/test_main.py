@@ -35,7 +35,7 @@ def run_cli(*args, cwd=None):
         (["loss.method=hcl", "loss.beta=.nan"], "config key loss.beta: nan is not a finite number"),
         (["optim.base_lr=.inf"], "config key optim.base_lr: inf is not a finite number"),
         (["optim.momentum=-0.5"], "config key optim.momentum: must be in [0, 1), got -0.5"),
-        (["loss.method=ring", "loss.ring_outer=0.001"], "leave no queue negative in the ring of a queue of K=512"),
+        (["loss.method=ring", "loss.ring_outer=0.001"], "Ring (outer 0.001, inner 0) keeps no queue negative of a queue of K=512"),
         (["mochi.s_prime=1000000000"], "synthetic negatives per query need"),
     ],
 )
