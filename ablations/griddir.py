@@ -153,9 +153,3 @@ class GridDir:
                 raise UserError(f"another grid.py is working on {self.out}; wait for it or use --status") from None
             yield
 
-
-def finish(gd: GridDir, uri: str) -> int:
-    """Sync every run folder into MLflow, then write and print the tables and plots."""
-    from ablations import report
-
-    return report.report(gd.grid, gd.out, uri, gd.results_dir, gd.complete())

@@ -19,6 +19,19 @@ from pretrain.tools.preflight_report import FAIL, PreflightSettings, Report, rea
 from slurm import launcher
 
 
+# Training images of the full sets, for the cost of a config without a subset.
+DATASET_SIZE = {"fashion-mnist": 60000, "imagenet100": 126689, "imagenet1k": 1281167}
+
+
+def images_per_epoch(cfg: config.Config) -> int:
+    """Training images per epoch of a config's data (its subset, else the full set's known size)."""
+    if cfg.data.dataset == "fashion-mnist":
+        n = DATASET_SIZE["fashion-mnist"]
+    else:
+        n = DATASET_SIZE["imagenet100" if cfg.data.class_list else "imagenet1k"]
+    return min(n, cfg.data.subset) if cfg.data.subset else n
+
+
 def folder(gd: GridDir) -> Path:
     """Where the grid's preflight writes its report and scratch checkpoints."""
     return gd.out / rundir.PREFLIGHT
@@ -81,7 +94,6 @@ class Projection:
 def job_hours(gd: GridDir, rate_at: float, arch: str, image_size: int) -> list[float]:
     """Wall hours of every pretraining job (cell x seed) at ``rate_at`` images/s measured for
     ``arch`` at ``image_size``, scaled to each cell's architecture and image size."""
-    from ablations.status import images_per_epoch
 
     grid = gd.grid
     out = []

@@ -180,3 +180,8 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
           f"experiment {experiment}" if uri.startswith("sqlite") else f"browse the runs at {uri}, "
           f"experiment {experiment}")
     return 0
+
+
+def finish(gd: GridDir, uri: str) -> int:
+    """Sync every run folder of a grid into MLflow, then write and print its tables and plots."""
+    return report(gd.grid, gd.out, uri, gd.results_dir, gd.complete())

@@ -230,6 +230,7 @@ class Grid:
     lincls: list[str] | dict[str, object] | None  # the linear probe (python -m pretrain.lincls)
     transfer: list[str] | dict[str, object] | None = None  # ([engine: E,] task: T, data: D, ...)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (cell id, reason)
+    merged: list[tuple[str, str]] = field(default_factory=list)  # (cell id, the kept cell it trains as, in words)
     profile: str = "local-cpu"
     table_rows: list[str] = field(default_factory=list)
     paper: str = ""
@@ -365,7 +366,7 @@ class Grid:
         """``grid.json``: the identity plus where and how the grid runs."""
         d = self._stored()
         d.update(grid_id=self.grid_id, profile=self.profile, table_rows=self.table_rows, paper=self.paper,
-                 dropped=self.dropped, preset=self.preset, baseline=self.baseline)
+                 dropped=self.dropped, merged=self.merged, preset=self.preset, baseline=self.baseline)
         return json.dumps(d, indent=1)
 
 
@@ -528,7 +529,7 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
     grid.transfer_stage(Path("runs/x"))
     if preset.get("baseline") is True and not any(_is_plain_moco(grid, c) for c in raw):
         raw.insert(0, _plain_moco_like(grid, raw[0] if raw else {}))
-    seen = set()
+    seen, settings = set(), {}
     for values_ in raw:
         cell = Cell(values_)
         if cell.id in seen:
@@ -542,6 +543,13 @@ def build(preset: dict, sweep: list[str] | None, values: dict[str, list], seeds:
         if grid.transfer is not None and (cfg.model.arch != "resnet50" or cfg.model.small_stem):
             grid.dropped.append((cell.id, f"the transfer stage needs a standard resnet50, the cell is a {cfg.model.arch}"))
             continue
+        if cfg.setting in settings:  # the same objective under another name: one cell, said so
+            kept, mine = settings[cfg.setting], cfg.objective.label
+            theirs = grid.objective(kept).label
+            grid.merged.append((cell.id, f"{mine} is {theirs} ({kept.id})" if mine != theirs
+                                else f"the same setting as {kept.id} ({theirs})"))
+            continue
+        settings[cfg.setting] = cell
         grid.cells.append(cell)
     if not grid.cells:
         reasons = "; ".join(f"{c}: {r}" for c, r in grid.dropped[:3])
@@ -597,6 +605,7 @@ def from_dict(d: dict) -> Grid:
     cells = [Cell(typed_values(v)) for v in d["cells"]]
     return Grid(name=d["name"], base=d["base"], set=parse_set(d["set"]), cells=cells,
                 seeds=int(d["seeds"]), lincls=d["lincls"], dropped=[tuple(x) for x in d.get("dropped", [])],
+                merged=[tuple(x) for x in d.get("merged", [])],
                 profile=d.get("profile", "local-cpu"), table_rows=[axis(a).name for a in d.get("table_rows", [])],
                 paper=d.get("paper", ""), preset=d.get("preset", ""), transfer=d.get("transfer"),
                 references=[Reference(n, p) for n, p in d.get("references", [])], baseline=d.get("baseline"))

@@ -10,25 +10,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations import preflight
-from ablations.griddir import GridDir, Unit, finish
-from ablations.submit import EVAL_STAGES, PREFLIGHT_KEY, active, settle, slurm_jobs
+from ablations import preflight, spec
+from ablations.preflight import images_per_epoch
+from ablations.griddir import GridDir, Unit
+from ablations.submit import EVAL_STAGES, PREFLIGHT_KEY, active, finish, settle, slurm_jobs
 from pretrain.run import config, rundir
 from pretrain.run.tracking import read_metrics
 from slurm import launcher
 
 # Images per epoch for --dry-run estimates when the data is not on this machine.
-DATASET_SIZE = {"fashion-mnist": 60000, "imagenet100": 126689, "imagenet1k": 1281167}
 QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
-
-
-def images_per_epoch(cfg: config.Config) -> int:
-    """Training images per epoch of a config's data (its subset, else the full set's known size)."""
-    if cfg.data.dataset == "fashion-mnist":
-        n = DATASET_SIZE["fashion-mnist"]
-    else:
-        n = DATASET_SIZE["imagenet100" if cfg.data.class_list else "imagenet1k"]
-    return min(n, cfg.data.subset) if cfg.data.subset else n
 
 
 def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
@@ -42,19 +33,26 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
         devices = max(profile.gpus_per_job, 1)
         hours = images / (rate * devices) / 3600
         total += hours * devices * grid.seeds
-        m = cfg.mochi.mixing
-        rows.append((cell.id, m.N, m.s, m.s_prime, cfg.moco.K, cfg.optim.epochs, images_per_epoch(cfg), hours))
+        rows.append((cell.id, cfg.objective.label, cfg.moco.K, cfg.optim.epochs, images_per_epoch(cfg), hours))
     unit = "GPU-hours" if profile.gpus_per_job else "CPU-job-hours"
     print(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
           f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs and {profile.ranks_per_job} DDP "
           f"rank{'s' * (profile.ranks_per_job > 1)} per pretraining job), folder {gd.out}")
-    head = ("cell", "N", "s", "s'", "K", "epochs", "images/epoch", "h/job")
-    widths = [max(len(str(r[i])) if i < 7 else 6 for r in [head, *rows]) for i in range(8)]
-    print("  ".join(str(h).rjust(w) for h, w in zip(head, widths)))
+    head = ("cell", "trains", "K", "epochs", "images/epoch", "h/job")
+    widths = [max(len(str(r[i])) if i < 5 else 6 for r in [head, *rows]) for i in range(6)]
+    print("  ".join(str(h).ljust(w) if i < 2 else str(h).rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
     for r in rows:
-        print("  ".join([*(str(v).rjust(w) for v, w in zip(r[:7], widths)), f"{r[7]:6.2f}".rjust(widths[7])]))
+        print("  ".join([*(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r[:5], widths))),
+                         f"{r[5]:6.2f}".rjust(widths[5])]))
+    base_mixing = grid.base_config().objective.mixing
+    if (base_mixing.active and any(a in c.values for c in grid.cells for a in spec.LOSS_AXES)
+            and not any(a in c.values for c in grid.cells for a in spec.MIXING_AXES)):
+        print(f"every cell trains with {base_mixing.notation}, from the base preset {grid.base}: for the losses "
+              f"alone, add --set mochi.s=0 --set mochi.s_prime=0 (or sweep N,s,s_prime too)")
     for cell_id, reason in grid.dropped:
         print(f"dropped {cell_id}: {reason}")
+    for cell_id, why in grid.merged:
+        print(f"merged {cell_id}: {why}")
     for ref in grid.references:
         print(f"reference row {ref.id}: {ref.label} ({grid.seeds} seeds; probe and transfer only)")
     report = preflight.passed_before(gd, profile)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablations import preflight
-from ablations.griddir import GridDir, Unit, finish
+from ablations.griddir import GridDir, Unit
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
@@ -35,6 +35,13 @@ from slurm import launcher
 
 log = logging.getLogger("ablations.grid")
 
+
+def finish(gd: GridDir, uri: str) -> int:
+    """Sync every run folder into MLflow, then write and print the tables and plots
+    (``report.finish``; imported here, so that a dry run or a status loads no pandas or MLflow)."""
+    from ablations import report
+
+    return report.finish(gd, uri)
 
 def ensure_parent(gd: GridDir, uri: str, profile: str, cluster: str) -> str | None:
     """The grid's MLflow parent run (created on first submission; its id kept in the grid folder), or
@@ -234,6 +241,8 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
     todo = plan(gd, jobs, slurm_jobs(jobs))
     for cell_id, reason in grid.dropped:
         print(f"dropped {cell_id}: {reason}")
+    for cell_id, why in grid.merged:
+        print(f"merged {cell_id}: {why}")
     print(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
           f"{len(todo.pretrain)} to pretrain, {len(todo.eval_units())} to evaluate, {todo.done} done, "
           f"{todo.active} already queued or running")

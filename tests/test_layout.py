@@ -107,3 +107,62 @@ def test_the_rule_lets_the_right_direction_through():
     assert violations("pretrain.tools.bench", "from ..train import step\nfrom ..method.mochi import Mixing") == []
     assert violations("pretrain.lincls", "from .eval.lincls import run") == []
     assert violations("slurm.jobs", "import submitit\nfrom transfer import finetune") == []
+
+
+def module_graph() -> dict[str, set[str]]:
+    """{project module: the project modules it imports}, every import statement counted (also one
+    inside a function); ``from pkg import name`` is the module pkg.name where that is a module."""
+    modules = {module_of(rel) for rel in project_files()}
+    graph = {}
+    for rel in project_files():
+        name = module_of(rel)
+        edges = set()
+        for _, target in imports(name, (REPO / rel).read_text(), rel.name == "__init__.py"):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycles, function-level imports included: a cycle means two modules are one room."""
+    assert cycles(module_graph()) == []
+
+
+def test_the_cycle_rule_finds_a_cycle_through_a_function_level_import():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -32,9 +32,11 @@ class Mixing:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
         if self.s > 0 and self.N < 2:
-            raise ValueError(f"s={self.s} mixes pairs of distinct hard negatives and needs N >= 2, got N={self.N}")
+            raise ValueError(f"s={self.s} mixes pairs of distinct hard negatives and needs N >= 2, got N={self.N}"
+                             + (" (plain MoCo v2 is N = s = s_prime = 0)" if self.N == 0 else ""))
         if self.s_prime > 0 and self.N < 1:
-            raise ValueError(f"s_prime={self.s_prime} mixes the query with hard negatives and needs N >= 1, got N=0")
+            raise ValueError(f"s_prime={self.s_prime} mixes the query with hard negatives and needs N >= 1, got N=0 "
+                             f"(plain MoCo v2 is N = s = s_prime = 0)")
 
     def check_queue(self, K: int) -> None:
         """Raise ValueError if the N hardest negatives cannot be taken from a queue of K entries."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .loss import Loss
-from .mixing import Mixing
+from .mixing import PLAIN, Mixing
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,22 @@ class Objective:
     mixing: Mixing = field(default_factory=Mixing)
 
     @property
+    def reduced(self) -> Objective:
+        """The simplest objective that trains alike: the loss's reductions (``Loss.reduced``) and no
+        mixing where nothing is synthesised (N alone selects nothing to mix). Two settings whose
+        reduced objectives are equal are one setting.
+
+        Example:
+            >>> Objective(Loss("debiased", 0.0), Mixing(64, 0, 0)).reduced == Objective()
+            True
+        """
+        return Objective(self.loss.reduced, self.mixing if self.mixing.active else PLAIN)
+
+    @property
     def is_plain_moco(self) -> bool:
-        """True when the step is exactly MoCo v2's: InfoNCE and no synthetic negatives (whatever N)."""
-        return self.loss.is_infonce and not self.mixing.active
+        """True when the step is exactly MoCo v2's: InfoNCE or a loss that reduces to it (debiased at
+        tau+ 0, ...), and no synthetic negatives (whatever N)."""
+        return self.reduced == Objective()
 
     @property
     def method(self) -> str:

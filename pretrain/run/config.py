@@ -27,7 +27,7 @@ from ..method.loss import METHODS, Loss
 from ..method.mixing import Mixing
 from ..method.objective import Objective
 from ..method.registry import PARAMS
-from . import yamlfile
+from . import sameness, yamlfile
 from .errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -159,6 +159,21 @@ class Config:
     def flat(self) -> dict[str, object]:
         """{"mochi.N": 1024, ...}: every leaf under its dotted key."""
         return {f"{sec}.{k}": v for sec, d in self.to_dict().items() for k, v in d.items()}
+
+    @property
+    def setting(self) -> tuple[tuple[str, object], ...]:
+        """What this config trains and measures, as one typed value: every key but how it runs
+        (``sameness.HOW_IT_RUNS``), its seed and the grid's analysis N, with the objective in its
+        reduced form (``Objective.reduced``: HCL at beta 0 and tau+ 0, or N alone, is MoCo v2).
+        Two configs with equal settings are one setting of a grid (its seeds aside)."""
+        o = self.objective.reduced
+        flat = {k: v for k, v in self.flat().items()
+                if k not in sameness.HOW_IT_RUNS and k not in ("run.seed", "eval.analysis_N")}
+        flat.update({"loss.method": o.loss.method, **{f"loss.{p.name}": getattr(o.loss, p.name) for p in PARAMS},
+                     "mochi.N": o.mixing.N, "mochi.s": o.mixing.s, "mochi.s_prime": o.mixing.s_prime})
+        if not o.mixing.active:
+            flat["mochi.mix_start"] = 0
+        return tuple(sorted(flat.items()))
 
 
 def presets() -> list[str]:

@@ -81,7 +81,7 @@ def test_heatmap_and_memory_figures_and_reference_columns(tmp_path, monkeypatch)
     client = MlflowClient(uri)
     sweep = spec.build(spec.load_preset("demo"), ["N", "s", "s_prime"], {}, None, [], None, name="hm")
     k_grid = spec.build(spec.load_preset("demo"), ["K", "N", "s", "s_prime"],
-                        {"K": [256, 512], "N": [0, 128], "s": [0], "s_prime": [0]}, None, [], None, name="mem")
+                        {"K": [256, 512], "N": [0, 128], "s": [0, 128], "s_prime": [0]}, None, [], None, name="mem")
     k_grid.preset = "in1k-table2"  # borrow a preset that has references, with a reference file of our own
     ref = tmp_path / "reference.yaml"
     ref.write_text("- {preset: in1k-table2, cell: {K: 512, N: 0}, metric: linear_top1, value: 70.0, std: 0.5,"

@@ -27,9 +27,10 @@ def test_demo_preset_is_the_paper_layout():
 
 def test_sweep_crosses_axes_and_drops_invalid_cells_with_a_reason():
     g = build(["N", "s", "s_prime"], {"N": [0, 64], "s": [0, 32], "s_prime": [0]})
-    assert [c.id for c in g.cells] == ["N0-s0-sp0", "N64-s0-sp0", "N64-s32-sp0"]
+    assert [c.id for c in g.cells] == ["N0-s0-sp0", "N64-s32-sp0"]
+    assert g.merged == [("N64-s0-sp0", "the same setting as N0-s0-sp0 (MoCo v2)")]  # N alone mixes nothing
     assert g.dropped == [("N0-s32-sp0", "config mochi: s=32 mixes pairs of distinct hard negatives and needs N >= 2, "
-                                        "got N=0")]
+                                        "got N=0 (plain MoCo v2 is N = s = s_prime = 0)")]
     # axes left out keep the base preset's value (the demo's s' = 32 needs N >= 1)
     assert [c.id for c in build(["N"], {"N": [0, 64]}).cells] == ["N64"]
     # N > K (the demo's K is 512)
@@ -39,7 +40,9 @@ def test_sweep_crosses_axes_and_drops_invalid_cells_with_a_reason():
 
 def test_sweep_without_values_takes_the_presets_axes():
     g = build(["N", "s", "s_prime"])
-    assert len(g.cells) == 8 and {c.values["N"] for c in g.cells} == {64, 128}
+    # 8 crossed; N 64 and N 128 with s = s' = 0 are both MoCo v2: one cell
+    assert len(g.cells) == 7 and {c.values["N"] for c in g.cells} == {64, 128}
+    assert g.merged == [("N128-s0-sp0", "the same setting as N64-s0-sp0 (MoCo v2)")]
 
 
 def test_any_config_key_is_an_axis():
@@ -90,7 +93,7 @@ def test_mixing_of_a_cell_comes_from_its_config():
     g = build(["K"], {"K": [512, 1024]})  # N, s, s' from the demo preset
     assert {g.objective(c).label for c in g.cells} == {"MoCHi (128, 128, 32)"}
     g = build(["N", "s", "s_prime"], {"N": [0, 64], "s": [0], "s_prime": [0]})
-    assert [g.objective(c).is_plain_moco for c in g.cells] == [True, True]
+    assert [g.objective(c).is_plain_moco for c in g.cells] == [True] and g.merged[0][0] == "N64-s0-sp0"
 
 
 def test_every_row_of_a_grid_is_measured_over_one_analysis_N():
@@ -138,8 +141,15 @@ def test_reference_rows_and_the_baseline(tmp_path):
 def test_the_loss_is_an_axis_and_undefined_combinations_are_dropped_with_the_reason():
     g = build(["method", "tau_plus", "beta"], {"method": ["infonce", "debiased", "hcl"], "tau_plus": [0.0, 0.1],
                                                "beta": [0.0, 1.0]})
-    assert [c.id for c in g.cells] == ["infonce_tp0.0_b0.0", "debiased_tp0.0_b0.0", "debiased_tp0.1_b0.0",
-                                       "hcl_tp0.0_b0.0", "hcl_tp0.0_b1.0", "hcl_tp0.1_b0.0", "hcl_tp0.1_b1.0"]
+    # debiased at tau+ 0 and HCL at beta 0 and tau+ 0 train as InfoNCE, HCL at beta 0 as the debiased loss
+    assert [c.id for c in g.cells] == ["infonce_tp0.0_b0.0", "debiased_tp0.1_b0.0", "hcl_tp0.0_b1.0", "hcl_tp0.1_b1.0"]
+    assert g.merged == [
+        ("debiased_tp0.0_b0.0", "debiased (Chuang et al., tau+ 0) + MoCHi (128, 128, 32) is MoCHi (128, 128, 32) "
+                                "(infonce_tp0.0_b0.0)"),
+        ("hcl_tp0.0_b0.0", "HCL (beta 0.0, tau+ 0) + MoCHi (128, 128, 32) is MoCHi (128, 128, 32) (infonce_tp0.0_b0.0)"),
+        ("hcl_tp0.1_b0.0", "HCL (beta 0.0, tau+ 0.1) + MoCHi (128, 128, 32) is debiased (Chuang et al., tau+ 0.1) + "
+                           "MoCHi (128, 128, 32) (debiased_tp0.1_b0.0)")]
+    assert spec.from_json(g.to_json()).merged == g.merged
     reasons = dict(g.dropped)
     assert "infonce takes neither" in reasons["infonce_tp0.1_b0.0"]
     assert "the debiased loss is hcl with beta = 0" in reasons["debiased_tp0.0_b1.0"]
@@ -158,7 +168,9 @@ def test_the_ring_is_an_axis_and_a_ring_on_another_loss_is_dropped_with_the_reas
     g = build(["method", "ring_outer", "ring_inner"], {"method": ["infonce", "ring"], "ring_outer": [0.1, 1.0],
                                                        "ring_inner": [0.0, 0.1]})
     assert [c.id for c in g.cells] == ["infonce_ro1.0_ri0.0", "ring_ro0.1_ri0.0", "ring_ro0.1_ri0.1",
-                                       "ring_ro1.0_ri0.0", "ring_ro1.0_ri0.1"]
+                                       "ring_ro1.0_ri0.1"]
+    assert g.merged == [("ring_ro1.0_ri0.0", "Ring (outer 1, inner 0) + MoCHi (128, 128, 32) is MoCHi (128, 128, 32) "
+                                             "(infonce_ro1.0_ri0.0)")]  # a ring holding every negative
     reasons = dict(g.dropped)
     assert "belong to the ring loss; infonce takes neither" in reasons["infonce_ro0.1_ri0.1"]
     assert spec.axis("loss.ring_outer").name == "ring_outer" and spec.axis("ring_inner").type is float
@@ -351,3 +363,37 @@ def test_a_stage_value_that_cannot_run_is_refused_when_the_grid_is_built(tmp_pat
     f.write_text(yaml.safe_dump({"base": "demo", **stage}))
     with pytest.raises(UserError, match=re.escape(message)):
         spec.build(spec.load_preset(str(f)), None, {}, None, [], None)
+
+
+DOCUMENTED_SWEEPS = [  # docs/pretraining.md, "Hard-negative strategies"
+    ("hardneg-in100", "method,tau_plus,beta", ["mochi.s=0", "mochi.s_prime=0"]),
+    ("hardneg-in100", "method,ring_outer,ring_inner", ["mochi.s=0", "mochi.s_prime=0"]),
+    ("demo", "N,s,s_prime", []),
+]
+
+
+@pytest.mark.parametrize("preset, sweep, extra", [(p, None, []) for p in spec.presets()] + DOCUMENTED_SWEEPS)
+def test_no_two_cells_of_a_grid_train_the_same_objective(preset, sweep, extra):
+    """Every shipped preset and documented sweep: one cell per setting (Config.setting, the objective
+    in its reduced form), each other name of it merged with its reason."""
+    g = spec.build(spec.load_preset(preset), sweep and sweep.split(","), {}, None, extra, None)
+    settings = [g.cfg(c, 0, Path("x")).setting for c in g.cells]
+    assert len(set(settings)) == len(settings)
+    for cell_id, why in g.merged:
+        assert cell_id not in {c.id for c in g.cells} and why
+
+
+def test_the_dry_run_says_what_each_cell_trains_and_what_it_merged(tmp_path):
+    """The sweep the issue found hiding MoCHi in every cell and training one objective under three names."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "ablations/grid.py", "--preset", "hardneg-in100", "--sweep", "method,tau_plus,beta",
+                        "--set", "data.path=/datasets/imagenet", "--out", str(tmp_path / "g"), "--dry-run"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "debiased_tp0.05_b0.0  debiased (Chuang et al., tau+ 0.05) + MoCHi (1024, 1024, 128)" in r.stdout
+    assert "every cell trains with MoCHi (1024, 1024, 128), from the base preset imagenet100" in r.stdout
+    assert "merged debiased_tp0.0_b0.0: debiased (Chuang et al., tau+ 0) + MoCHi (1024, 1024, 128) is MoCHi " \
+           "(1024, 1024, 128) (infonce_tp0.0_b0.0)" in r.stdout
+    assert "9 cells x 3 seeds" in r.stdout and not (tmp_path / "g").exists()

@@ -138,7 +138,8 @@ def test_ring_is_named_in_words_and_composes_in_the_objective():
     ring_loss = Loss("ring", ring_outer=0.1, ring_inner=0.1)
     assert (ring_loss.label, ring_loss.slug) == ("Ring (outer 0.1, inner 0.1)", "ring-o0.1-i0.1")
     o = Objective(ring_loss, Mixing(1024, 1024, 128))
-    assert not o.is_plain_moco and not Objective(Loss("ring")).is_plain_moco
+    assert not o.is_plain_moco and not Objective(Loss("ring", ring_outer=0.5)).is_plain_moco
+    assert Objective(Loss("ring")).is_plain_moco  # a ring holding every negative is InfoNCE
     assert (o.method, o.label, o.slug) == ("ring+mochi", "Ring (outer 0.1, inner 0.1) + MoCHi (1024, 1024, 128)",
                                            "ring-o0.1-i0.1_mochi-N1024-s1024-sp128")
     assert Objective(ring_loss).method == "ring"
