@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ablations import spec, status
 from ablations.griddir import GridDir
-from ablations.submit import check_cluster, check_transfer_gpus, preflight_only, submit
+from ablations.submit import check_cluster, check_data, check_transfer_gpus, preflight_only, submit
 from pretrain.run import rundir
 from pretrain.run.cli import ArgumentParser, execute, setup_logging
 from pretrain.run.errors import UserError
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"({profile.gpus_per_job} GPUs); local runs use one process per job (use --cluster slurm)")
     check_transfer_gpus(grid, profile, cluster)
     check_cluster(grid, profile, cluster)
+    check_data(grid, profile)
     with gd.lock():
         if args.preflight:
             return preflight_only(gd, profile, cluster, uri)

@@ -13,6 +13,7 @@ from ablations import figures, spec, stats
 from ablations.collect import METRICS, close_parent, fewer_gpus, histories, per_seed, runs_frame, sync_grid
 from ablations.griddir import GridDir
 from ablations.summary import (MECHANISM_METRICS, TABLE_METRICS, conclusions, family_note, load_reference,
+                               missing_seeds,
                                mechanism_rows, mechanism_table, shown, summarize, table)
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
@@ -137,8 +138,10 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     seeds = per_seed(runs, grid, axes, hist)
     summary = summarize(seeds, grid, axes)
     title = f"{grid.name}: {grid.paper}" if grid.paper else grid.name
-    tables: list[Table] = [("Scores", table(summary, axes, reference, grid.preset),
-                            family_note(summary, shown(summary, TABLE_METRICS)))]
+    lost = missing_seeds(seeds, grid.seeds, shown(summary, TABLE_METRICS))
+    tables: list[Table] = [("Scores", table(summary, axes, reference, grid.preset, seeds=grid.seeds),
+                            " ".join(filter(None, [family_note(summary, shown(summary, TABLE_METRICS)),
+                                                   *(f"Missing: {line}." for line in lost)])))]
     mech = mechanism_table(summary, axes)
     if mech is not None:
         tables.append(("Mechanism: how hard the task and the negatives are (last quarter of training)", mech,

@@ -118,6 +118,21 @@ def check_cluster(grid, profile: launcher.Profile, cluster: str) -> None:
     launcher.check_fits(profile, list(dict.fromkeys(stages)))
 
 
+def check_data(grid, profile: launcher.Profile) -> None:
+    """UserError, before anything is written or submitted, for a cell whose image folder
+    (``data.path`` of an ``imagefolder`` dataset) is not on this host, unless the profile says the
+    data lives on the compute nodes only (``data_on_nodes``: node-local scratch, which the preflight
+    checks there)."""
+    if profile.data_on_nodes:
+        return
+    for cell in grid.cells:
+        data = grid.cfg(cell, 0, rundir.GRIDS / "x").data
+        if data.dataset == "imagefolder" and data.path and not Path(data.path).is_dir():
+            raise UserError(f"data.path {data.path} (cell {cell.id}) is not a folder on this host; give the "
+                            f"dataset's folder, or set data_on_nodes: true in profile {profile.name} if it exists "
+                            f"only on the compute nodes")
+
+
 EVAL_STAGES = (grid_jobs.LinclsJob.stage, grid_jobs.TransferJob.stage)
 
 

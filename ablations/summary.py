@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ablations import spec, stats
@@ -117,12 +118,32 @@ def has_comparison(summary: pd.DataFrame, m: str) -> bool:
     return f"{m}_verdict" in summary
 
 
-def fmt(mean: float, sd: float, n: int, best: bool = False) -> str:
-    """'mean ± sd (n=k)' (bold with ``best``); empty for a missing mean."""
+def fmt(mean: float, sd: float, n: int, best: bool = False, of: int | None = None) -> str:
+    """'mean ± sd (n=k)' (bold with ``best``), 'n=k of m' where ``of`` seeds were asked for and
+    fewer have a value; empty for a missing mean."""
     if pd.isna(mean):
         return ""
-    text = f"{mean:.2f}" + (f" ± {sd:.2f}" if pd.notna(sd) else "") + f" (n={n})"
+    count = f"n={n}" + (f" of {of}" if of is not None and n < of else "")
+    text = f"{mean:.2f}" + (f" ± {sd:.2f}" if pd.notna(sd) else "") + f" ({count})"
     return f"**{text}**" if best else text
+
+
+def missing_seeds(seeds: pd.DataFrame, expected: int, metrics: list[str]) -> list[str]:
+    """One line per row and metric of ``metrics`` that has a value for some of its ``expected``
+    seeds but not for all (a probe whose result is NaN, a job that never logged): which seeds, so
+    that a table never loses a unit silently."""
+    lines = []
+    for m in metrics:
+        if m not in seeds or seeds[m].isna().all():
+            continue
+        for row, g in seeds.groupby("cell", sort=False):
+            have = set(g.loc[g[m].notna() & np.isfinite(g[m].astype(float)), "seed"].astype(int))
+            lost = sorted(set(range(expected)) - have)
+            if have and lost:
+                lines.append(f"{row}: {METRICS[m].label} from {len(have)} of {expected} seeds; seed"
+                             f"{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} "
+                             f"{'have' if len(lost) > 1 else 'has'} no finite value (not finished, or NaN)")
+    return lines
 
 
 def fmt_interval(mean: float, low: float, high: float, signed: bool = False) -> str:
@@ -207,12 +228,13 @@ def family_note(summary: pd.DataFrame, metrics: list[str]) -> str:
 
 
 def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None = None, preset: str = "",
-          metrics: list[str] | None = None, detect: float = DETECT) -> pd.DataFrame:
+          metrics: list[str] | None = None, detect: float = DETECT, seeds: int | None = None) -> pd.DataFrame:
     """A printable table of ``summary``: axis columns and the method; per metric the value (mean ±
     sd over seeds, n), the difference to the baseline with its simultaneous 95% interval over the
     row's family, the Bonferroni-adjusted p with the test that ran, the verdict and the seeds a
     ``detect``-point difference would need; where ``reference`` has a sourced value for the row, the
-    reference and our difference to it. ``family_note`` is the note that goes under it."""
+    reference and our difference to it; ``seeds``: the seeds each row was asked for (a value from
+    fewer says 'n=2 of 3'). ``family_note`` is the note that goes under it."""
     metrics = shown(summary, TABLE_METRICS if metrics is None else metrics)
     t = summary[axes].astype(object).where(summary[axes].notna(), "")
     t["setting"] = summary["setting"]
@@ -221,7 +243,7 @@ def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None =
         best = best_rows(summary, m)
         trial = f"{m}_trial_std" in summary
         t[f"{label} (mean ± sd)"] = [
-            fmt(mu, sd, int(n), cell in best) + (f", trials sd {tr:.2f}" if trial and pd.notna(tr) else "")
+            fmt(mu, sd, int(n), cell in best, seeds) + (f", trials sd {tr:.2f}" if trial and pd.notna(tr) else "")
             for cell, mu, sd, n, tr in zip(summary["cell"], summary[f"{m}_mean"], summary[f"{m}_std"],
                                            summary[f"{m}_n"],
                                            summary[f"{m}_trial_std"] if trial else [math.nan] * len(summary))]

@@ -50,6 +50,9 @@ class Profile:
     constraint: str | None = None
     extra_sbatch: dict = field(default_factory=dict)  # any other sbatch option, e.g. {exclusive: true}
     setup: list = field(default_factory=list)  # shell lines run before the job (module load ...)
+    # data.path exists only on the compute nodes (node-local scratch): not checked on the
+    # submitting host (the preflight checks it on a node)
+    data_on_nodes: bool = False
 
     @property
     def gpus_per_job(self) -> int:

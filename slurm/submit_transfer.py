@@ -52,7 +52,7 @@ def stages_from_args(args) -> list[FinetuneSettings]:
         for task, root in pairs:
             s = FinetuneSettings(source=str(src), task=task, data=str(root), trials=args.trials, iters=args.iters,
                                  batch=args.batch, random_init=args.random_init)
-            s.recipe()
+            s.check_data()  # what the job would refuse first, refused here: nothing submitted
             out.append(s)
     return out
 

@@ -62,6 +62,18 @@ class Task:
     rois_per_image: int = 512
     test_proposals: int = 1000
 
+    def required(self) -> list[str]:
+        """The paths under ``--data`` its train and test splits need, in the order they are checked
+        (``datasets`` reads them): VOC's image-set list, annotations and images per year, COCO's
+        annotations file and images folder per split."""
+        if self.data == "voc":
+            sets = [t.split(":") for t in dict.fromkeys((*self.train, self.test))]
+            years = dict.fromkeys(y for y, _ in sets)
+            return ([f"VOC{y}/ImageSets/Main/{split}.txt" for y, split in sets]
+                    + [f"VOC{y}/{d}" for y in years for d in ("Annotations", "JPEGImages")])
+        return [p for split in dict.fromkeys((*self.train, self.test))
+                for p in (f"annotations/instances_{split}.json", split)]
+
 
 TASKS = {
     "voc-c4": Task("c4", False, "voc", ("2007:trainval", "2012:trainval"), "2007:test", 24000, (18000, 22000), 100,
@@ -97,6 +109,16 @@ class FinetuneSettings(trials.StageSettings):
         self.recipe()
         if self.ckpt_every < 1:
             raise UserError(f"--ckpt-every {self.ckpt_every}: must be >= 1")
+
+    def check_data(self) -> None:
+        """UserError naming the first path the task's data needs that ``data`` lacks: checked where
+        the stage is asked for (the command, a submission) before anything is built or submitted."""
+        root = Path(self.data)
+        if not root.is_dir():
+            raise UserError(f"--data {root} does not exist")
+        for rel in self.recipe().required():
+            if not (root / rel).exists():
+                raise UserError(f"--data {root}: {rel} is missing, which {self.task} needs")
 
     def recipe(self) -> Task:
         """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""
@@ -272,9 +294,8 @@ def run(s: FinetuneSettings, discard: bool = False) -> dict:
     out = s.out_dir
     src = trials.origin(s.source, s.random_init, out, parent_run=s.parent_run, tracking_uri=s.tracking_uri,
                         experiment=s.experiment)
+    s.check_data()
     root = Path(s.data)
-    if not root.is_dir():
-        raise UserError(f"--data {root} does not exist")
     train, test, names = datasets(task, root)
     recipe = dataclasses.asdict(task)
     fp = trials.fingerprint(s, src, recipe)

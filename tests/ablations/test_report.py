@@ -56,7 +56,7 @@ def test_tables_and_plot_from_the_store(tmp_path):
     md = (out / "table.md").read_text()
     best = [ln for ln in md.splitlines() if "**" in ln]
     assert len(best) == 1  # best linear top-1 (N128-s128-sp32); the proxy-task column is not ranked
-    assert "**74.67 ± 0.76 (n=3)**" in md and "69.00 (n=1)" in md
+    assert "**74.67 ± 0.76 (n=3)**" in md and "69.00 (n=1 of 3)" in md and "74.00 ± 1.41 (n=2 of 3)" in md
     # deltas of MoCHi rows to the MoCo v2 row, on the seeds both have (N128-s0-sp32 has seed 0 only: 69 - 70)
     assert "+3.67" in md and "-1.00" in md
     assert "\\begin{tabular}" in (out / "table.tex").read_text()
@@ -392,3 +392,20 @@ def test_settings_that_share_N_s_s_prime_never_share_a_table_or_figure_cell(tmp_
     for p in panels.values():
         assert p.loc[0, 0] == pytest.approx(78.5)  # MoCo v2's mean, not HCL's 80.5
         assert p.loc[64, 128] < 76 and p.loc[128, 128] >= 76
+
+
+def test_a_seed_whose_probe_is_not_a_number_is_named_in_the_table(tmp_path):
+    """A NaN linear top-1 (a probe that diverged) leaves that seed out of the mean, and the table
+    says so where the number is: 'n=2 of 3' and which seed, not a silent n = 2."""
+    grid = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name=f"n{tmp_path.name[-6:]}")
+    grid.cells, grid.references = grid.cells[:2], []
+    values = {"N0-s0-sp0": [70.0, float("nan"), 71.0], "N128-s128-sp0": [72.0, 73.0, 74.0]}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fill_linear(uri, grid, values)
+    out = tmp_path / "results"
+    assert report.report(grid, tmp_path / "grid", uri, out) == 0
+    md = (out / "table.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| 0 "))
+    assert "70.50 ± 0.71 (n=2 of 3)" in row
+    assert "Missing: N0-s0-sp0: linear top-1 from 2 of 3 seeds; seed 1 has no finite value" in md
+    assert "(n=3)" in next(ln for ln in md.splitlines() if ln.startswith("| 128 "))

@@ -37,9 +37,15 @@ def sources(tmp_path_factory):
     (["--task", "voc-fpn=/tmp"], "unknown transfer task 'voc-fpn'"),
     (["--task", "voc-c4"], "give TASK=DATA_ROOT"),
     (["--task", "demo-voc={det}", "--profile", "nope"], "unknown cluster profile"),
+    # a VOC folder without its image-set lists: the job would refuse it first; nothing is submitted
+    (["--task", "voc-c4={bare}"], "VOC2007/ImageSets/Main/trainval.txt is missing, which voc-c4 needs"),
+    (["--task", "demo-coco={det}"], "annotations/instances_train.json is missing, which demo-coco needs"),
 ])
 def test_bad_input_submits_nothing(sources, tmp_path, args, message):
-    args = [a.replace("{det}", str(sources / "det" / "VOCdevkit")) for a in args]
+    bare = tmp_path / "bare" / "VOCdevkit"
+    for d in ("Annotations", "JPEGImages"):
+        (bare / "VOC2007" / d).mkdir(parents=True)
+    args = [a.replace("{det}", str(sources / "det" / "VOCdevkit")).replace("{bare}", str(bare)) for a in args]
     r = submit(sources / "resnet50.pth", *args, "--logs", tmp_path / "logs", env={"SLURM_CONF": "/nonexistent"})
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "logs").exists()

@@ -86,7 +86,7 @@ def test_bad_input_is_one_line_exit_2(det_root, r50, tmp_path):
     cases = [
         ([r50[0], "--task", "voc-fpn", "--data", det_root], "invalid choice"),
         ([r50[0], "--task", "demo-voc", "--data", tmp_path / "nowhere"], "does not exist"),
-        ([r50[0], "--task", "demo-voc", "--data", tmp_path], "does not exist"),
+        ([r50[0], "--task", "demo-voc", "--data", tmp_path], "VOC2007/ImageSets/Main/trainval.txt is missing, which demo-voc needs"),
         ([r18, "--task", "demo-voc", "--data", det_root / "VOCdevkit"], "does not fit a resnet50"),
     ]
     for args, message in cases:
