@@ -34,6 +34,9 @@ TINY = [
 LONGEST = (
     "tests/pretrain/test_demo_quality.py",
     "tests/pretrain/test_train.py::test_sigkill_at_random_moments",
+    # the module grid's three readers, together (its fixture is made once, torn down after the last)
+    "tests/ablations/test_grid.py::test_local_grid",
+    "tests/ablations/test_grid.py::test_mlflow_ui",
     "tests/ablations/test_grid.py::test_reference_rows",
 )
 
@@ -48,8 +51,8 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.xdist_group("slurm"))
 
-    # Only the longest tests move (none shares a module fixture): the rest keep pytest's order, so
-    # each module's fixtures are made once per worker.
+    # Only the longest tests move (those that share a module fixture move together): the rest keep
+    # pytest's order, so each module's fixtures are made once per worker.
     items.sort(key=lambda item: next((i for i, prefix in enumerate(LONGEST) if item.nodeid.startswith(prefix)),
                                      len(LONGEST)))
 

@@ -42,6 +42,9 @@ from tests.conftest import REPO, TINY_GRID, grid_cli, grid_runs
                                                          "local runs use one process per job"),
     (["--profile", "{extra-tasks}"], "extra_sbatch sets ntasks_per_node, which the profile's own key "
                                      "tasks_per_node sets per stage"),
+    # an image folder that is not there: refused on the submitting host, before a preflight or a run
+    (["--cluster", "local", "--set", "data.dataset=imagefolder", "--set", "data.path=/no/such/imagenet"],
+     "data.path /no/such/imagenet (cell N0-s0-sp0) is not a folder on this host"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     (tmp_path / "malformed.yaml").write_text("base: demo\ncells: [{N: 0, s: 0\nseeds: 2\n")
@@ -55,6 +58,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_data_on_the_compute_nodes_only_is_left_to_the_preflight():
+    """Node-local scratch: a profile that says so skips the submitting host's check."""
+    from ablations.submit import check_data
+    from slurm import launcher
+
+    grid = build(extra=["data.dataset=imagefolder", "data.path=/scratch/imagenet"])
+    with pytest.raises(UserError, match="set data_on_nodes: true in profile local-cpu"):
+        check_data(grid, launcher.load_profile("local-cpu"))
+    check_data(grid, launcher.Profile("nodes", data_on_nodes=True))
 
 
 def test_a_folder_holding_another_grid_is_refused_untouched(tmp_path):
@@ -127,13 +141,28 @@ def write_preset(tmp_path, cells, lincls=True):
     return p
 
 
+ROWS = ["N0-s0-sp0", "N32-s16-sp8", "random-init", "released-mine"]
+SEEDS = 3  # a paired t test needs 3: with 2 its interval is NaN
+
+
 @pytest.fixture(scope="module")
 def local_grid(tmp_path_factory, mlflow_server):
-    """A real two-cell grid run locally through submitit, logged to the real MLflow server."""
+    """A real two-cell grid on 3 seeds, with a random-init row and a released checkpoint as
+    reference rows, run locally through submitit and logged to the real MLflow server: made once,
+    read by the tests of its group."""
+    import torch
+
+    from pretrain.method.moco import MoCo
+
     tmp_path = tmp_path_factory.mktemp("local-grid")
+    torch.manual_seed(0)
+    released = tmp_path / "released.pth.tar"  # MoCo's release format, written here
+    model = MoCo("resnet18", dim=128, K=256, mlp=False)
+    torch.save({"epoch": 200, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, released)
     preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
     args = ["--preset", str(preset), "--name", f"t{os.getpid()}", "--out", str(tmp_path / "grid"),
-            "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID]
+            "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID,
+            "--seeds", str(SEEDS), "--random-init", "--reference", f"mine={released}"]
     r = grid_cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
@@ -156,9 +185,9 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name(f"grid-{grid['name']}")
     runs = client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")
-    by_stage = sorted((r.data.tags["stage"], r.data.tags.get("cell", "")) for r in runs)
-    assert by_stage == [("grid", ""), ("lincls", "N0-s0-sp0"), ("lincls", "N32-s16-sp8"),
-                        ("pretrain", "N0-s0-sp0"), ("pretrain", "N32-s16-sp8")]
+    by_stage = sorted((r.data.tags["stage"], r.data.tags.get("cell", ""), r.data.tags.get("seed", "")) for r in runs)
+    assert by_stage == sorted([("grid", "", ""), *[("lincls", row, str(s)) for row in ROWS for s in range(SEEDS)],
+                               *[("pretrain", cell, str(s)) for cell in ROWS[:2] for s in range(SEEDS)]])
     parent = next(r for r in runs if r.data.tags["stage"] == "grid")
     assert parent.info.status == "FINISHED"
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs if r is not parent)
@@ -166,8 +195,8 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
     assert all(0 < r.data.metrics["top1_last"] <= 100 for r in lincls)
     # Beside the table: how each probe chose its lr, on images held out of the training split.
     probes = json.loads((tmp_path / "results" / "source.json").read_text())["linear_probe"]
-    assert [(p["row"], p["mode"], p["selection"]["val_images"]) for p in probes] == [
-        ("N0-s0-sp0", "fast", 50), ("N32-s16-sp8", "fast", 50)]
+    assert [(p["row"], p["mode"], p["selection"]["val_images"]) for p in probes][:2 * SEEDS] == [
+        (cell, "fast", 50) for cell in ROWS[:2] for _ in range(SEEDS)]
     assert all(p["selection"]["lr"] in [c["lr"] for c in p["selection"]["candidates"]] for p in probes)
 
     # A pretraining job killed after its final checkpoint, before summary.json: still done, settled.
@@ -180,19 +209,19 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
     (run_dir / "tracking.json").write_text(json.dumps({**meta, "status": "RUNNING"}))
 
     again = grid_cli(*args)
-    assert again.returncode == 0 and "0 to pretrain, 0 to evaluate, 2 done" in again.stdout
-    assert len(client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")) == 5
+    assert again.returncode == 0 and f"0 to pretrain, 0 to evaluate, {len(ROWS) * SEEDS} done" in again.stdout
+    assert len(client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")) == len(runs)
     assert json.loads((run_dir / "summary.json").read_text()) == json.loads(summary)
     assert client.get_run(pre.info.run_id).info.status == "FINISHED"
     status = grid_cli(*args, "--status")
-    assert status.returncode == 0 and status.stdout.count("done (linear top-1") == 2
+    assert status.returncode == 0 and status.stdout.count("done (linear top-1") == len(ROWS) * SEEDS
 
     pivot = subprocess.run([sys.executable, "ablations/tables.py", str(tmp_path / "grid"), "--results",
                             str(tmp_path / "results"), "--tracking-uri", mlflow_server, "--rows", "N",
                             "--cols", "s_prime"], cwd=REPO, capture_output=True, text=True)
     assert pivot.returncode == 0, pivot.stderr
     md = (tmp_path / "results" / "pivot_linear_top1_N_by_s_prime.md").read_text()
-    assert md.count("(n=1)") == 2
+    assert md.count(f"(n={SEEDS})") == 2  # the cells only: reference rows have no axes
 
 
 @pytest.mark.slow
@@ -210,8 +239,8 @@ def test_mlflow_ui_shows_the_grid(local_grid, mlflow_server, tmp_path):
     runs = api("runs/search", {"experiment_ids": [exp["experiment_id"]],
                                "filter": f"tags.grid_id = '{grid['grid_id']}'"})["runs"]
     names = sorted(r["info"]["run_name"] for r in runs)
-    assert names == sorted([f"grid {grid['name']}", "N0-s0-sp0_seed0_pretrain", "N0-s0-sp0_seed0_lincls",
-                            "N32-s16-sp8_seed0_pretrain", "N32-s16-sp8_seed0_lincls"])
+    assert names == sorted([f"grid {grid['name']}", *[f"{row}_seed{s}_lincls" for row in ROWS for s in range(SEEDS)],
+                            *[f"{cell}_seed{s}_pretrain" for cell in ROWS[:2] for s in range(SEEDS)]])
     metrics = {r["info"]["run_name"]: {m["key"] for m in r["data"].get("metrics", [])} for r in runs}
     assert "top1_last" in metrics["N32-s16-sp8_seed0_lincls"] and "acc_moco" in metrics["N32-s16-sp8_seed0_pretrain"]
 
@@ -299,24 +328,13 @@ def test_grid_chains_the_detectron2_transfer_stage_into_the_same_columns(tmp_pat
 
 
 @pytest.mark.slow
-def test_reference_rows_run_with_the_grid_and_enter_its_statistics(tmp_path, mlflow_server):
+@pytest.mark.xdist_group("local_grid")
+def test_reference_rows_run_with_the_grid_and_enter_its_statistics(local_grid, mlflow_server):
     """A random-init row and a released checkpoint, measured with the grid's own probe on 3 seeds,
     compared with the MoCo v2 row: paired for the random init, Welch for the checkpoint."""
     import pandas as pd
-    import torch
 
-    from pretrain.method.moco import MoCo
-
-    torch.manual_seed(0)
-    released = tmp_path / "released.pth.tar"  # MoCo's release format, written here
-    model = MoCo("resnet18", dim=128, K=256, mlp=False)
-    torch.save({"epoch": 200, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, released)
-    preset = write_preset(tmp_path, [{"N": 0, "s": 0, "s_prime": 0}, {"N": 32, "s": 16, "s_prime": 8}])
-    args = ["--preset", str(preset), "--name", f"ref{os.getpid()}", "--out", str(tmp_path / "grid"),
-            "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID,
-            "--seeds", "3", "--random-init", "--reference", f"mine={released}"]
-    r = grid_cli(*args)
-    assert r.returncode == 0, r.stdout + r.stderr
+    tmp_path, args, r, _ = local_grid
     csv = pd.read_csv(tmp_path / "results" / "table.csv").set_index("cell")
     assert list(csv.index) == ["N0-s0-sp0", "N32-s16-sp8", "random-init", "released-mine"]
     assert (csv["n"] == 3).all() and bool(csv.loc["N0-s0-sp0", "baseline"])
