@@ -31,7 +31,7 @@ from ablations.submit import check_cluster, check_data, check_transfer_gpus, pre
 from pretrain.run import rundir
 from pretrain.run.cli import ArgumentParser, execute, setup_logging
 from pretrain.run.errors import UserError
-from pretrain.run.tracking import default_uri
+from pretrain.run.tracking import default_uri, unreachable
 from slurm import launcher
 
 SHORT_AXES = ("N", "s", "s_prime", "K", "tau", "m", "epochs", "mix_start")
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     check_transfer_gpus(grid, profile, cluster)
     check_cluster(grid, profile, cluster)
     check_data(grid, profile)
+    if (cause := unreachable(uri)) is not None:  # every job logs there, and the preflight checks it on a node
+        raise UserError(f"the MLflow store {uri} does not answer from this host ({cause}); start it (e.g. "
+                        f"mlflow server), or give --tracking-uri a store that answers")
     with gd.lock():
         if args.preflight:
             return preflight_only(gd, profile, cluster, uri)

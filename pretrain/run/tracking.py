@@ -175,6 +175,26 @@ def transfer_stage(data: str) -> str:
     return f"transfer-{data}"
 
 
+def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why an MLflow tracking server at ``uri`` (http or https) does not answer its health check from
+    this host, in a few words ("Connection refused"), or None where it answers or the store is not a
+    server (a SQLite file is opened, not reached). One try, no retries: a quick question, asked
+    before anything is submitted."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answers (a proxy's or an older server's error page): the jobs will say more
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return getattr(reason, "strerror", None) or str(reason)
+
+
 def default_uri(out: Path) -> str:
     """$MLFLOW_TRACKING_URI, else a sqlite store beside the run folder ``out``."""
     env = os.environ.get("MLFLOW_TRACKING_URI")

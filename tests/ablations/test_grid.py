@@ -42,6 +42,9 @@ from tests.conftest import REPO, TINY_GRID, grid_cli, grid_runs
                                                          "local runs use one process per job"),
     (["--profile", "{extra-tasks}"], "extra_sbatch sets ntasks_per_node, which the profile's own key "
                                      "tasks_per_node sets per stage"),
+    # a tracking server that does not answer: refused here, not by a preflight job minutes later
+    (["--cluster", "local", "--tracking-uri", "http://127.0.0.1:9"],
+     "the MLflow store http://127.0.0.1:9 does not answer from this host (Connection refused)"),
     # an image folder that is not there: refused on the submitting host, before a preflight or a run
     (["--cluster", "local", "--set", "data.dataset=imagefolder", "--set", "data.path=/no/such/imagenet"],
      "data.path /no/such/imagenet (cell N0-s0-sp0) is not a folder on this host"),

@@ -12,7 +12,7 @@ import yaml
 from ablations.submit import PREFLIGHT_KEY
 from pretrain.run import rundir
 from pretrain.tools.jpegs import make_jpegs
-from tests.conftest import TINY_GRID, free_port, grid_cli
+from tests.conftest import TINY_GRID, grid_cli
 from tests.ablations.test_grid import write_preset
 
 GRID = [a for a in TINY_GRID if a != "--no-preflight"]
@@ -121,16 +121,20 @@ def test_on_slurm_the_pretraining_array_waits_on_a_two_rank_preflight(tmp_path, 
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_on_slurm_a_failed_preflight_cancels_the_array_it_guards(tmp_path, slurm_conf):
-    dead = f"http://127.0.0.1:{free_port()}"  # no store answers there: the tracking line fails
+    root = tmp_path / "data"  # one image cut short: the data line fails on the node
+    make_jpegs(root, 40, classes=4, seed=2)
+    bad = sorted((root / "train").rglob("*.JPEG"))[3]
+    bad.write_bytes(bad.read_bytes()[:100])
     args = grid_args(tmp_path, f"pff{tmp_path.name[-6:]}", "--cluster", "slurm", "--profile", "local-cpu",
-                     "--tracking-uri", dead)
+                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--set", "data.dataset=imagefolder",
+                     "--set", f"data.path={root}", "--set", "data.subset=0")
     r = grid_cli(*args)
     try:
         assert r.returncode == 0, r.stdout + r.stderr
         pre_id, pretrain_id = submitted_ids(tmp_path / "grid")
         assert wait_state(pre_id, {"COMPLETED", "FAILED", "CANCELLED"}) == "FAILED"
         assert wait_state(pretrain_id.split("_")[0], {"CANCELLED", "COMPLETED", "FAILED"}, 60) == "CANCELLED"
-        assert "preflight failed: tracking:" in grid_cli(*args, "--status").stdout
+        assert "preflight failed: data:" in grid_cli(*args, "--status").stdout
         assert not report(tmp_path)["passed"]
     finally:
         grid_cli(*args, "--cancel")
