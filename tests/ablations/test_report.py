@@ -120,19 +120,25 @@ def fill_linear(uri: str, grid: spec.Grid, values: dict) -> None:
             client.log_metric(client.create_run(exp, tags=tags).info.run_id, "top1_last", top1)
 
 
-def test_pivot_rows_follow_the_axis_values_not_their_spelling(tmp_path):
-    """s' = 0, 32, 128 in that order (grouped as strings they sorted 0, 128, 32)."""
-    from ablations import tables
+def grid_folder(tmp_path, grid: spec.Grid, values: dict) -> tuple[str, object]:
+    """(store, results folder) of ``grid`` written to tmp_path/grid with ``values`` as its linear top-1."""
     from pretrain.run import rundir
 
-    grid = spec.build(spec.load_preset("demo"), ["s_prime", "N"], {"s_prime": [128, 0, 32], "N": [64, 128]}, None, [],
-                      None, name=f"p{tmp_path.name[-6:]}")
-    values = {c.id: [60.0 + c.values["s_prime"] / 100 + c.values["N"] / 1000] for c in grid.cells}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     fill_linear(uri, grid, values)
     (tmp_path / "grid").mkdir()
     (tmp_path / "grid" / rundir.GRID_FILE).write_text(grid.to_json())
-    out = tmp_path / "results"
+    return uri, tmp_path / "results"
+
+
+def test_pivot_rows_follow_the_axis_values_not_their_spelling(tmp_path):
+    """s' = 0, 32, 128 in that order (grouped as strings they sorted 0, 128, 32)."""
+    from ablations import tables
+
+    grid = spec.build(spec.load_preset("demo"), ["s_prime", "N"], {"s_prime": [128, 0, 32], "N": [64, 128]}, None, [],
+                      None, name=f"p{tmp_path.name[-6:]}")
+    values = {c.id: [60.0 + c.values["s_prime"] / 100 + c.values["N"] / 1000] for c in grid.cells}
+    uri, out = grid_folder(tmp_path, grid, values)
     assert tables.main([str(tmp_path / "grid"), "--tracking-uri", uri, "--results", str(out), "--rows", "s_prime",
                         "--cols", "N"]) == 0
     csv = pd.read_csv(out / "pivot_linear_top1_s_prime_by_N.csv")
@@ -361,7 +367,6 @@ def test_settings_that_share_N_s_s_prime_never_share_a_table_or_figure_cell(tmp_
     splits them by the loss axes (not one row of six "seeds"), and the N x s heatmap puts MoCo v2 at
     (0, 0) of MoCHi's panels and HCL in none of them."""
     from ablations import figures, tables
-    from pretrain.run import rundir
 
     grid = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name=f"m{tmp_path.name[-6:]}")
     grid.cells += [spec.Cell(spec.typed_values(v)) for v in ({"N": 64, "s": 128, "s_prime": 0},
@@ -370,11 +375,7 @@ def test_settings_that_share_N_s_s_prime_never_share_a_table_or_figure_cell(tmp_
     values = {"N0-s0-sp0": [78.0, 78.5, 79.0], "N0-s0-sp0_hcl_tp0.1_b1.0": [80.0, 80.5, 81.0],
               "N128-s128-sp0": [77.0], "N128-s128-sp32": [76.0], "N64-s128-sp0": [75.0], "N64-s128-sp32": [74.0]}
     assert set(values) == {c.id for c in grid.cells}
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    fill_linear(uri, grid, values)
-    (tmp_path / "grid").mkdir()
-    (tmp_path / "grid" / rundir.GRID_FILE).write_text(grid.to_json())
-    out = tmp_path / "results"
+    uri, out = grid_folder(tmp_path, grid, values)
     assert tables.main([str(tmp_path / "grid"), "--tracking-uri", uri, "--results", str(out), "--rows", "N,s",
                         "--cols", "s_prime"]) == 0
     assert "rows split by method, tau_plus, beta as well" in capsys.readouterr().out
