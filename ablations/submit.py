@@ -120,11 +120,14 @@ def check_cluster(grid, profile: launcher.Profile, cluster: str) -> None:
 
 def check_data(grid, profile: launcher.Profile) -> None:
     """UserError, before anything is written or submitted, for a cell whose image folder
-    (``data.path`` of an ``imagefolder`` dataset) is not on this host, unless the profile says the
+    (``data.path`` of an ``imagefolder`` dataset) is not on this host, or for a transfer stage whose
+    ``--data`` lacks a path its task needs (the stage's ``check_data``), unless the profile says the
     data lives on the compute nodes only (``data_on_nodes``: node-local scratch, which the preflight
     checks there)."""
     if profile.data_on_nodes:
         return
+    if (stage := grid.transfer_stage(rundir.GRIDS / "x")) is not None:
+        stage.check_data()
     for cell in grid.cells:
         data = grid.cfg(cell, 0, rundir.GRIDS / "x").data
         if data.dataset == "imagefolder" and data.path and not Path(data.path).is_dir():

@@ -92,6 +92,12 @@ class D2Settings(trials.StageSettings):
             return self.gpus
         return recipe_gpus(resolve(self.task)) if self.device == "cuda" else 1
 
+    def check_data(self) -> None:
+        """UserError naming the first path the recipe's datasets need that ``data`` lacks
+        (``recipes.check_layout``): checked where the stage is asked for, before anything is built
+        or submitted."""
+        check_layout(self.task, self.data, self.opts)
+
     def check(self) -> None:
         """UserError for a task, number, device or option that cannot run (nothing is read)."""
         resolve(self.task)
@@ -317,7 +323,7 @@ def run(s: D2Settings, discard: bool = False) -> dict:
     out = s.out_dir
     src = trials.origin(s.source, s.random_init, out, parent_run=s.parent_run, tracking_uri=s.tracking_uri,
                         experiment=s.experiment)
-    check_layout(s.task, s.data, s.opts)
+    s.check_data()
     require_detectron2()
     weights = out / rundir.D2_WEIGHTS_FILE
     cfgs = [d2_config(s, "" if s.random_init else str(weights), t, rundir.trial_dir(out, t)) for t in range(s.trials)]

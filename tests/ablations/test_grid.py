@@ -74,6 +74,19 @@ def test_data_on_the_compute_nodes_only_is_left_to_the_preflight():
     check_data(grid, launcher.Profile("nodes", data_on_nodes=True))
 
 
+@pytest.mark.parametrize("engine", ["", "--engine detectron2 --device cpu "])
+def test_a_transfer_stage_whose_data_lacks_its_files_is_refused_before_anything_is_submitted(tmp_path, engine):
+    """The job would refuse a VOC folder without its image-set lists first: the grid does, here."""
+    bare = tmp_path / "VOCdevkit"
+    for d in ("Annotations", "JPEGImages"):
+        (bare / "VOC2007" / d).mkdir(parents=True)
+    out = tmp_path / "grid"
+    r = grid_cli("--out", str(out), "--cluster", "local", "--set", "model.arch=resnet50", "--lincls", "none",
+                 "--transfer", f"{engine}--task demo-voc --data {bare}")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"--data {bare}: VOC2007/ImageSets/Main/trainval.txt is missing" in r.stderr and not out.exists()
+
+
 def test_a_folder_holding_another_grid_is_refused_untouched(tmp_path):
     out = tmp_path / "grid"
     out.mkdir()
