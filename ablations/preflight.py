@@ -94,7 +94,6 @@ class Projection:
 def job_hours(gd: GridDir, rate_at: float, arch: str, image_size: int) -> list[float]:
     """Wall hours of every pretraining job (cell x seed) at ``rate_at`` images/s measured for
     ``arch`` at ``image_size``, scaled to each cell's architecture and image size."""
-
     grid = gd.grid
     out = []
     for cell in grid.cells:

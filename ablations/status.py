@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations import preflight, spec
-from ablations.preflight import images_per_epoch
 from ablations.griddir import GridDir, Unit
 from ablations.submit import EVAL_STAGES, PREFLIGHT_KEY, active, finish, settle, slurm_jobs
 from pretrain.run import config, rundir
 from pretrain.run.tracking import read_metrics
 from slurm import launcher
 
-# Images per epoch for --dry-run estimates when the data is not on this machine.
 QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
 
 
@@ -28,22 +26,21 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
     rows, total = [], 0.0
     for cell in grid.cells:
         cfg = grid.cfg(cell, 0, gd.run_dir(cell, 0))
-        images = cfg.optim.epochs * images_per_epoch(cfg)
+        per_epoch = preflight.images_per_epoch(cfg)
         rate = profile.img_per_s * launcher.ARCH_SPEED.get(cfg.model.arch, 1.0) * (224 / cfg.data.image_size) ** 2
         devices = max(profile.gpus_per_job, 1)
-        hours = images / (rate * devices) / 3600
+        hours = cfg.optim.epochs * per_epoch / (rate * devices) / 3600
         total += hours * devices * grid.seeds
-        rows.append((cell.id, cfg.objective.label, cfg.moco.K, cfg.optim.epochs, images_per_epoch(cfg), hours))
+        rows.append((cell.id, cfg.objective.label, str(cfg.moco.K), str(cfg.optim.epochs), str(per_epoch),
+                     f"{hours:6.2f}"))
     unit = "GPU-hours" if profile.gpus_per_job else "CPU-job-hours"
     print(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
           f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs and {profile.ranks_per_job} DDP "
           f"rank{'s' * (profile.ranks_per_job > 1)} per pretraining job), folder {gd.out}")
     head = ("cell", "trains", "K", "epochs", "images/epoch", "h/job")
-    widths = [max(len(str(r[i])) if i < 5 else 6 for r in [head, *rows]) for i in range(6)]
-    print("  ".join(str(h).ljust(w) if i < 2 else str(h).rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
-    for r in rows:
-        print("  ".join([*(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r[:5], widths))),
-                         f"{r[5]:6.2f}".rjust(widths[5])]))
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:  # the words left-aligned, the numbers right-aligned
+        print("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
     base_mixing = grid.base_config().objective.mixing
     if (base_mixing.active and any(a in c.values for c in grid.cells for a in spec.LOSS_AXES)
             and not any(a in c.values for c in grid.cells for a in spec.MIXING_AXES)):

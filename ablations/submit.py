@@ -43,6 +43,7 @@ def finish(gd: GridDir, uri: str) -> int:
 
     return report.finish(gd, uri)
 
+
 def ensure_parent(gd: GridDir, uri: str, profile: str, cluster: str) -> str | None:
     """The grid's MLflow parent run (created on first submission; its id kept in the grid folder), or
     None if the store cannot be reached (the jobs' folders are synced into it later)."""

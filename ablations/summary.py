@@ -137,7 +137,7 @@ def missing_seeds(seeds: pd.DataFrame, expected: int, metrics: list[str]) -> lis
         if m not in seeds or seeds[m].isna().all():
             continue
         for row, g in seeds.groupby("cell", sort=False):
-            have = set(g.loc[g[m].notna() & np.isfinite(g[m].astype(float)), "seed"].astype(int))
+            have = set(g.loc[np.isfinite(g[m].astype(float)), "seed"].astype(int))
             lost = sorted(set(range(expected)) - have)
             if have and lost:
                 lines.append(f"{row}: {METRICS[m].label} from {len(have)} of {expected} seeds; seed"

@@ -43,10 +43,10 @@ def pivot(seeds: pd.DataFrame, rows: list[str], cols: list[str], metric: str) ->
     d = seeds[seeds["kind"] == "cell"].dropna(subset=[metric])
     if d.empty:
         raise UserError(f"no run of this grid has {metric}")
-    merged = d.groupby(rows + cols, dropna=False)["cell"].nunique()
-    if (merged > 1).any():
+    shared = [sorted(set(g)) for _, g in d.groupby(rows + cols, dropna=False)["cell"] if g.nunique() > 1]
+    if shared:
         raise UserError(f"rows {rows} and columns {cols} put cells of different settings in one table cell "
-                        f"({', '.join(sorted(set(d['cell'])))}); add the axes they differ in")
+                        f"({', '.join(shared[0])}); add the axes they differ in")
     g = d.groupby(rows + cols, dropna=False)[metric].agg(["mean", "std", "count"]).reset_index()
     g = g.sort_values(rows + cols, kind="stable")
     g["cell"] = [fmt(m, s, int(n)) for m, s, n in zip(g["mean"], g["std"], g["count"])]
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(out / f"{stem}.md", flat.to_markdown(index=False, disable_numparse=True).encode())
             atomic_write(out / f"{stem}.csv", flat.to_csv(index=False).encode())
             atomic_write(out / f"{stem}.tex", flat.to_latex(index=False).encode())
-            print(f"\n{collect.METRICS[args.metric].label} (mean ± sd over seeds, n), rows {rows + extra}, columns {cols}:"
-                  f"\n{t.to_string()}")
+            print(f"\n{collect.METRICS[args.metric].label} (mean ± sd over seeds, n), rows {rows + extra}, "
+                  f"columns {cols}:\n{t.to_string()}")
             print(f"wrote {out}/{stem}.md, .csv, .tex")
     return code
 

@@ -64,5 +64,4 @@ KIND = LossKind(
     slug=lambda loss: f"debiased-tp{loss.tau_plus:g}",
     compute=lambda loss, logits, tau, synthetic: debiased(logits, tau, loss.tau_plus),
     reduces=lambda loss: ("infonce", {}) if loss.tau_plus == 0 else None,
-    cite="Chuang et al. 2020",
 )

@@ -71,5 +71,4 @@ KIND = LossKind(
     slug=lambda loss: f"hcl-b{loss.beta:g}-tp{loss.tau_plus:g}",
     compute=lambda loss, logits, tau, synthetic: hcl(logits, tau, loss.tau_plus, loss.beta),
     reduces=lambda loss: ("debiased", {"tau_plus": loss.tau_plus}) if loss.beta == 0 else None,
-    cite="Robinson et al. 2021",
 )

@@ -35,5 +35,5 @@ def infonce(logits: torch.Tensor) -> torch.Tensor:
 
 KIND = LossKind(
     name="infonce", params=(), label=lambda loss: "InfoNCE", slug=lambda loss: "infonce",
-    compute=lambda loss, logits, tau, synthetic: infonce(logits), cite="MoCo v2",
+    compute=lambda loss, logits, tau, synthetic: infonce(logits),
 )

@@ -79,11 +79,6 @@ class Loss(_Fields):
         return KINDS[self.method]
 
     @property
-    def params(self) -> dict[str, float]:
-        """{name: value} of the parameters the method takes."""
-        return {p.name: getattr(self, p.name) for p in self.kind.params}
-
-    @property
     def reduced(self) -> Loss:
         """The simplest loss equal to this one: its method's reductions followed to the end (HCL at
         beta 0 and tau+ 0 is InfoNCE). Two settings whose reduced losses are equal train alike."""

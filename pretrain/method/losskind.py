@@ -50,7 +50,7 @@ class LossKind:
     file or run name. compute(loss, logits, tau, synthetic): the mean loss of logits [B, 1 + M]
     already divided by tau, the last ``synthetic`` columns MoCHi's points. reduces(loss): the
     (method, parameters) of a simpler loss it equals at these values (debiased at tau+ 0 is InfoNCE),
-    or None. kept(loss, K): how many of K queue negatives it keeps. cite: the paper, for the config.
+    or None. kept(loss, K): how many of K queue negatives it keeps.
     """
 
     name: str
@@ -60,4 +60,3 @@ class LossKind:
     compute: Callable[..., Any]
     reduces: Callable[[Any], tuple[str, dict[str, float]] | None] = lambda loss: None
     kept: Callable[[Any, int], int] = lambda loss, K: K
-    cite: str = ""

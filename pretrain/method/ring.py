@@ -109,5 +109,4 @@ KIND = LossKind(
     compute=lambda loss, logits, tau, synthetic: ring(logits, loss.ring_outer, loss.ring_inner, synthetic),
     reduces=lambda loss: ("infonce", {}) if (loss.ring_outer, loss.ring_inner) == (1.0, 0.0) else None,
     kept=lambda loss, K: ring_size(loss.ring_outer, loss.ring_inner, K),
-    cite="Wu et al. 2021",
 )

@@ -167,8 +167,8 @@ class Config:
         reduced form (``Objective.reduced``: HCL at beta 0 and tau+ 0, or N alone, is MoCo v2).
         Two configs with equal settings are one setting of a grid (its seeds aside)."""
         o = self.objective.reduced
-        flat = {k: v for k, v in self.flat().items()
-                if k not in sameness.HOW_IT_RUNS and k not in ("run.seed", "eval.analysis_N")}
+        flat = {k: v for k, v in sameness.without_how_it_runs(self.flat()).items()
+                if k not in ("run.seed", "eval.analysis_N")}
         flat.update({"loss.method": o.loss.method, **{f"loss.{p.name}": getattr(o.loss, p.name) for p in PARAMS},
                      "mochi.N": o.mixing.N, "mochi.s": o.mixing.s, "mochi.s_prime": o.mixing.s_prime})
         if not o.mixing.active:

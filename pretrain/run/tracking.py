@@ -190,7 +190,7 @@ def unreachable(uri: str, timeout: float = 5.0) -> str | None:
             return None
     except urllib.error.HTTPError:
         return None  # it answers (a proxy's or an older server's error page): the jobs will say more
-    except (urllib.error.URLError, OSError) as e:
+    except OSError as e:  # URLError and timeouts among them
         reason = getattr(e, "reason", e)
         return getattr(reason, "strerror", None) or str(reason)
 
