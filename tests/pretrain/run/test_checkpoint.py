@@ -22,6 +22,17 @@ def test_latest_is_newest(tmp_path):
     assert state["step"] == 30 and path.name == "checkpoint-000000030.pt"
 
 
+def test_the_manifest_vouches_for_the_bytes_on_disk(tmp_path):
+    """The size and SHA-256 hashed while the checkpoint streamed out are those of the file."""
+    import hashlib
+
+    path = checkpoint.save(tmp_path, 7, {"w": torch.randn(300_000), "step": 7})
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    data = path.read_bytes()
+    assert (manifest["bytes"], manifest["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert checkpoint.verify(path) == data and not list(tmp_path.glob(".*tmp*"))
+
+
 def test_truncated_newest_falls_back(tmp_path):
     write_three(tmp_path)
     newest = checkpoint.candidates(tmp_path)[0]
