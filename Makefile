@@ -30,7 +30,7 @@ data:
 demo: setup data
 	$(BIN)/mochi-grid
 
-# One longer MoCHi run with kNN and linear probes against a random backbone (about 4 minutes).
+# One longer MoCHi run with kNN and linear probes against a random backbone (about 2 minutes).
 demo-run: setup data
 	$(BIN)/mochi-pretrain --preset demo
 	$(BIN)/mochi-knn runs/demo

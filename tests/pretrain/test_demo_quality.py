@@ -11,8 +11,8 @@ from pretrain.eval.backbone import initial_backbone, query_backbone
 from pretrain.run import config
 from pretrain.train import train
 
-# The demo preset in full: about 3.5 minutes alone on 2 cores, 10-11 under `make test`, where it
-# shares the cores with two other workers; the suite's 15-minute hang guard would be too close.
+# The demo preset in full (192 steps): about 2 minutes alone on 2 cores, 5-6 under `make test`,
+# where it shares the cores with two other workers; the suite's 15-minute hang guard would be close.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
