@@ -26,7 +26,7 @@ data:
 	else echo "note: no Debian dataset-fashion-mnist; Fashion-MNIST will be downloaded by torchvision"; fi
 
 # The main job: the embedded (N, s, s') grid on Fashion-MNIST, on this machine's SLURM cluster if a
-# controller answers, else locally on CPU (about 8 minutes on 2 cores); tables land in results/demo/.
+# controller answers, else locally on CPU (6 to 7 minutes on 2 cores, install included); tables land in results/demo/.
 demo: setup data
 	$(BIN)/mochi-grid
 

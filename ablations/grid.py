@@ -1,12 +1,12 @@
-"""``python ablations/grid.py``: ablation grids of MoCHi pretraining + linear probes through submitit.
+"""``mochi-grid``: ablation grids of MoCHi pretraining + linear probes through submitit.
 
-    python ablations/grid.py                                  # the embedded demo grid, locally, on CPU
-    python ablations/grid.py --sweep N,s,s_prime --N 64,128 --s 0,128 --s_prime 0,32
-    python ablations/grid.py --preset in100-table1 --profile gpu-1 --set data.path=/data/imagenet
-    python ablations/grid.py --preset in100-table1 --dry-run   # the cells and estimated GPU-hours
-    python ablations/grid.py --preset in100-table1 --preflight # prove the cluster runs it; measured cost
-    python ablations/grid.py --preset in100-table1 --status    # queued / running (epoch) / done / failed
-    python ablations/grid.py --preset in100-table1 --cancel
+    mochi-grid                                   # the embedded demo grid, locally, on CPU
+    mochi-grid --sweep N,s,s_prime --N 64,128 --s 0,128 --s_prime 0,32
+    mochi-grid --preset in100-table1 --profile gpu-1 --set data.path=/data/imagenet
+    mochi-grid --preset in100-table1 --dry-run   # the cells and estimated GPU-hours
+    mochi-grid --preset in100-table1 --preflight # prove the cluster runs it; measured cost
+    mochi-grid --preset in100-table1 --status    # queued / running (epoch) / done / failed
+    mochi-grid --preset in100-table1 --cancel
 
 Each cell x seed is a run folder ``OUT/cells/CELL/seedK``. On SLURM its pretraining runs in a job
 array and its linear probe in a second array that starts when the corresponding pretraining task
@@ -23,6 +23,7 @@ submission in ``submit``, ``--dry-run``/``--status``/``--cancel`` in ``status``,
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ablations import spec, status
@@ -38,8 +39,8 @@ SHORT_AXES = ("N", "s", "s_prime", "K", "tau", "m", "epochs", "mix_start")
 
 
 def parser() -> ArgumentParser:
-    """The command line of ``python ablations/grid.py``."""
-    p = ArgumentParser(prog="python ablations/grid.py", description=__doc__.split("\n\n")[0],
+    """The command line of ``mochi-grid``."""
+    p = ArgumentParser(prog="mochi-grid", description=__doc__.split("\n\n")[0],
                        epilog="Axis values: --N 256,512 style options or --axis KEY=V1,V2 for any config key.")
     p.add_argument("--preset", default="demo", help=f"grid preset: {', '.join(spec.presets())} or a .yaml path "
                                                     "(default: demo)")
@@ -49,10 +50,10 @@ def parser() -> ArgumentParser:
     p.add_argument("--axis", action="append", default=[], metavar="KEY=V1,V2", help="values of any axis")
     p.add_argument("--seeds", type=int, help="seeds per cell (default: the preset's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every cell")
-    p.add_argument("--lincls", help="arguments of python -m pretrain.lincls for each cell, or 'none'")
-    p.add_argument("--transfer", help="arguments of python -m transfer.finetune for each cell (e.g. '--task voc-c4 "
+    p.add_argument("--lincls", help="arguments of mochi-lincls for each cell, or 'none'")
+    p.add_argument("--transfer", help="arguments of mochi-transfer for each cell (e.g. '--task voc-c4 "
                                       "--data /datasets/VOCdevkit'), or with --engine detectron2 of "
-                                      "transfer/train_d2.py (e.g. '--engine detectron2 --task voc-c4 --data "
+                                      "mochi-transfer-d2 (e.g. '--engine detectron2 --task voc-c4 --data "
                                       "/datasets/VOCdevkit --gpus 8'), or 'none'")
     p.add_argument("--random-init", action=argparse.BooleanOptionalAction,
                    help="a reference row: the probe (and transfer) of the randomly initialised backbone each seed's "
@@ -62,10 +63,7 @@ def parser() -> ArgumentParser:
                         "and transfer stages (repeatable)")
     p.add_argument("--baseline", metavar="CELL", help="the cell every row is compared with (default: the first "
                                                       "plain MoCo v2 cell)")
-    p.add_argument("--cluster", default="auto", help="slurm, local, debug or auto (slurm where a controller "
-                                                     "answers, else local)")
-    p.add_argument("--profile", help=f"cluster profile: {', '.join(launcher.profiles())} or a .yaml path "
-                                     "(default: the preset's)")
+    launcher.add_cluster_flags(p, "the preset's")
     p.add_argument("--name", help="grid name (default: the preset's name)")
     p.add_argument("--out", help="grid folder (default: runs/grids/NAME)")
     p.add_argument("--results", help="where tables and plots go (default: results/NAME)")
@@ -120,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     grid = grid_from_args(args)
     profile = launcher.load_profile(args.profile or grid.profile)
     cluster = args.cluster
-    if cluster not in launcher.CLUSTERS:
-        raise UserError(f"--cluster {cluster!r}: choose one of {', '.join(launcher.CLUSTERS)}")
     out = Path(args.out or rundir.GRIDS / grid.name)
     gd = GridDir(out, grid, Path(args.results or Path("results") / grid.name))
     gd.check_same()
@@ -145,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if (cause := unreachable(uri)) is not None:  # every job logs there, and the preflight checks it on a node
         raise UserError(f"the MLflow store {uri} does not answer from this host ({cause}); start it (e.g. "
                         f"mlflow server), or give --tracking-uri a store that answers")
+    if args.cluster == "auto" and cluster == "slurm":  # said before anything reaches the cluster
+        print(f"--cluster auto: a SLURM controller answers (SLURM_CONF={os.environ.get('SLURM_CONF', 'the default')}), "
+              f"so the jobs go to SLURM as profile {profile.name}; --cluster local runs them on this machine, "
+              f"--dry-run lists them first", flush=True)
     with gd.lock():
         if args.preflight:
             return preflight_only(gd, profile, cluster, uri)

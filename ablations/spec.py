@@ -227,7 +227,7 @@ class Grid:
     cells: list[Cell]
     seeds: int
     # Each stage as given: a mapping of its settings' fields, or its command's arguments; None = none.
-    lincls: list[str] | dict[str, object] | None  # the linear probe (python -m pretrain.lincls)
+    lincls: list[str] | dict[str, object] | None  # the linear probe (mochi-lincls)
     transfer: list[str] | dict[str, object] | None = None  # ([engine: E,] task: T, data: D, ...)
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (cell id, reason)
     merged: list[tuple[str, str]] = field(default_factory=list)  # (cell id, the kept cell it trains as, in words)
@@ -413,13 +413,13 @@ def stage_identity(settings) -> dict:
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in NOT_IDENTITY}
 
 
-# The transfer stage's engines: python -m transfer.finetune (the default) and transfer/train_d2.py.
+# The transfer stage's engines: mochi-transfer (torchvision, the default) and mochi-transfer-d2 (detectron2).
 TRANSFER_ENGINES = ("torchvision", "detectron2")
 
 
 def transfer_engine(argv: list[str]) -> tuple[str, list[str]]:
     """(engine, the other arguments) of a transfer stage's argument list: ``--engine detectron2``
-    (or ``--engine=...``) anywhere in it; torchvision (``python -m transfer.finetune``) without one."""
+    (or ``--engine=...``) anywhere in it; torchvision (``mochi-transfer``) without one."""
     engine, rest, it = "torchvision", [], iter(argv)
     for a in it:
         if a == "--engine":

@@ -14,6 +14,7 @@ from ablations import preflight, spec
 from ablations.griddir import GridDir, Unit
 from ablations.submit import EVAL_STAGES, PREFLIGHT_KEY, active, finish, settle, slurm_jobs
 from pretrain.run import config, rundir
+from pretrain.run.errors import UserError
 from pretrain.run.tracking import read_metrics
 from slurm import launcher
 
@@ -138,8 +139,16 @@ def preflight_state(gd: GridDir, rec: dict | None, states: dict[str, launcher.Sl
     return preflight.failure_line(report)
 
 
+def submitted_here(gd: GridDir, flag: str) -> None:
+    """UserError, naming the folder looked in, when no grid was ever submitted to ``gd.out``."""
+    if not (gd.out / rundir.GRID_FILE).is_file():
+        raise UserError(f"{flag}: no grid in {gd.out.resolve()} (nothing was submitted to it; a grid folder is "
+                        f"relative to the directory the grid was submitted from, or --out names it)")
+
+
 def status(gd: GridDir, uri: str) -> int:
     """Print each cell x seed's state; write the tables once every one is done."""
+    submitted_here(gd, "--status")
     jobs = gd.jobs()
     settle(gd)
     states = slurm_jobs(jobs)
@@ -163,6 +172,7 @@ def status(gd: GridDir, uri: str) -> int:
 
 def cancel(gd: GridDir) -> int:
     """Stop the grid's queued and running jobs (scancel; local jobs get SIGTERM)."""
+    submitted_here(gd, "--cancel")
     jobs = gd.jobs()
     states = slurm_jobs(jobs)
     slurm_ids, n_local = [], 0

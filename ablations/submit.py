@@ -291,7 +291,7 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
         if cluster == "slurm":
             submit_slurm(gd, profile, jobs, todo, uri, parent, after)
     if cluster == "slurm":
-        print(f"follow with: python ablations/grid.py {shlex.join(sys.argv[1:])} --status")
+        print(f"follow with: mochi-grid {shlex.join(sys.argv[1:])} --status")
         if wait:
             wait_slurm(gd)
             return finish(gd, uri)

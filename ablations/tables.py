@@ -1,8 +1,8 @@
-"""``python ablations/tables.py``: rebuild a grid's tables, figures and HTML report from MLflow.
+"""``mochi-tables``: rebuild a grid's tables, figures and HTML report from MLflow.
 
-    python ablations/tables.py                           # every grid under runs/grids/
-    python ablations/tables.py runs/grids/in100-table1   # one grid
-    python ablations/tables.py runs/grids/demo --rows N,s --cols s_prime --metric linear_top1
+    mochi-tables                          # every grid under runs/grids/
+    mochi-tables runs/grids/in100-table1  # one grid
+    mochi-tables runs/grids/demo --rows N,s --cols s_prime --metric linear_top1
 
 The grid runs this itself when it finishes; use it after ``--status`` shows every cell done, after
 adding seeds, or for a pivot of any swept axes (rows and columns chosen here).
@@ -66,12 +66,12 @@ def grid_dirs(paths: list[str]) -> list[Path]:
         return out
     found = sorted(p.parent for p in rundir.GRIDS.glob(f"*/{rundir.GRID_FILE}"))
     if not found:
-        raise UserError(f"no grids under {rundir.GRIDS}/; run python ablations/grid.py first or name a grid folder")
+        raise UserError(f"no grids under {rundir.GRIDS}/; run mochi-grid first or name a grid folder")
     return found
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python ablations/tables.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="mochi-tables", description=__doc__.split("\n\n")[0])
     p.add_argument("grids", nargs="*", help="grid folders (default: every runs/grids/*)")
     p.add_argument("--tracking-uri", help="MLflow store (default: the one the grid used)")
     p.add_argument("--results", help="output folder (default: results/NAME)")

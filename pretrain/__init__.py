@@ -1,3 +1,3 @@
 """MoCo v2 + MoCHi pretraining (Kalantidis et al., NeurIPS 2020)."""
 
-__version__ = "0.1.0"
+from .run.version import __version__  # noqa: F401

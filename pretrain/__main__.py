@@ -1,4 +1,4 @@
-"""``python -m pretrain [--preset NAME] [--config FILE] [section.key=value ...]``"""
+"""``mochi-pretrain [--preset NAME] [--config FILE] [section.key=value ...]``"""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from .run.cli import ArgumentParser, execute, setup_logging
 
 
 def parser() -> ArgumentParser:
-    """The command line of ``python -m pretrain``."""
+    """The command line of ``mochi-pretrain``."""
     p = ArgumentParser(
-        prog="python -m pretrain",
+        prog="mochi-pretrain",
         description="MoCo v2 / MoCHi pretraining. Config = defaults <- preset <- --config file <- overrides.",
-        epilog="Example: python -m pretrain --preset demo mochi.N=64 mochi.s=64 mochi.s_prime=16 run.out=runs/x",
+        epilog="Example: mochi-pretrain --preset demo mochi.N=64 mochi.s=64 mochi.s_prime=16 run.out=runs/x",
     )
     p.add_argument("--preset", choices=config.presets(), help="a shipped recipe (pretrain/configs/NAME.yaml)")
     p.add_argument("--config", help="a YAML file with the same sections as --show-config prints")

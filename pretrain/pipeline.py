@@ -1,4 +1,4 @@
-"""``python -m pretrain.pipeline show``: a picture of one batch as each input pipeline makes it."""
+"""``mochi-pipeline show``: a picture of one batch as each input pipeline makes it."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from .run.errors import UserError
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, build the config, write the picture."""
-    p = ArgumentParser(prog="python -m pretrain.pipeline", description="Look at what the input pipelines produce.")
+    p = ArgumentParser(prog="mochi-pipeline", description="Look at what the input pipelines produce.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("show", help="write a picture of one batch: source, then both views of each pipeline")
-    s.add_argument("--out", default="results/pipeline_batch.png")
+    s.add_argument("--out", default="results/pipeline_batch.png", help="the picture (PNG)")
     s.add_argument("--n", type=int, default=8, help="images (rows)")
     s.add_argument("--pipelines", default="cpu,gpu", help="comma list of cpu, gpu, dali")
-    s.add_argument("--preset", choices=config.presets())
-    s.add_argument("--config")
-    s.add_argument("overrides", nargs="*", metavar="section.key=value")
+    s.add_argument("--preset", choices=config.presets(), help="the pretraining preset whose data and augmentation "
+                                                             "to show (as mochi-pretrain --preset)")
+    s.add_argument("--config", help="a YAML file with the sections of mochi-pretrain --show-config")
+    s.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. data.image_size=64")
     args = p.parse_args(argv)
     names = [x for x in args.pipelines.split(",") if x]
     if not names or not set(names) <= set(PIPELINES):

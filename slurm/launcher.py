@@ -25,6 +25,8 @@ from pretrain.run.errors import UserError
 log = logging.getLogger(__name__)
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 CLUSTERS = ("auto", "slurm", "local", "debug")
+# The profile of a command that submits jobs when neither the command line nor a preset names one.
+DEFAULT_PROFILE = "gpu-1"
 # Relative speed of a MoCHi step against ResNet-50, for --dry-run estimates only.
 ARCH_SPEED = {"resnet18": 2.6, "resnet34": 1.5, "resnet50": 1.0, "resnet101": 0.58, "resnet152": 0.41}
 
@@ -121,6 +123,15 @@ def load_profile(name: str) -> Profile:
             raise UserError(f"profile {path}: extra_sbatch sets {key}, which the profile's own key {own} sets per "
                             f"stage; set {own} instead")
     return prof
+
+
+def add_cluster_flags(p, profile_default: str) -> None:
+    """``--cluster`` and ``--profile``, as every command that submits jobs takes them."""
+    p.add_argument("--cluster", default="auto", choices=CLUSTERS, metavar="CLUSTER",
+                   help="slurm, local (submitit's processes on this machine), debug (in this process) or auto "
+                        "(default: slurm where a controller answers `scontrol ping`, else local)")
+    p.add_argument("--profile", help=f"cluster profile: {', '.join(profiles())} or a .yaml path "
+                                     f"(default: {profile_default})")
 
 
 def controller_up() -> bool:

@@ -1,8 +1,8 @@
-"""``python slurm/submit_transfer.py SOURCE [SOURCE ...] --task TASK=DATA [...]``: transfer jobs via submitit.
+"""``mochi-submit-transfer SOURCE [SOURCE ...] --task TASK=DATA [...]``: transfer jobs via submitit.
 
-    python slurm/submit_transfer.py runs/in1k-mochi runs/in1k-mocov2 --task voc-c4=/datasets/VOCdevkit \\
+    mochi-submit-transfer runs/in1k-mochi runs/in1k-mocov2 --task voc-c4=/datasets/VOCdevkit \\
         --task coco-c4-1x=/datasets/coco --profile gpu-1
-    python slurm/submit_transfer.py runs/grids/demo/cells/*/seed0 --task demo-voc=/tmp/det/VOCdevkit --iters 300 --wait
+    mochi-submit-transfer runs/grids/demo/cells/*/seed0 --task demo-voc=/tmp/det/VOCdevkit --iters 300 --wait
 
 One job per source x task, submitted as an array through the same profiles and clusters as the
 grid (``--cluster auto|slurm|local|debug``); each job runs the transfer stage
@@ -12,7 +12,7 @@ SOURCE/transfer-TASK/summary.json and in the grid tables (VOC and COCO columns).
 checked before anything is submitted, trials already in SOURCE/transfer-TASK included: a source x
 task whose trials are all done with these settings is skipped, one whose trials were trained with
 other settings is refused unless ``--discard-trials`` (which discards them here, before
-submitting, so a requeued job never does). (``python transfer/submit.py`` is the same command.)
+submitting, so a requeued job never does).
 """
 
 from __future__ import annotations
@@ -59,16 +59,16 @@ def stages_from_args(args) -> list[FinetuneSettings]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, check every source and task, submit one job each, optionally wait for their results."""
-    p = ArgumentParser(prog="python slurm/submit_transfer.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="mochi-submit-transfer", description=__doc__.split("\n\n")[0])
     p.add_argument("sources", nargs="+", help="run folders, checkpoints or MoCo-format checkpoints")
     p.add_argument("--task", action="append", required=True, metavar="TASK=DATA",
                    help=f"recipe and its data root (repeatable); tasks: {', '.join(sorted(TASKS))}")
-    p.add_argument("--trials", type=int, default=5)
-    p.add_argument("--iters", type=int)
-    p.add_argument("--batch", type=int)
+    p.add_argument("--trials", type=int, default=5, help="fine-tuning trials per source and task (default 5, "
+                                                       "the paper's protocol; their mean and interval are reported)")
+    p.add_argument("--iters", type=int, help="training iterations per trial (default: the task's recipe)")
+    p.add_argument("--batch", type=int, help="images per iteration (default: the task's recipe)")
     p.add_argument("--random-init", action="store_true", help="the random-init baseline for each source's task")
-    p.add_argument("--cluster", default="auto", help="slurm, local, debug or auto")
-    p.add_argument("--profile", default="gpu-1", help="cluster profile (its eval_gpus per job)")
+    launcher.add_cluster_flags(p, f"{launcher.DEFAULT_PROFILE}; each job asks for the profile's eval_gpus")
     p.add_argument("--logs", default="runs/transfer-logs", help="submitit's job folder")
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
     p.add_argument("--discard-trials", action="store_true",
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.trials < 1:
         raise UserError("--trials must be >= 1")
-    profile = launcher.load_profile(args.profile)
+    profile = launcher.load_profile(args.profile or launcher.DEFAULT_PROFILE)
     todo = stages_from_args(args)
     cluster = launcher.resolve_cluster(args.cluster)
     if cluster == "slurm":

@@ -107,3 +107,51 @@ def test_commands_that_train_nothing_import_no_torch():
             "print(sorted(m for m in ('torch', 'torchvision', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def parser_of(name: str, monkeypatch, capsys):
+    """The parser ``NAME --help`` builds (caught as it parses), and the help it printed."""
+    from pretrain.run import cli
+
+    made = []
+    real = cli.ArgumentParser.parse_known_args  # what parse_args and parse_intermixed_args call
+
+    def parse_known_args(self, *a, **kw):
+        made.append(self)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(cli.ArgumentParser, "parse_known_args", parse_known_args)
+    module, _, function = SCRIPTS[name].partition(":")
+    monkeypatch.setattr(sys, "argv", [name, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        getattr(import_module(module), function)()
+    assert stop.value.code == 0
+    return made[0], capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(HOMES))
+def test_each_command_is_named_as_installed_and_explains_every_option(name, monkeypatch, capsys):
+    """``--help`` names the console script (not ``python -m ...``), and every option and argument
+    says what it is; ``--version`` answers."""
+    import argparse
+
+    parser, out = parser_of(name, monkeypatch, capsys)
+    assert out.startswith(f"usage: {name} "), out.splitlines()[0]
+    parsers = [parser, *(sub for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                         for sub in a.choices.values())]
+    silent = [f"{p.prog} {a.option_strings[0] if a.option_strings else a.dest}" for p in parsers for a in p._actions
+              if not isinstance(a, argparse._SubParsersAction) and (a.help is None or not a.help.strip())]
+    assert not silent, f"options without help: {silent}"
+    assert any(isinstance(a, argparse._VersionAction) for a in parser._actions)
+
+
+def test_the_commands_that_submit_jobs_take_one_cluster_flag(monkeypatch, capsys):
+    """mochi-grid and mochi-submit-transfer declare --cluster and --profile in one place: same
+    choices, same default cluster, a profile default each names."""
+    flags = {}
+    for name in ("mochi-grid", "mochi-submit-transfer"):
+        parser, _ = parser_of(name, monkeypatch, capsys)
+        actions = {a.dest: a for a in parser._actions}
+        flags[name] = (actions["cluster"].choices, actions["cluster"].default, actions["profile"].default)
+        assert "(default: " in actions["profile"].help
+    assert flags["mochi-grid"] == flags["mochi-submit-transfer"] == (("auto", "slurm", "local", "debug"), "auto", None)

@@ -5,6 +5,7 @@ GitHub reads them (mkdocs leaves them alone). ``mkdocs build --strict`` in .ci/r
 """
 
 import os
+import tomllib
 import re
 from pathlib import Path
 
@@ -153,3 +154,120 @@ def test_the_readme_stays_a_map():
     assert "make demo" in readme and "make test" in readme
     linked = {m.split("#")[0] for _, line in prose(readme) for m in LINK.findall(line)}
     assert {f"docs/{p.name}" for p in (REPO / "docs").glob("*.md")} <= linked, "a docs page the README does not link"
+
+
+OLD_SPELLING = re.compile(r"python3? (-m (pretrain|transfer|ablations|slurm)\b|(ablations|transfer|slurm)/\w+\.py)")
+
+
+def test_the_docs_name_commands_as_installed_and_old_forms_only_in_their_table():
+    """Commands are spelled as the console scripts (``mochi-grid``); the old forms (``python
+    ablations/grid.py``, ``python -m pretrain.lincls``) appear in one place, the README's table of
+    commands, where each row pairs a console name with its old form."""
+    found = []
+    for f in doc_files(REPO):
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            in_table = f == REPO / "README.md" and line.startswith("| `mochi-")
+            if OLD_SPELLING.search(line) and not in_table:
+                found.append(f"{f.relative_to(REPO)}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
+    table = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `mochi-")]
+    assert len(table) == len(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
+    assert all(OLD_SPELLING.search(line) for line in table)
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """("FILE:LINE", argv) of every command line the docs show: the lines of their code blocks that
+    start with a console script (continued lines joined, comments dropped), and the README table's
+    examples."""
+    import shlex
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    found = []
+    for f in doc_files(REPO):
+        lines = f.read_text(encoding="utf-8").splitlines()
+        fenced, n = False, 0
+        while n < len(lines):
+            line, where = lines[n], f"{f.relative_to(REPO)}:{n + 1}"
+            n += 1
+            if FENCE.match(line.lstrip()):
+                fenced = not fenced
+                continue
+            if not fenced and line.startswith("| `mochi-"):
+                line = line.split("|")[3].strip().strip("`")
+            elif not fenced or line.split()[:1] and line.split()[0] not in scripts:
+                continue
+            while line.rstrip().endswith("\\") and n < len(lines):
+                line, n = line.rstrip()[:-1] + " " + lines[n].strip(), n + 1
+            argv = shlex.split(line, comments=True)
+            if argv and argv[0] in scripts:
+                found.append((where, argv))
+    return found
+
+
+def test_every_command_line_the_docs_show_parses_and_the_dry_runs_run(tmp_path, monkeypatch):
+    """Each documented command line is accepted by its command's parser as written (a renamed or
+    removed flag fails here, naming the page and line); those that need no cluster, dataset or run
+    (dry runs, --show-config, --help, --version) run, and end with 0."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    commands = documented_commands()
+    assert len(commands) > 40
+    # The walkthrough's profile, as its reader saves it: ~/mine.yaml (HOME is a fresh folder here)
+    walk = (REPO / "docs" / "walkthrough.md").read_text()
+    (tmp_path / "mine.yaml").write_text(walk.split("```yaml\n", 1)[1].split("```", 1)[0])
+    commands = [(w, [os.path.expanduser(a) if a.startswith("~/") else a for a in argv]) for w, argv in commands]
+    code = """
+import json, sys, tomllib
+from importlib import import_module
+from pretrain.run import cli
+scripts = tomllib.loads(open("pyproject.toml").read())["project"]["scripts"]
+class Parsed(Exception):
+    pass
+real, depth = cli.ArgumentParser.parse_known_args, [0]
+def parse_known_args(self, *a, **kw):
+    depth[0] += 1
+    try:
+        out = real(self, *a, **kw)
+    finally:
+        depth[0] -= 1
+    if depth[0] == 0:
+        raise Parsed()
+    return out
+cli.ArgumentParser.parse_known_args = parse_known_args
+bad = []
+COMMANDS = json.loads(sys.stdin.read())
+# those that need no cluster, no dataset and no run: dry runs, the resolved config, help, version
+RUNNABLE = [(w, a) for w, a in COMMANDS if {"--dry-run", "--show-config", "--help", "--version"} & set(a)]
+for where, argv in COMMANDS:
+    module, _, function = scripts[argv[0]].partition(":")
+    main = getattr(import_module(module), "main")
+    try:
+        main(argv[1:])
+        bad.append(f"{where}: {' '.join(argv)}: ran without parsing")
+    except Parsed:
+        pass
+    except SystemExit as e:  # --help and --version stop the parse with 0
+        if e.code != 0:
+                bad.append(f"{where}: {' '.join(argv)}: exit {e.code}")
+cli.ArgumentParser.parse_known_args = real
+for where, argv in RUNNABLE:
+    module, _, function = scripts[argv[0]].partition(":")
+    try:
+        code = getattr(import_module(module), "main")(argv[1:])
+    except SystemExit as e:
+        code = e.code
+    except Exception as e:
+        code = f"{type(e).__name__}: {e}"
+    if code not in (0, None):
+        bad.append(f"{where}: {' '.join(argv)}: {code}")
+print(json.dumps(bad))
+"""
+    import json
+
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, input=json.dumps(commands), capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    bad = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not bad, "\n".join(bad) + "\n" + r.stderr

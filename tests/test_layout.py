@@ -94,7 +94,7 @@ def test_every_import_runs_one_way():
     ("pretrain.method.moco", "def f():\n    from pretrain.eval import knn", "pretrain.method may import only"),
     ("pretrain.run.config", "from pretrain.train import train", "pretrain.run may import only"),
     ("pretrain.input.data", "from pretrain.eval.backbone import features", "pretrain.input may import only"),
-    ("transfer.submit", "from slurm import launcher", "runs against"),
+    ("transfer.convert", "from slurm import launcher", "runs against"),
     ("pretrain.train", "import ablations.spec", "runs against"),
     ("transfer.finetune", "import submitit", "only slurm/ submits"),
 ])

@@ -1,4 +1,4 @@
-"""``python transfer/convert.py SOURCE OUT.pkl``: a ResNet-50 query encoder in detectron2's format.
+"""``mochi-convert SOURCE OUT.pkl``: a ResNet-50 query encoder in detectron2's format.
 
 SOURCE is a pretraining run folder, one of this project's checkpoints, or a MoCo-format
 checkpoint (``state_dict`` with ``module.encoder_q.*``). The renaming is MoCo's
@@ -57,7 +57,7 @@ def convert(source: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python transfer/convert.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="mochi-convert", description=__doc__.split("\n\n")[0])
     p.add_argument("source", help="run folder, this project's checkpoint, or a MoCo-format checkpoint")
     p.add_argument("out", help="output .pkl for detectron2's MODEL.WEIGHTS")
     args = p.parse_args(argv)

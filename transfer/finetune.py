@@ -1,4 +1,4 @@
-"""``python -m transfer.finetune SOURCE --task TASK --data ROOT``: detection transfer through torchvision.
+"""``mochi-transfer SOURCE --task TASK --data ROOT``: detection transfer through torchvision.
 
 The torchvision path of the transfer stage: it runs wherever PyTorch does. SOURCE is a
 pretraining run folder, one of this project's checkpoints or a MoCo-format checkpoint (a
@@ -14,7 +14,7 @@ other settings are refused, unless ``--discard-trials``.
 Tasks: the recipes of transfer/configs/ in iterations (``voc-c4``: VOC07+12 trainval -> VOC07
 test, 24k iterations; ``coco-c4-1x``, ``coco-c4-2x``, ``coco-fpn-1x``: COCO 2017 Mask R-CNN), and
 CPU-sized ones for the local detection set (``demo-voc``, ``demo-coco``; build it with
-``python -m transfer.finetune --make-demo-data DIR``).
+``mochi-transfer --make-demo-data DIR``).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ TASKS = {
 
 @dataclass
 class FinetuneSettings(trials.StageSettings):
-    """One transfer stage (N trials of one task on one source), as ``python -m transfer.finetune``
+    """One transfer stage (N trials of one task on one source), as ``mochi-transfer``
     and a grid's transfer job describe it."""
 
     engine: ClassVar[str] = "torchvision"
@@ -334,8 +334,8 @@ def run(s: FinetuneSettings, discard: bool = False) -> dict:
 
 
 def parser() -> ArgumentParser:
-    """The command line of ``python -m transfer.finetune``."""
-    p = ArgumentParser(prog="python -m transfer.finetune", description=__doc__.split("\n\n")[0])
+    """The command line of ``mochi-transfer``."""
+    p = ArgumentParser(prog="mochi-transfer", description=__doc__.split("\n\n")[0])
     p.add_argument("source", nargs="?", help="run folder, this project's checkpoint, or a MoCo-format checkpoint")
     p.add_argument("--task", choices=sorted(TASKS), help="recipe")
     p.add_argument("--data", help="VOCdevkit folder (VOC tasks) or COCO root with annotations/ (COCO tasks)")

@@ -1,7 +1,7 @@
-"""``python transfer/train_d2.py SOURCE --task TASK --data DIR [--gpus N] [--device cuda|cpu] [--iters N] [KEY VALUE ...]``:
+"""``mochi-transfer-d2 SOURCE --task TASK --data DIR [--gpus N] [--device cuda|cpu] [--iters N] [KEY VALUE ...]``:
 the paper's transfer protocol with detectron2 (MoCo's detection recipe).
 
-SOURCE is what ``python -m transfer.finetune`` takes (a pretraining run folder, one of this
+SOURCE is what ``mochi-transfer`` takes (a pretraining run folder, one of this
 project's checkpoints or a MoCo-format checkpoint; ``--random-init`` for the baseline); it is
 converted to detectron2's format once (``OUT/weights-d2.pkl``, as ``transfer/convert.py`` writes
 it; written again only when the source's weights change, ``OUT/weights-d2.json`` says from what). Each of ``--trials`` runs (default 5, as MoCo) trains with its own seed through detectron2's
@@ -28,7 +28,7 @@ trials' ``log.txt``. Multi-GPU trials get fresh worker processes from detectron2
 anyway; a fresh process per trial gives one-GPU and CPU trials the same clean start.
 
 detectron2 is not installable from PyPI for current PyTorch; build it from its source
-(docs/transfer.md, "Building detectron2"). Without it this command refuses with one line; ``python -m transfer.finetune`` is
+(docs/transfer.md, "Building detectron2"). Without it this command refuses with one line; ``mochi-transfer`` is
 the torchvision path that runs everywhere.
 """
 
@@ -71,13 +71,13 @@ def require_detectron2() -> None:
     except ImportError:
         raise UserError("detectron2 is not installed (build it from its source: docs/transfer.md, "
                         "'Building detectron2'); "
-                        "python -m transfer.finetune is the torchvision path that runs without it") from None
+                        "mochi-transfer is the torchvision path that runs without it") from None
 
 
 @dataclass
 class D2Settings(trials.StageSettings):
     """One detectron2 transfer stage (N trials of one recipe of transfer/recipes.py on one source),
-    as ``python transfer/train_d2.py`` and a grid's transfer job describe it."""
+    as ``mochi-transfer-d2`` and a grid's transfer job describe it."""
 
     engine: ClassVar[str] = "detectron2"
     device: str = "cuda"
@@ -378,8 +378,8 @@ def run(s: D2Settings, discard: bool = False) -> dict:
 
 
 def parser() -> ArgumentParser:
-    """The command line of ``python transfer/train_d2.py``."""
-    p = ArgumentParser(prog="python transfer/train_d2.py", description=__doc__.split("\n\n")[0])
+    """The command line of ``mochi-transfer-d2``."""
+    p = ArgumentParser(prog="mochi-transfer-d2", description=__doc__.split("\n\n")[0])
     p.add_argument("source", nargs="?", help="run folder, this project's checkpoint, or a MoCo-format checkpoint")
     p.add_argument("--task", choices=sorted(RECIPES), help="recipe (transfer/configs/)")
     p.add_argument("--data", help="the folder holding VOC2007/ and VOC2012/ (VOC tasks), or the COCO folder holding "

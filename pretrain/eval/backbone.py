@@ -8,6 +8,7 @@ releases ship them). Files from elsewhere are loaded with ``torch.load(weights_o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -106,6 +107,30 @@ def initial_backbone(cfg: config.Config, seed: int) -> nn.Module:
     baseline that pairs, seed by seed, with the runs."""
     torch.manual_seed(seed)
     return query_backbone(from_config(cfg))
+
+
+def evaluated_on(cfg: config.Config | None, arch: str | None = None, small_stem: bool = False,
+                 dataset: str | None = None, data_path: str | None = None, class_list: str | None = None,
+                 image_size: int | None = None) -> tuple[config.DataCfg, str, bool]:
+    """(data, arch, small_stem) an evaluation of a source uses: the run's own (``cfg``, its whole
+    training split) with the flags given over them; for a MoCo-format checkpoint (no ``cfg``),
+    ResNet-50 on the default data with the flags."""
+    data_cfg = dataclasses.replace(cfg.data, subset=0) if cfg else config.DataCfg()
+    data_cfg = dataclasses.replace(data_cfg, **{k: v for k, v in (
+        ("dataset", dataset), ("path", data_path), ("class_list", class_list), ("image_size", image_size))
+        if v is not None})
+    return data_cfg, arch or (cfg.model.arch if cfg else "resnet50"), small_stem or (cfg.model.small_stem if cfg
+                                                                                     else False)
+
+
+def baseline_backbone(cfg: config.Config | None, arch: str, small_stem: bool, seed: int) -> nn.Module:
+    """The random-init baseline of an evaluation: the very weights a pretraining run of ``cfg`` starts
+    from with this seed (so it pairs, seed by seed, with the runs), or, without a config of that
+    architecture, a random backbone drawn from ``seed``."""
+    if cfg is not None and (arch, small_stem) == (cfg.model.arch, cfg.model.small_stem):
+        return initial_backbone(cfg, seed)
+    torch.manual_seed(seed)
+    return random_backbone(arch, small_stem)
 
 
 def load_run(run_dir: Path) -> tuple[config.Config, MoCo]:

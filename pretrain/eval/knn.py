@@ -1,13 +1,13 @@
 """Weighted kNN classification on frozen features (InstDisc / DINO's monitor: k=200, T=0.07).
 
-``run`` evaluates a run folder's newest checkpoint and, for comparison, the same backbone
-randomly initialised; the result goes to ``knn.json`` and to the run's MLflow run. ``main`` is the
-command ``mochi-knn RUN_DIR`` (old spelling: ``python -m pretrain.knn RUN_DIR``).
+``run`` evaluates a source (a run folder's newest checkpoint, this project's checkpoint, or a
+MoCo-format one, as every evaluation takes) and, for comparison, the random backbone it pairs with;
+the result goes to ``knn.json`` in the source's run folder and to its MLflow run. ``main`` is the
+command ``mochi-knn SOURCE`` (old spelling: ``python -m pretrain.knn SOURCE``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,7 +21,8 @@ from ..run import checkpoint, rundir
 from ..run.cli import ArgumentParser, execute, setup_logging
 from ..run.errors import UserError
 from ..run.tracking import default_uri, mlflow_client
-from .backbone import features, initial_backbone, load_run, query_backbone, val_transform
+from .backbone import baseline_backbone, evaluated_on, features, load_backbone, read_source, val_transform
+from .probe import add_source_flags
 
 log = logging.getLogger(__name__)
 
@@ -80,36 +81,45 @@ def evaluate(net: nn.Module, data_cfg, device, train_size: int = 0, test_size: i
     return top1(net, train, test, num_classes, data_cfg.image_size, device, k, T)
 
 
-def run(run_dir: Path, k: int = 200, T: float = 0.07, train_size: int = 10000, test_size: int = 2000,
-        baseline: bool = True) -> dict[str, float]:
-    """kNN top-1 of a run folder's newest checkpoint (and, with ``baseline``, of the same backbone
-    randomly initialised as the run was); writes ``knn.json`` and logs to the run's MLflow run."""
-    run_dir = Path(run_dir)
-    cfg, model = load_run(run_dir)
-    data_cfg = dataclasses.replace(cfg.data, subset=0)  # the memory bank comes from the whole split
+def run(source: str | Path, k: int = 200, T: float = 0.07, train_size: int = 10000, test_size: int = 2000,
+        baseline: bool = True, *, arch: str | None = None, small_stem: bool = False, dataset: str | None = None,
+        data_path: str | None = None, class_list: str | None = None, image_size: int | None = None) -> dict:
+    """kNN top-1 of a source's query backbone (a run folder's newest checkpoint, this project's
+    checkpoint, or a MoCo-format one) and, with ``baseline``, of the random backbone it pairs with (a
+    run's own initialisation); writes ``knn.json`` in the source's run folder and logs to its MLflow
+    run where it has one."""
+    sd, cfg, run_id = read_source(source)
+    data_cfg, arch, small_stem = evaluated_on(cfg, arch, small_stem, dataset, data_path, class_list, image_size)
+    backbone = load_backbone(sd, arch, small_stem)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kw = dict(train_size=train_size, test_size=test_size, k=k, T=T)
-    result = {"knn_top1": evaluate(query_backbone(model), data_cfg, device, **kw)}
+    result = {"knn_top1": evaluate(backbone, data_cfg, device, **kw)}
     if baseline:
-        result["knn_top1_random_init"] = evaluate(initial_backbone(cfg, cfg.run.seed), data_cfg, device, **kw)
-    checkpoint.atomic_write(run_dir / rundir.KNN_FILE, json.dumps({**result, **kw}).encode())
-    run_id_file = run_dir / rundir.RUN_ID_FILE
-    if run_id_file.is_file():
+        seed = cfg.run.seed if cfg is not None else 0
+        result["knn_top1_random_init"] = evaluate(baseline_backbone(cfg, arch, small_stem, seed), data_cfg, device,
+                                                  **kw)
+    home = rundir.run_home(source)
+    checkpoint.atomic_write(home / rundir.KNN_FILE, json.dumps({**result, **kw}).encode())
+    run_id_file = home / rundir.RUN_ID_FILE
+    run_id = run_id_file.read_text().strip() if run_id_file.is_file() else run_id
+    if run_id and cfg is not None:
         try:
-            client = mlflow_client(cfg.run.tracking_uri or default_uri(run_dir))
+            client = mlflow_client(cfg.run.tracking_uri or default_uri(home))
             for name, v in result.items():
-                client.log_metric(run_id_file.read_text().strip(), name, v)
+                client.log_metric(run_id, name, v)
         except Exception as e:  # noqa: BLE001 - knn.json keeps the result
             log.warning("could not log to MLflow: %s", e)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``mochi-knn RUN_DIR``: parse, evaluate, print and write ``RUN_DIR/knn.json``."""
-    p = ArgumentParser(prog="python -m pretrain.knn", description="Weighted kNN top-1 of a run's frozen backbone, and of the same backbone randomly initialised.")
-    p.add_argument("run_dir", help="a pretraining run folder (run.out)")
-    p.add_argument("--k", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.07)
+    """``mochi-knn SOURCE``: parse, evaluate, print and write ``knn.json`` in SOURCE's run folder."""
+    p = ArgumentParser(prog="mochi-knn", description="Weighted kNN top-1 of a frozen backbone, and of the same "
+                                                     "backbone randomly initialised.")
+    add_source_flags(p)
+    p.add_argument("--k", type=int, default=200, help="neighbours that vote (default 200, as InstDisc and MoCo)")
+    p.add_argument("--temperature", type=float, default=0.07,
+                   help="temperature of the votes' weights exp(cos / T) (default 0.07)")
     p.add_argument("--train-size", type=int, default=10000, help="memory-bank images (0 = the whole split)")
     p.add_argument("--test-size", type=int, default=2000, help="query images (0 = the whole split)")
     p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised backbone")
@@ -117,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.k <= 0 or args.temperature <= 0 or args.train_size < 0 or args.test_size < 0:
         raise UserError("--k and --temperature must be > 0, sizes >= 0")
     setup_logging()
-    result = run(args.run_dir, args.k, args.temperature, args.train_size, args.test_size, not args.no_baseline)
+    result = run(args.source, args.k, args.temperature, args.train_size, args.test_size, not args.no_baseline,
+                 arch=args.arch, small_stem=args.small_stem, dataset=args.dataset, data_path=args.data,
+                 class_list=args.class_list, image_size=args.image_size)
     print(json.dumps(result))
     for name, v in result.items():
         print(f"{name}: {v:.2f}%")

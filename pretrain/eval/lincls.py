@@ -38,7 +38,7 @@ from ..run import checkpoint, config, rundir, sameness
 from ..run.errors import UserError
 from ..run.tracking import LINCLS, Tracker, default_uri, open_run
 from .probe import LR_FACTORS, PRESETS, RULE, VAL_SPLIT, ProbeSettings  # noqa: F401
-from .backbone import (Transformed, features, initial_backbone, load_backbone, random_backbone, read_source,
+from .backbone import (Transformed, baseline_backbone, evaluated_on, features, load_backbone, read_source,
                        val_transform)
 
 log = logging.getLogger(__name__)
@@ -228,12 +228,8 @@ def run(s: ProbeSettings) -> dict:
         sd, cfg, parent_id, src = None, s.pretrain_config, None, None
     else:
         raise UserError("a probe needs a source, or random_init with the pretraining config it stands for")
-    data_cfg = dataclasses.replace(cfg.data, subset=0) if cfg else config.DataCfg()
-    data_cfg = dataclasses.replace(data_cfg, **{k: v for k, v in (
-        ("dataset", s.dataset), ("path", s.data_path), ("class_list", s.class_list), ("image_size", s.image_size))
-        if v is not None})
-    arch = s.arch or (cfg.model.arch if cfg else "resnet50")
-    small_stem = s.small_stem or (cfg.model.small_stem if cfg else False)
+    data_cfg, arch, small_stem = evaluated_on(cfg, s.arch, s.small_stem, s.dataset, s.data_path, s.class_list,
+                                              s.image_size)
     preset = s.preset or ("demo" if data_cfg.dataset == "fashion-mnist" else
                           "imagenet100" if data_cfg.class_list else "imagenet1k")
     if preset not in PRESETS:
@@ -254,13 +250,7 @@ def run(s: ProbeSettings) -> dict:
                         f"held out of the training images (--val-split > 0, e.g. {VAL_SPLIT})")
 
     if s.random_init:
-        if cfg is not None and (arch, small_stem) == (cfg.model.arch, cfg.model.small_stem):
-            # The very weights a pretraining run of this config starts from with this seed, so the
-            # baseline pairs seed by seed with the runs it is compared with.
-            backbone = initial_backbone(cfg, s.seed)
-        else:
-            torch.manual_seed(s.seed)
-            backbone = random_backbone(arch, small_stem)
+        backbone = baseline_backbone(cfg, arch, small_stem, s.seed)
     else:
         backbone = load_backbone(sd, arch, small_stem)
     train_ds = data.base_dataset(data_cfg, "train")

@@ -31,9 +31,23 @@ VAL_SPLIT = 0.1  # the share of the training images held out to choose among can
 RULE = "highest top-1 on the validation split at the last epoch; a tie goes to the smaller lr"
 
 
+def add_source_flags(p) -> None:
+    """SOURCE and what it is evaluated on, as every evaluation command (mochi-lincls, mochi-knn) takes
+    them: a run folder reads its own architecture and data; a MoCo-format checkpoint needs them said."""
+    p.add_argument("source", help="a run folder, this project's checkpoint, or a MoCo-format checkpoint")
+    p.add_argument("--arch", choices=ARCHS, metavar="ARCH", help="architecture of a MoCo-format checkpoint "
+                   "(default resnet50; any torchvision ResNet/ResNeXt/Wide-ResNet)")
+    p.add_argument("--small-stem", action="store_true", help="the checkpoint uses the small-image stem")
+    p.add_argument("--dataset", choices=config.DATASETS, help="dataset (default: the run's data.dataset)")
+    p.add_argument("--data", metavar="DIR", help="the dataset's folder (default: the run's data.path; for imagefolder "
+                                                 "the ImageNet root holding train/ and val/), as --data of every command")
+    p.add_argument("--class-list", help="class list file (e.g. imagenet100.txt)")
+    p.add_argument("--image-size", type=int, help="centre-crop side in pixels (default: the run's data.image_size)")
+
+
 @dataclass
 class ProbeSettings:
-    """One linear probe, as ``python -m pretrain.lincls`` and a grid's probe job describe it.
+    """One linear probe, as ``mochi-lincls`` and a grid's probe job describe it.
 
     Unset (None) schedule and data fields come from the preset and from the source run's config.
     """

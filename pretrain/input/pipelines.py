@@ -15,7 +15,7 @@
 Both device pipelines run one batch ahead in a thread on a side CUDA stream, so decoding and
 augmentation overlap the training step; every batch's parameters come from a generator seeded by
 (seed, epoch, the batch's indices), so a run is reproducible and resumes exactly, whatever the
-timing. ``python -m pretrain.pipeline show`` writes a picture of a batch for a visual check
+timing. ``mochi-pipeline show`` writes a picture of a batch for a visual check
 (``pretrain.tools.show``).
 """
 

@@ -9,10 +9,17 @@ from collections.abc import Callable
 
 from .errors import UserError
 from .rank import global_rank
+from .version import __version__
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag on one line (no usage dump) and exits with 2."""
+    """argparse for one of the console scripts (``prog``: its name, ``mochi-grid``), with ``--version``;
+    reports a bad flag on one line (no usage dump) and exits with 2."""
+
+    def __init__(self, prog: str, **kwargs):
+        super().__init__(prog=prog, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__} (MoCHi-Bench)",
+                          help="print the version and exit")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -2,7 +2,7 @@
 
 Names follow the papers: ``moco.K``, ``moco.m``, ``moco.tau``, ``mochi.N``, ``mochi.s``,
 ``mochi.s_prime``, ``loss.tau_plus``, ``loss.beta``, ``loss.ring_outer``, ``loss.ring_inner``.
-``python -m pretrain --show-config`` prints the resolved tree.
+``mochi-pretrain --show-config`` prints the resolved tree.
 
 Values enter typed: from YAML files, from ``section.key=value`` text typed on a command line
 (read once, as YAML scalars, by ``parse_override``), or as Python values (``with_values``); every

@@ -8,7 +8,7 @@ A pretraining run folder (``run.out``)::
     metrics.jsonl                   every logged point: the source of truth
     mlflow_run_id, tracking.json    the MLflow run this folder logs to, and how it was opened
     summary.json                    written when the run completes (from its final checkpoint)
-    knn.json                        python -m pretrain.knn
+    knn.json                        mochi-knn
     lincls-fast/ lincls-full/       linear probes (lincls.json, settings.json, features.pt, checkpoints/)
     transfer-TASK/trialK/           detection transfer, torchvision path (summary.json; each trial result.json
                                     and settings.json, the settings it was trained with)

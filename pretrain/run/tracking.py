@@ -98,7 +98,7 @@ def mlflow_client(uri: str):
                     f"killed while creating or migrating it, or made by an older MLflow "
                     f"({' '.join(str(e).split())[:120]}); if an older MLflow made it: mlflow db upgrade {uri}; "
                     f"else move it aside (mv {path} {path}.broken) and run again: every run folder keeps its "
-                    f"points in {METRICS_FILE}, and python ablations/tables.py syncs a grid's runs into the new "
+                    f"points in {METRICS_FILE}, and mochi-tables syncs a grid's runs into the new "
                     f"store") from None
             aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
             for suffix in ("-journal", "-wal", "-shm"):  # a hot journal must not meet the new file

@@ -76,13 +76,15 @@ def add_size_args(p) -> None:
     channels_last on a GPU; SMALL, fp32 and contiguous on a CPU)."""
     import argparse
 
-    p.add_argument("--arch")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--K", type=int)
-    p.add_argument("--N", type=int)
-    p.add_argument("--s", type=int)
-    p.add_argument("--s-prime", type=int)
+    p.add_argument("--arch", help=f"backbone (default: {PAPER.arch}; --small: {SMALL.arch})")
+    p.add_argument("--batch", type=int, help=f"images per step (default: {PAPER.batch}; --small: {SMALL.batch})")
+    p.add_argument("--image-size", type=int, help=f"crop side in pixels (default: {PAPER.image_size}; --small: "
+                                                 f"{SMALL.image_size})")
+    p.add_argument("--K", type=int, help=f"queue length K (default: {PAPER.K}; --small: {SMALL.K})")
+    for symbol, what in (("N", "hardest negatives mixed per query"), ("s", "negatives mixed from pairs of the N "
+                         "hardest"), ("s_prime", "negatives mixed from the query and one of the N hardest")):
+        p.add_argument(f"--{symbol}", type=int, help=f"MoCHi's {symbol}, {what} (default: "
+                       f"{getattr(PAPER.mixing, symbol)}; --small: {getattr(SMALL.mixing, symbol)})")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on with CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last model and images (default: on with CUDA)")
@@ -258,18 +260,19 @@ def write_json(path: str | Path | None, result: dict) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``mochi-bench``: parse, measure, print the table, write the JSON."""
-    p = ArgumentParser(prog="python -m pretrain.bench",
+    p = ArgumentParser(prog="mochi-bench",
                        description="Training-step throughput: MoCo v2 vs MoCHi, side by side in one run.")
     add_size_args(p)
     p.add_argument("--small", action="store_true", help=f"small sizes for a CPU: {SMALL.as_dict()}")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per method and variant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     p.add_argument("--variants", default="eager,compiled", help="comma list of eager, compiled")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma list of {', '.join(METHODS)}: each timed beside MoCo v2 (debiased, "
                         f"Chuang et al.'s, HCL with tau+ 0.1, beta 1.0, and Ring with its MoCo config's "
                         f"outer 0.1, inner 0.1)")
-    p.add_argument("--shuffle-bn-groups", type=int, default=8)
+    p.add_argument("--shuffle-bn-groups", type=int, default=8,
+                   help="shuffle-BN groups of the key encoder on one device (moco.shuffle_bn_groups)")
     p.add_argument("--stats-every", type=int, default=RunCfg().log_every,
                    help="compute the step statistics every this many steps, as training does every run.log_every "
                         "(default: its default)")

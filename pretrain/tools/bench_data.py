@@ -154,19 +154,20 @@ def measure(data: str | Path, files: list[Path], size: Size, dev: torch.device, 
 
 def main(argv: list[str] | None = None) -> int:
     """``mochi-bench-data [--data DIR]``: parse, find or make the JPEGs, measure, print, write the JSON."""
-    p = ArgumentParser(prog="python -m pretrain.bench_data",
+    p = ArgumentParser(prog="mochi-bench-data",
                        description="Input-pipeline benchmark: each pipeline, and training fed by JPEGs vs synthetic.")
     p.add_argument("--data", help="an ImageFolder root of JPEGs (with train/); default: generate one")
     p.add_argument("--make", type=int, default=0, help="images to generate without --data (default 4000 GPU / 300 CPU)")
     p.add_argument("--pipelines", default=None, help="comma list of cpu, gpu, dali (default: cpu,gpu and dali if installed)")
-    p.add_argument("--workers", type=int, default=min(15, max(1, (os.cpu_count() or 2) - 1)))
+    p.add_argument("--workers", type=int, default=min(15, max(1, (os.cpu_count() or 2) - 1)),
+                   help="data-loading processes of the cpu pipeline (default: the cores but one, at most 15)")
     add_size_args(p)
     p.add_argument("--batches", type=int, default=0, help="batches measured per pipeline (default 30 GPU / 4 CPU)")
     p.add_argument("--steps", type=int, default=0, help="training steps measured (default 30 GPU / 3 CPU)")
     p.add_argument("--warmup", type=int, default=0, help="batches/steps before timing (default 5 GPU / 1 CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders for the training rates")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default="results/bench_pipeline.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images and of the augmentations")
+    p.add_argument("--json", default="results/bench_pipeline.json", help="where to write the figures")
     args = p.parse_args(argv)
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")

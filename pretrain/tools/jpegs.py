@@ -106,11 +106,11 @@ def make_jpegs(folder: str | Path, n: int, classes: int = 10, seed: int = 0, odd
 
 def main(argv: list[str] | None = None) -> int:
     """``mochi-jpegs DIR --n 5000``: parse, refuse a folder that holds images already, write the JPEGs."""
-    p = ArgumentParser(prog="python -m pretrain.jpegs", description="Write a folder of photo-like JPEGs at ImageNet's sizes.")
-    p.add_argument("folder")
+    p = ArgumentParser(prog="mochi-jpegs", description="Write a folder of photo-like JPEGs at ImageNet's sizes.")
+    p.add_argument("folder", help="where to write them (FOLDER/train/CLASS/*.jpg and FOLDER/val/CLASS/*.jpg)")
     p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, default=10, help="class folders (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated pictures")
     p.add_argument("--odd", action="store_true", help="add progressive, CMYK, grayscale, PNG and truncated files")
     args = p.parse_args(argv)
     out = Path(args.folder)

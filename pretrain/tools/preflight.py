@@ -272,7 +272,7 @@ def check_steps(cfg: config.Config, batch, device: torch.device, steps: int, lab
         where = f"{label}: {steps} fp32 steps on {device.type} vs the CPU"
     lines = [_verdict("step", where, *distance(dev, ref), FP32,
                       "the device's fp32 kernels disagree with the CPU's: check the driver / CUDA / torch build "
-                      "(torch.cuda.is_available(), torch.version.cuda) and run python -m pretrain.bench on that node")]
+                      "(torch.cuda.is_available(), torch.version.cuda) and run mochi-bench on that node")]
     r = cfg.run
     if not (r.amp or r.channels_last or r.compile):
         lines.append(Check("precision", SKIP, f"{label}: the run is fp32, contiguous, eager (the line above)"))

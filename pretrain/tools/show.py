@@ -1,4 +1,4 @@
-"""A picture of one batch as each input pipeline makes it, for the eye (``python -m pretrain.pipeline show``)."""
+"""A picture of one batch as each input pipeline makes it, for the eye (``mochi-pipeline show``)."""
 
 from __future__ import annotations
 

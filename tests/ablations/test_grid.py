@@ -30,8 +30,11 @@ from tests.conftest import REPO, TINY_GRID, grid_cli, grid_runs
     (["--preset", "no-such-grid"], "unknown grid preset 'no-such-grid'"),
     (["--set", "mochi.X=1"], "unknown config key 'mochi.X'"),
     (["--cluster", "slurm"], "no SLURM controller answers"),
-    (["--cluster", "cloud"], "--cluster 'cloud'"),
-    (["--cluster", "mars", "--dry-run"], "--cluster 'mars'"),
+    (["--cluster", "cloud"], "argument --cluster: invalid choice: 'cloud'"),
+    # a status or cancel from a folder the grid was never submitted to: said, with where it looked
+    (["--status"], "--status: no grid in /"),
+    (["--cancel"], "--cancel: no grid in /"),
+    (["--cluster", "mars", "--dry-run"], "argument --cluster: invalid choice: 'mars'"),
     (["--sweep", "N,N"], "--sweep names axis N more than once"),
     (["--sweep", "N", "--N", "64", "--axis", "mochi.N=128"], "values for axis N are given twice"),
     (["--lincls", "--fast --no-such-flag"], "unrecognized arguments: --no-such-flag"),

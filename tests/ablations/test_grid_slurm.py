@@ -138,8 +138,10 @@ def test_cancel_stops_the_grid_and_a_rerun_resubmits(tmp_path, slurm_conf):
     assert status.count("cancelled (pretrain") == 2, status
     assert status.count("cancelled before it started (pretrain") == 1, status
     assert "failed" not in status and "UNKNOWN" not in status
-    again = grid_cli(*args)
+    again = grid_cli(*args, "--cluster", "auto")  # auto finds the controller, and says so before submitting
     assert again.returncode == 0 and "3 to pretrain" in again.stdout
+    said = again.stdout.index("--cluster auto: a SLURM controller answers")
+    assert said < again.stdout.index("submitted"), again.stdout
     assert grid_cli(*args, "--cancel").returncode == 0
 
 

@@ -1,4 +1,4 @@
-"""slurm/submit_transfer.py (and its old path, transfer/submit.py): bad input refused before anything is
+"""mochi-submit-transfer (slurm/submit_transfer.py): bad input refused before anything is
 submitted; real jobs on the SLURM cluster."""
 
 import dataclasses
@@ -14,10 +14,10 @@ from tests.conftest import REPO
 from transfer.data import make_synthetic
 
 
-def submit(*args, env=None, script="slurm/submit_transfer.py"):
+def submit(*args, env=None):
     import os
 
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "slurm/submit_transfer.py", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=900, env={**os.environ, **(env or {})})
 
 
@@ -51,10 +51,9 @@ def test_bad_input_submits_nothing(sources, tmp_path, args, message):
     assert not (tmp_path / "logs").exists()
 
 
-@pytest.mark.parametrize("script", ["slurm/submit_transfer.py", "transfer/submit.py"])
-def test_a_resnet18_is_refused(sources, tmp_path, script):
+def test_a_resnet18_is_refused(sources, tmp_path):
     r = submit(sources / "resnet18.pth", "--task", f"demo-voc={sources / 'det' / 'VOCdevkit'}", "--logs",
-               tmp_path / "logs", env={"SLURM_CONF": "/nonexistent"}, script=script)
+               tmp_path / "logs", env={"SLURM_CONF": "/nonexistent"})
     assert r.returncode == 2 and "does not fit a resnet50" in r.stderr and not (tmp_path / "logs").exists()
     assert r.stderr.count("\n") == 1
 

@@ -110,7 +110,7 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(det, tmp_pa
 def test_without_detectron2_one_line_and_exit_2(det, tmp_path):
     r = train_d2("--random-init", "--task", "demo-voc", "--data", det / "VOCdevkit", "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
-    assert "detectron2 is not installed" in r.stderr and "transfer.finetune" in r.stderr
+    assert "detectron2 is not installed" in r.stderr and "mochi-transfer is the torchvision path" in r.stderr
     assert not (tmp_path / "o").exists()
 
 

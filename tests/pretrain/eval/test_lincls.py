@@ -17,7 +17,7 @@ from pretrain.run import tracking
 from pretrain.run.errors import UserError
 from tests.pretrain.eval.test_backbone import moco_format
 
-TINY = ["--arch", "resnet18", "--data", "fashion-mnist", "--image-size", "32", "--train-size", "512",
+TINY = ["--arch", "resnet18", "--dataset", "fashion-mnist", "--image-size", "32", "--train-size", "512",
         "--test-size", "256", "--workers", "0"]
 
 
@@ -81,7 +81,7 @@ def test_fast_probe_chooses_its_lr_on_training_images_and_never_reads_the_test_l
     scrambled = fashion_mnist_with_scrambled_test_labels(tmp_path / "fmnist")
     args = [str(path), *TINY, "--fast", "--epochs", "3"]
     assert lincls.main(args + ["--out", str(tmp_path / "real")]) == 0
-    assert lincls.main(args + ["--data-path", str(scrambled), "--out", str(tmp_path / "scrambled")]) == 0
+    assert lincls.main(args + ["--data", str(scrambled), "--out", str(tmp_path / "scrambled")]) == 0
     real, shuffled = (json.loads((tmp_path / d / "lincls.json").read_text()) for d in ("real", "scrambled"))
     assert real["selection"] == shuffled["selection"]
     assert real["top1_last"] != shuffled["top1_last"]  # the scrambled labels do reach the reported accuracy

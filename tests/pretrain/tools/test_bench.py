@@ -32,7 +32,7 @@ def test_bench_times_the_training_step_at_the_training_cadence(tmp_path, capsys,
     monkeypatch.setattr(tools_bench, "step", spy)
     out = tmp_path / "b.json"
     code = bench.main(["--arch", "resnet18", "--batch", "8", "--image-size", "32", "--K", "64", "--N", "16",
-                       "--s", "8", "--s-prime", "4", "--steps", "4", "--warmup", "2", "--variants", "eager",
+                       "--s", "8", "--s_prime", "4", "--steps", "4", "--warmup", "2", "--variants", "eager",
                        "--stats-every", "3", "--methods", "mocov2,mochi", "--json", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
@@ -61,7 +61,7 @@ def test_bench_times_the_training_step_at_the_training_cadence(tmp_path, capsys,
 def test_bench_times_every_method_beside_moco_v2(tmp_path):
     out = tmp_path / "b.json"
     assert bench.main(["--arch", "resnet18", "--batch", "8", "--image-size", "32", "--K", "64", "--N", "16", "--s", "8",
-                       "--s-prime", "4", "--steps", "1", "--warmup", "0", "--variants", "eager", "--json", str(out)]) == 0
+                       "--s_prime", "4", "--steps", "1", "--warmup", "0", "--variants", "eager", "--json", str(out)]) == 0
     row = json.loads(out.read_text())["results"][0]
     assert list(row["ratios"]) == ["MoCo v2", "MoCHi (16, 8, 4)", "debiased (Chuang et al., tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
                                    "HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)", "Ring (outer 0.1, inner 0.1)"]
@@ -96,7 +96,7 @@ def test_pipeline_bench_measures_each_pipeline_and_training_side_by_side(tmp_pat
     out = tmp_path / "p.json"
     code = bench_data.main(["--data", str(tmp_path / "jpegs"), "--pipelines", "cpu,gpu", "--arch", "resnet18",
                             "--batch", "8", "--image-size", "32", "--K", "32", "--N", "8", "--s", "8",
-                            "--s-prime", "4", "--workers", "1", "--batches", "2", "--steps", "1", "--warmup", "1",
+                            "--s_prime", "4", "--workers", "1", "--batches", "2", "--steps", "1", "--warmup", "1",
                             "--json", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
@@ -116,7 +116,7 @@ def test_pipeline_bench_rejects_bad_input(tmp_path):
     with pytest.raises(UserError, match="--pipelines"):
         bench_data.main(["--pipelines", "tpu", "--data", str(tmp_path)])
     with pytest.raises(UserError, match="fewer than one batch"):
-        bench_data.main(["--data", str(tmp_path), "--batch", "8", "--K", "32", "--N", "8", "--s", "8", "--s-prime", "4",
+        bench_data.main(["--data", str(tmp_path), "--batch", "8", "--K", "32", "--N", "8", "--s", "8", "--s_prime", "4",
                          "--pipelines", "cpu"])
     with pytest.raises(UserError, match="cannot be taken from a queue"):
         bench_data.main(["--data", str(tmp_path), "--batch", "8", "--K", "32", "--pipelines", "cpu"])
