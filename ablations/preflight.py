@@ -10,9 +10,9 @@ Its measured speeds replace the profile's ``img_per_s`` in ``--dry-run``'s estim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from ablations import cost
 from ablations.griddir import GridDir
 from pretrain.run import config, rundir
 from pretrain.tools.preflight_report import FAIL, PreflightSettings, Report, read_report
@@ -20,18 +20,6 @@ from slurm import launcher
 
 
 # Training images of the full sets, for the cost of a config without a subset.
-DATASET_SIZE = {"fashion-mnist": 60000, "imagenet100": 126689, "imagenet1k": 1281167}
-
-
-def images_per_epoch(cfg: config.Config) -> int:
-    """Training images per epoch of a config's data (its subset, else the full set's known size)."""
-    if cfg.data.dataset == "fashion-mnist":
-        n = DATASET_SIZE["fashion-mnist"]
-    else:
-        n = DATASET_SIZE["imagenet100" if cfg.data.class_list else "imagenet1k"]
-    return min(n, cfg.data.subset) if cfg.data.subset else n
-
-
 def folder(gd: GridDir) -> Path:
     """Where the grid's preflight writes its report and scratch checkpoints."""
     return gd.out / rundir.PREFLIGHT
@@ -80,52 +68,22 @@ def from_failed_job(gd: GridDir, error: BaseException | str) -> Report:
                   device="unknown", host="unknown", world=0, date="")
 
 
-@dataclass(frozen=True)
-class Projection:
-    """The grid's pretraining cost at the preflight's measured speed: device-hours over every job,
-    and the wall time with the profile's ``array_parallelism`` jobs at once."""
-
-    device_hours: float
-    wall_hours: float
-    img_per_s: float  # global, per job: the slower of the step and the input pipeline
-    unit: str  # GPU-hours or CPU-job-hours
-
-
-def job_hours(gd: GridDir, rate_at: float, arch: str, image_size: int) -> list[float]:
-    """Wall hours of every pretraining job (cell x seed) at ``rate_at`` images/s measured for
-    ``arch`` at ``image_size``, scaled to each cell's architecture and image size."""
-    grid = gd.grid
-    out = []
-    for cell in grid.cells:
-        cfg = grid.cfg(cell, 0, gd.run_dir(cell, 0))
-        speed = launcher.ARCH_SPEED.get(cfg.model.arch, 1.0) / launcher.ARCH_SPEED.get(arch, 1.0)
-        rate = rate_at * speed * (image_size / cfg.data.image_size) ** 2
-        out += [cfg.optim.epochs * images_per_epoch(cfg) / rate / 3600] * grid.seeds
-    return out
-
-
-def project(gd: GridDir, profile: launcher.Profile, report: Report) -> Projection | None:
-    """The projection from a report's speeds (None if it measured none)."""
+def measured_rates(gd: GridDir, report: Report) -> cost.Rates | None:
+    """The rates a passed preflight measured (step and the grid's input pipeline), or None."""
     if not report.step_img_per_s or not report.input_img_per_s:
         return None
-    rate = min(report.step_img_per_s, report.input_img_per_s)
-    hours = job_hours(gd, rate, report.arch, report.image_size)
-    slots = [0.0] * min(profile.array_parallelism, max(len(hours), 1))
-    for h in sorted(hours, reverse=True):  # longest first onto the slot that frees first
-        slots[slots.index(min(slots))] += h
-    devices = max(profile.gpus_per_job, 1)
-    return Projection(sum(hours) * devices, max(slots) if slots else 0.0, rate,
-                      "GPU-hours" if profile.gpus_per_job else "CPU-job-hours")
+    pipeline = configs(gd)[0].data.pipeline
+    return cost.Rates(report.step_img_per_s, report.arch, report.image_size, {pipeline: report.input_img_per_s},
+                      f"measured by the preflight on {report.device} ({report.date})")
 
 
 def describe(gd: GridDir, profile: launcher.Profile, report: Report) -> str:
     """The report's table, then its verdict: the projection, or the first failure's cause and fix."""
     lines = [report.table()]
     if report.passed:
-        p = project(gd, profile, report)
-        if p is not None:
-            lines.append(f"projected pretraining cost at {p.img_per_s:.1f} img/s per job: {p.device_hours:.3g} "
-                         f"{p.unit}, about {p.wall_hours:.3g} h wall with {profile.array_parallelism} jobs at once")
+        rates = measured_rates(gd, report)
+        if rates is not None:
+            lines.append(cost.describe(cost.of(gd, profile, rates), profile, "projected", "from the measured rates"))
         lines.append("preflight passed")
     else:
         lines.append(failure_line(report))

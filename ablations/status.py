@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations import preflight, spec
+from ablations import cost, preflight, spec
 from ablations.griddir import GridDir, Unit
 from ablations.submit import EVAL_STAGES, PREFLIGHT_KEY, active, finish, settle, slurm_jobs
 from pretrain.run import config, rundir
@@ -24,17 +24,14 @@ QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
 def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
     """Print the cells, the dropped cells with their reasons, and the estimated GPU-hours."""
     grid = gd.grid
-    rows, total = [], 0.0
+    rows = []
     for cell in grid.cells:
         cfg = grid.cfg(cell, 0, gd.run_dir(cell, 0))
-        per_epoch = preflight.images_per_epoch(cfg)
-        rate = profile.img_per_s * launcher.ARCH_SPEED.get(cfg.model.arch, 1.0) * (224 / cfg.data.image_size) ** 2
-        devices = max(profile.gpus_per_job, 1)
-        hours = cfg.optim.epochs * per_epoch / (rate * devices) / 3600
-        total += hours * devices * grid.seeds
+        per_epoch = cost.images_per_epoch(cfg)
+        rate, _ = cost.Rates.of_profile(profile).for_cell(cfg)
+        hours = cfg.optim.epochs * per_epoch / rate / 3600
         rows.append((cell.id, cfg.objective.label, str(cfg.moco.K), str(cfg.optim.epochs), str(per_epoch),
                      f"{hours:6.2f}"))
-    unit = "GPU-hours" if profile.gpus_per_job else "CPU-job-hours"
     print(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
           f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs and {profile.ranks_per_job} DDP "
           f"rank{'s' * (profile.ranks_per_job > 1)} per pretraining job), folder {gd.out}")
@@ -54,16 +51,12 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
     for ref in grid.references:
         print(f"reference row {ref.id}: {ref.label} ({grid.seeds} seeds; probe and transfer only)")
     report = preflight.passed_before(gd, profile)
-    measured = preflight.project(gd, profile, report) if report is not None else None
+    measured = preflight.measured_rates(gd, report) if report is not None else None
     if measured is not None:
-        print(f"projected pretraining cost: {measured.device_hours:.3g} {measured.unit}, about "
-              f"{measured.wall_hours:.3g} h wall with {profile.array_parallelism} jobs at once, at "
-              f"{measured.img_per_s:.1f} img/s per job measured by the preflight on {report.device} "
-              f"({report.date}); linear probes not included; nothing submitted")
+        print(cost.describe(cost.of(gd, profile, measured), profile, "projected", "nothing submitted"))
         return
-    print(f"estimated pretraining cost: {total:.2f} {unit} at {profile.img_per_s:g} img/s per "
-          f"{'GPU' if profile.gpus_per_job else 'job'} (ResNet-50, 224 px; profile img_per_s), linear probes not "
-          f"included; nothing submitted (--preflight measures it on the cluster)")
+    print(cost.describe(cost.of(gd, profile, cost.Rates.of_profile(profile)), profile, "estimated",
+                        "nothing submitted; --preflight measures the rates on the cluster"))
 
 
 def tail(path: str, n: int = 3) -> str:

@@ -45,7 +45,11 @@ class Profile:
     mem_gb: float = 4.0
     timeout_min: int = 60
     array_parallelism: int = 8  # array tasks running at once (SLURM %N); local: jobs at once
-    img_per_s: float = 1.0  # ResNet-50 MoCHi images/s per GPU (per job on CPU), for estimates
+    img_per_s: float = 1.0  # ResNet-50 MoCHi images/s per GPU (per job on CPU), the step alone, for estimates
+    # two-view images/s per GPU (per job on CPU) each input pipeline (data.pipeline) delivers on these
+    # nodes: a run goes at the slower of the step and its pipeline; a pipeline not listed is not a bound
+    input_img_per_s: dict[str, float] = field(default_factory=dict)
+    rates_source: str | None = None  # where img_per_s and input_img_per_s come from (device, date, page)
     eval_gpus: int = 1  # GPUs of a linear-probe job (0 on CPU profiles)
     account: str | None = None
     qos: str | None = None
@@ -108,6 +112,11 @@ def load_profile(name: str) -> Profile:
     for key in ("nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
         if getattr(prof, key) < 1:
             raise UserError(f"profile {path}: {key} must be an integer >= 1, got {getattr(prof, key)!r}")
+    pipelines = config.PIPELINES
+    for pipe, rate in prof.input_img_per_s.items():
+        if pipe not in pipelines or rate <= 0:
+            raise UserError(f"profile {path}: input_img_per_s {pipe}: {rate}: give images/s > 0 for one of "
+                            f"{', '.join(pipelines)}")
     if prof.img_per_s <= 0 or prof.mem_gb <= 0 or prof.gpus_per_node < 0 or prof.eval_gpus < 0:
         raise UserError(f"profile {path}: img_per_s and mem_gb must be > 0, gpus_per_node and eval_gpus >= 0")
     tasks = prof.tasks_per_node

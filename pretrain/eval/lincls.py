@@ -230,10 +230,7 @@ def run(s: ProbeSettings) -> dict:
         raise UserError("a probe needs a source, or random_init with the pretraining config it stands for")
     data_cfg, arch, small_stem = evaluated_on(cfg, s.arch, s.small_stem, s.dataset, s.data_path, s.class_list,
                                               s.image_size)
-    preset = s.preset or ("demo" if data_cfg.dataset == "fashion-mnist" else
-                          "imagenet100" if data_cfg.class_list else "imagenet1k")
-    if preset not in PRESETS:
-        raise UserError(f"unknown linear-probe preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    preset = s.preset_for(data_cfg.dataset, data_cfg.class_list)
     pre = PRESETS[preset]
     lrs = s.candidates(pre["lr"])
     val_split = s.val_split if s.val_split is not None else VAL_SPLIT if len(lrs) > 1 else 0.0

@@ -122,6 +122,14 @@ class ProbeSettings:
             raise UserError("a probe without a source needs an output folder")
         return rundir.lincls_dir(rundir.run_home(self.source), self.fast, self.random_init)
 
+    def preset_for(self, dataset: str, class_list: str | None) -> str:
+        """The schedule this probe trains with on that data: ``preset``, else demo for Fashion-MNIST,
+        imagenet100 with a class list, else imagenet1k."""
+        preset = self.preset or ("demo" if dataset == "fashion-mnist" else "imagenet100" if class_list else "imagenet1k")
+        if preset not in PRESETS:
+            raise UserError(f"unknown linear-probe preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        return preset
+
     def candidates(self, preset_lr: float) -> tuple[float, ...]:
         """The lrs to choose among, ascending: ``lrs``, else ``lr`` alone, else (``fast``) the
         preset's lr times ``LR_FACTORS``, else the preset's lr alone."""

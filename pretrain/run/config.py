@@ -32,6 +32,7 @@ from .errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATASETS = ("imagefolder", "fashion-mnist")  # what data.dataset names (and a probe's dataset)
+PIPELINES = ("cpu", "gpu", "dali")  # what data.pipeline names (pretrain.input.pipelines builds them)
 
 
 @dataclass
@@ -393,7 +394,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         "optim.schedule": (cfg.optim.schedule, ("cosine", "constant")),
         "data.dataset": (cfg.data.dataset, DATASETS),
         "run.device": (cfg.run.device, ("auto", "cpu", "cuda")),
-        "data.pipeline": (cfg.data.pipeline, ("cpu", "gpu", "dali")),
+        "data.pipeline": (cfg.data.pipeline, PIPELINES),
         "data.dtype": (cfg.data.dtype, ("auto", "float32", "bfloat16")),
         "loss.method": (cfg.loss.method, METHODS),
     }

@@ -142,15 +142,45 @@ def test_a_folder_is_the_same_grid_however_its_stages_arguments_were_spelled(tmp
     assert "\n" not in str(e.value)
 
 
-def test_dry_run_prints_cells_and_gpu_hours_and_submits_nothing(tmp_path):
+def cost_lines(stdout: str) -> dict[str, str]:
+    """{row: text} of the cost block a dry run prints (pretraining, bound by, linear probes, rates)."""
+    block = stdout.split(" cost (", 1)[1].splitlines()[1:]
+    rows, name = {}, None
+    for line in block:
+        if line.startswith("  ") and line[2] != " ":
+            name, text = line[2:16].strip(), line[16:]
+            rows[name] = text
+        elif name is not None:
+            rows[name] += " " + line.strip()
+    return rows
+
+
+def test_dry_run_prints_cells_and_a_cost_that_names_its_bound_and_submits_nothing(tmp_path):
+    """in100-table1 on gpu-1: the step alone would take 42 GPU-hours (4,000 img/s), but the presets'
+    CPU JPEG pipeline delivers 691 img/s, so that binds; the probes are estimated too, and the
+    figures' source is named."""
     out = tmp_path / "grid"
     r = grid_cli("--preset", "in100-table1", "--out", str(out), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "8 cells x 3 seeds" in r.stdout and "N1024-s1024-sp128" in r.stdout
-    hours = float(r.stdout.split("estimated pretraining cost: ")[1].split()[0])
-    # 24 jobs x 200 epochs x 126,689 images at 4,000 img/s per GPU
-    assert hours == pytest.approx(24 * 200 * 126689 / 4000 / 3600, rel=0.01)
+    cost = cost_lines(r.stdout)
+    assert r.stdout.count("estimated cost (nothing submitted; --preflight measures") == 1
+    # 24 jobs x 200 epochs x 126,689 images at the 691 img/s of the cpu pipeline, not the step's 4,000
+    hours = float(cost["pretraining"].split()[0])
+    assert hours == pytest.approx(24 * 200 * 126689 / 691 / 3600, rel=0.01)
+    assert cost["bound by"].startswith("the cpu input pipeline (691 img/s per job; the step: 4000)")
+    # 24 probes of 60 epochs over 126,689 + 5,000 images, one view: 2 x 691 img/s
+    probes = float(cost["linear probes"].split()[0])
+    assert probes == pytest.approx(24 * 60 * (126689 + 5000) / (2 * 691) / 3600, rel=0.01)
+    assert "profile gpu-1: step: compiled ResNet-50" in cost["rates"] and "docs/pipelines.md" in cost["rates"]
+    assert all(len(line) <= 120 for line in r.stdout.splitlines()[-8:])
     assert "GPU-hours" in r.stdout and not out.exists()
+
+    # the step binds where the pipeline is faster: the same grid on the gpu pipeline
+    gpu = grid_cli("--preset", "in100-table1", "--out", str(out), "--set", "data.pipeline=gpu", "--dry-run")
+    cost = cost_lines(gpu.stdout)
+    assert cost["bound by"] == "the step (4000 img/s per job)"
+    assert float(cost["pretraining"].split()[0]) == pytest.approx(24 * 200 * 126689 / 4000 / 3600, rel=0.01)
 
 
 def write_preset(tmp_path, cells, lincls=True):

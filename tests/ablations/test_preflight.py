@@ -34,12 +34,13 @@ def test_preflight_alone_then_its_speed_in_the_dry_run_then_a_grid_that_does_not
     r = grid_cli(*args, "--preflight")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS  step" in r.stdout and "PASS  tracking" in r.stdout and "preflight passed" in r.stdout
-    assert "projected pretraining cost at" in r.stdout and not (tmp_path / "grid" / rundir.CELLS).exists()
+    assert "projected cost (from the measured rates)" in r.stdout and not (tmp_path / "grid" / rundir.CELLS).exists()
     rep = report(tmp_path)
     assert rep["passed"] and rep["step_img_per_s"] > 0 and rep["tags"]["profile"] == "local-cpu"
 
     dry = grid_cli(*args, "--dry-run")
-    assert "measured by the preflight on CPU" in dry.stdout and "estimated pretraining cost" not in dry.stdout
+    assert "measured by the preflight on CPU" in dry.stdout and "estimated cost" not in dry.stdout
+    assert "projected cost (nothing submitted)" in dry.stdout
 
     run = grid_cli(*args)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -92,6 +92,9 @@ def test_tasks_per_node_lays_out_pretraining_alone_and_a_probe_is_one_task_on_on
     ("eval_gpus: -1\n", "gpus_per_node and eval_gpus >= 0"),
     ("nodes: .nan\n", "nodes: nan is not a valid int"),
     ("img_per_s: .nan\n", "img_per_s: nan is not a finite number"),
+    ("input_img_per_s: {jpeg: 700}\n", "input_img_per_s jpeg: 700.0: give images/s > 0 for one of cpu, gpu, dali"),
+    ("input_img_per_s: {cpu: 0}\n", "input_img_per_s cpu: 0.0: give images/s > 0"),
+    ("input_img_per_s: 700\n", "input_img_per_s: 700 is not a mapping"),
     ("5\n", "expected a mapping of profile keys, got 5"),
     ("extra_sbatch: {gres: 'gpu:1'}\n", "extra_sbatch sets gres, which the profile's own key gpus_per_node sets"),
     ("extra_sbatch: {ntasks-per-node: 2}\n", "extra_sbatch sets ntasks-per-node, which the profile's own key "
