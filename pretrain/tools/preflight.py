@@ -37,6 +37,7 @@ import datetime
 import logging
 import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -290,7 +291,8 @@ def check_steps(cfg: config.Config, batch, device: torch.device, steps: int, lab
 def check_resume(cfg: config.Config, batch, device: torch.device, folder: Path, label: str) -> Check:
     """A step, a checkpoint (model and optimiser, through ``pretrain.run.checkpoint``) written to
     ``folder`` and read back into a new model, one more step: equal to two steps in one go (the
-    second step uses the optimiser's momentum, so a checkpoint that lost it fails)."""
+    second step uses the optimiser's momentum, so a checkpoint that lost it fails). The checkpoint is
+    scratch: removed once read back (a ResNet-50's is hundreds of MB)."""
     with exact_math(device):
         straight = run_steps(cfg, batch, device, 2)
         head = run_steps(cfg, batch, device, 1)
@@ -301,6 +303,8 @@ def check_resume(cfg: config.Config, batch, device: torch.device, folder: Path, 
         except OSError as e:
             return Check("resume", FAIL, f"{label}: cannot write a checkpoint to {ckpt}: {e}",
                          "give the grid a folder (--out) on a filesystem the compute nodes can write")
+        finally:
+            shutil.rmtree(ckpt, ignore_errors=True)
         if state is None:
             return Check("resume", FAIL, f"{label}: the checkpoint written to {ckpt} does not read back intact",
                          "give the grid a folder (--out) on a filesystem that keeps what is written")

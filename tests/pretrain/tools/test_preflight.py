@@ -39,6 +39,8 @@ def test_every_check_passes_on_a_sound_cpu_node_and_the_report_reads_back(tmp_pa
     back = pf.read_report(tmp_path / "pf")
     assert back == report and back.passed and back.tags == {"profile": "local-cpu"}
     assert (tmp_path / "pf" / rundir.PREFLIGHT_FILE).is_file()
+    # the resume check's checkpoint was scratch: nothing of it stays on disk
+    assert not [p for p in (tmp_path / "pf").rglob("*") if p.is_file() and p.name != rundir.PREFLIGHT_FILE]
 
 
 def test_a_corrupt_image_fails_the_data_line_naming_the_file(tmp_path, jpeg_root):
