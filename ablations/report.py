@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from ablations import figures, spec, stats
+from ablations import figures, provenance, spec, stats
 from ablations.collect import METRICS, close_parent, fewer_gpus, histories, per_seed, runs_frame, sync_grid
 from ablations.griddir import GridDir
 from ablations.summary import (MECHANISM_METRICS, TABLE_METRICS, conclusions, family_note, load_reference,
@@ -153,10 +154,13 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     notes += [f"reference {r['metric']} {r['value']}: {r['source']}" for r in reference if r["preset"] == grid.preset]
     warnings = [f"Transfer on fewer GPUs: {line}" for line in fewer_gpus(runs)]
     notes += warnings
+    made = provenance.record()
+    notes.append(provenance.line(made))
 
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(source, json.dumps({"grid_id": grid.grid_id, "grid_dir": str(Path(grid_dir).resolve()),
-                                     "tracking_uri": uri,
+    # The grid folder relative to the results folder: the two move together (a copied or shared project).
+    atomic_write(source, json.dumps({"grid_id": grid.grid_id, "grid_dir": os.path.relpath(grid_dir, results_dir),
+                                     "tracking_uri": uri, "provenance": made,
                                      "linear_probe": GridDir(grid_dir, grid, results_dir).probe_selections()}).encode())
     atomic_write(results_dir / "table.md", markdown(title, tables, words, notes).encode())
     atomic_write(results_dir / "table.csv", summary.to_csv(index=False).encode())

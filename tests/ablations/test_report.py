@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 from ablations import report, spec, summary, tables
 from pretrain.run.cli import execute
 from pretrain.run.errors import UserError
+from tests.conftest import REPO
 
 # linear top-1 per (cell, seed); the baseline is MoCo v2 (N = s = s' = 0)
 VALUES = {
@@ -322,6 +323,30 @@ def test_source_json_records_how_each_probe_chose_its_lr(tmp_path):
     assert [c["lr"] for c in sel["candidates"]] == [round(10.0 * f, 12) for f in lincls.LR_FACTORS]
     assert all("val_top1" in c for c in sel["candidates"]) and sel["lr"] == lincls.choose(sel["candidates"])["lr"]
     assert (sel["epochs"], sel["val_images"], sel["rule"]) == (1, 26, lincls.RULE)
+
+
+def test_every_table_records_where_it_comes_from(tmp_path):
+    """Beside the tables: the commit, date, host, machine and package versions (source.json), named
+    in the tables' notes; no absolute path (the grid folder is relative to the results folder)."""
+    import json
+    import subprocess
+    from importlib import metadata
+
+    grid = spec.build(spec.load_preset("demo"), None, {}, 1, [], None, name=f"pv{tmp_path.name[-6:]}")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fill_linear(uri, grid, {"N0-s0-sp0": [70.0]})
+    assert report.report(grid, tmp_path / "runs" / "grid", uri, tmp_path / "results") == 0
+    src = json.loads((tmp_path / "results" / "source.json").read_text())
+    made = src["provenance"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert made["commit"] == head and isinstance(made["uncommitted_changes"], bool)
+    assert made["packages"]["torch"] == metadata.version("torch") and made["packages"]["pandas"] == metadata.version(
+        "pandas")
+    assert made["date"][:4].isdigit() and made["host"] and made["python"]
+    assert src["grid_dir"] == "../runs/grid" and not any(str(tmp_path) in str(v) for k, v in src.items()
+                                                        if k not in ("tracking_uri", "provenance"))
+    assert f"made with commit {head[:10]}" in (tmp_path / "results" / "table.md").read_text()
+    assert f"made with commit {head[:10]}" in (tmp_path / "results" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("args, needle", [
