@@ -97,14 +97,16 @@ def of(gd: GridDir, profile: launcher.Profile, rates: Rates) -> Cost:
     slots = [0.0] * min(profile.array_parallelism, max(len(jobs), 1))
     for h in sorted(jobs, reverse=True):  # longest first onto the slot that frees first
         slots[slots.index(min(slots))] += h
-    eval_devices = max(profile.eval_gpus, 1)
-    probes = sum(probe_hours(gd, u, rates) for u in gd.units()) * eval_devices
+    # The rates are a pretraining job's (``devices`` GPUs); a probe's device-hours are the same on
+    # however many GPUs it runs: its hours at the job's rate times the job's devices.
+    probes = sum(probe_hours(gd, u, rates) for u in gd.units()) * devices
     return Cost(sum(jobs) * devices, probes, max(slots) if slots else 0.0,
                 "GPU-hours" if profile.gpus_per_job else "CPU-job-hours", bounds, rates.source)
 
 
 def probe_hours(gd: GridDir, u, rates: Rates) -> float:
-    """Wall hours of one unit's linear probe (0 without one), forward passes at the probe's rate."""
+    """Hours of one unit's linear probe (0 without one), forward passes at the probe's rate on a
+    pretraining job's devices."""
     s = gd.probe(u)
     if s is None:
         return 0.0

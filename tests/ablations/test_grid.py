@@ -182,6 +182,13 @@ def test_dry_run_prints_cells_and_a_cost_that_names_its_bound_and_submits_nothin
     assert cost["bound by"] == "the step (4000 img/s per job)"
     assert float(cost["pretraining"].split()[0]) == pytest.approx(24 * 200 * 126689 / 4000 / 3600, rel=0.01)
 
+    # GPU-hours do not depend on how many GPUs a job has: on gpu-8 (8 per pretraining job, 1 per
+    # probe) the pretraining and the probes cost what they cost on gpu-1
+    eight = cost_lines(grid_cli("--preset", "in100-table1", "--out", str(out), "--profile", "gpu-8",
+                                "--dry-run").stdout)
+    assert float(eight["pretraining"].split()[0]) == pytest.approx(hours, rel=0.01)
+    assert float(eight["linear probes"].split()[0]) == pytest.approx(probes, rel=0.01)
+
 
 def write_preset(tmp_path, cells, lincls=True):
     p = tmp_path / "tiny.yaml"
