@@ -128,7 +128,8 @@ def describe(c: Cost, profile: launcher.Profile, kind: str, note: str) -> str:
     rows = [("pretraining", f"{c.pretrain_hours:.3g} {c.unit}, about {c.wall_hours:.3g} h wall with "
                             f"{profile.array_parallelism} jobs at once"),
             ("bound by", "; ".join(c.bounds)),
-            ("linear probes", f"{c.probe_hours:.3g} {c.unit} (forward passes: 3x the step's rate, 2x the input's)"),
+            ("linear probes", f"{c.probe_hours:.3g} {c.unit} (forward passes: {PROBE_STEP_SPEEDUP:g}x the step's "
+                              f"rate, {PROBE_INPUT_SPEEDUP:g}x the input's)"),
             ("rates", c.source)]
     lines = [f"{kind} cost ({note}):"]
     for name, text in rows:

@@ -14,6 +14,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from pretrain.run.tracking import git_commit
 from pretrain.run.version import __version__
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,19 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "pandas", "scipy", "matplotlib", "submitit")
 
 
-def git_commit(repo: Path = REPO) -> tuple[str | None, bool | None]:
-    """(commit, whether tracked files differ from it) of the checkout the code runs from; (None, None)
-    outside a git checkout (an installed wheel)."""
+def uncommitted_changes(repo: Path = REPO) -> bool | None:
+    """Whether tracked files of the checkout differ from its commit (None outside a git checkout)."""
     try:
-        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-        if sha.returncode != 0:
-            return None, None
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+        r = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return None, None
+        return None
+    return bool(r.stdout.strip()) if r.returncode == 0 else None
 
 
 def versions() -> dict[str, str | None]:
@@ -49,8 +45,10 @@ def versions() -> dict[str, str | None]:
 
 def record() -> dict:
     """The provenance of what is written now: commit, date, host, machine, Python and packages."""
-    commit, dirty = git_commit()
-    return {"mochi_bench": __version__, "commit": commit, "uncommitted_changes": dirty,
+    commit = git_commit()  # the commit a run's MLflow tag carries too
+    known = commit != "unknown"
+    return {"mochi_bench": __version__, "commit": commit if known else None,
+            "uncommitted_changes": uncommitted_changes() if known else None,
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "host": socket.gethostname(), "machine": platform.platform(), "python": platform.python_version(),
             "packages": versions()}
