@@ -222,7 +222,8 @@ def local_grid(tmp_path_factory, mlflow_server):
     r = grid_cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
     grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
-    return tmp_path, args, r, grid
+    yield tmp_path, args, r, grid
+    shutil.rmtree(tmp_path, ignore_errors=True)  # about 0.9 GB of checkpoints; the session's tmp would keep it
 
 
 @pytest.mark.slow
