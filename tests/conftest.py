@@ -3,6 +3,7 @@ the suite is spread over pytest-xdist workers (``make test`` runs it with ``-n``
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,6 +56,34 @@ def pytest_collection_modifyitems(config, items):
     # pytest's order, so each module's fixtures are made once per worker.
     items.sort(key=lambda item: next((i for i, prefix in enumerate(LONGEST) if item.nodeid.startswith(prefix)),
                                      len(LONGEST)))
+
+
+PASSED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remember whether a test's call passed, for ``_empty_tmp_path_when_passed``."""
+    report = yield
+    if report.when == "call":
+        item.stash[PASSED] = report.passed
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _empty_tmp_path_when_passed(request):
+    """A passed test's tmp_path is emptied as it ends: the suite writes about 8 GB of checkpoints
+    in all, more than a CI machine's free disk may hold. The folder itself stays, so no later test
+    gets its name (pytest's own "failed" retention policy frees the name, and a path-keyed cache,
+    such as MLflow's store per sqlite URI, then reads a deleted file). Failed tests keep theirs."""
+    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if path is not None and request.node.stash.get(PASSED, False):
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 def tiny_cfg(out: Path, *extra: str) -> config.Config:
