@@ -325,12 +325,12 @@ class Grid:
         """The probe's settings on ``source`` (``ProbeSettings``), or None without a probe."""
         if self.lincls is None:
             return None
-        from pretrain import lincls
+        from pretrain.eval import probe
 
         if isinstance(self.lincls, Mapping):
-            return stage_settings(lincls.ProbeSettings, self.lincls, "lincls", source=source)
+            return stage_settings(probe.ProbeSettings, self.lincls, "lincls", source=source)
         try:
-            return lincls.settings([source, *self.lincls])
+            return probe.lincls_settings([source, *self.lincls])
         except UserError as e:
             raise UserError(f"--lincls {' '.join(self.lincls)!r}: {e}") from None
 
@@ -339,18 +339,18 @@ class Grid:
         None without a transfer stage."""
         if self.transfer is None:
             return None
-        from transfer import finetune, train_d2
+        from transfer import stages
 
         if isinstance(self.transfer, Mapping):
             values = dict(self.transfer)
             engine = values.pop("engine", TRANSFER_ENGINES[0])
-            classes = {c.engine: c for c in (finetune.FinetuneSettings, train_d2.D2Settings)}
+            classes = {c.engine: c for c in (stages.FinetuneSettings, stages.D2Settings)}
             if not isinstance(engine, str) or engine not in classes:
                 raise UserError(f"transfer: engine {engine!r}: one of {', '.join(TRANSFER_ENGINES)}")
             return stage_settings(classes[engine], values, "transfer", source=source, also=("engine",))
         try:
             engine, argv = transfer_engine(self.transfer)
-            return {"torchvision": finetune, "detectron2": train_d2}[engine].settings([source, *argv])
+            return stages.SETTINGS[engine]([source, *argv])
         except UserError as e:
             raise UserError(f"--transfer {' '.join(self.transfer)!r}: {e} (e.g. --task voc-c4 --data "
                             f"/datasets/VOCdevkit, or --engine detectron2 --task voc-c4 --data /datasets/VOCdevkit)"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from .input.pipelines import PIPELINES
 from .run import config
+from .run.config import PIPELINES
 from .run.cli import ArgumentParser, execute, setup_logging
-from .run.dist import pick_device
 from .run.errors import UserError
 
 
@@ -29,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--n must be > 0, got {args.n}")
     setup_logging()
     cfg = config.load(args.preset, args.config, args.overrides)
+    from .run.dist import pick_device
     from .tools.show import show
 
     path = show(cfg, names, args.n, args.out, pick_device(cfg.run.device))

@@ -25,9 +25,7 @@ from pretrain.run.cli import ArgumentParser, execute, setup_logging
 from pretrain.run.errors import UserError
 from slurm import launcher
 from slurm.jobs import TransferJob
-from transfer.convert import resnet50_state
-from transfer import finetune, trials
-from transfer.finetune import TASKS, FinetuneSettings
+from transfer.stages import TASKS, FinetuneSettings
 
 # What a refusal to reuse a stage's trials offers here (this command has no --out).
 WAYS_ON = "pass --discard-trials to discard those trials and train them again, or move that folder"
@@ -45,6 +43,8 @@ def stages_from_args(args) -> list[FinetuneSettings]:
         if not Path(root).is_dir():
             raise UserError(f"--task {task}: data folder {root} does not exist")
         pairs.append((task, Path(root).resolve()))
+    from transfer.weights import resnet50_state
+
     out = []
     for source in args.sources:
         resnet50_state(source, load=not args.random_init)  # refuse before anything is submitted
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if cluster == "slurm":
         launcher.check_fits(profile, [TransferJob.tasks])
     setup_logging()
+    from transfer import finetune, trials
+
     if args.discard_trials:
         for s in todo:
             trials.discard_trials(s.out_dir)

@@ -23,117 +23,20 @@ import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 
 from pretrain.run import checkpoint, dist, rundir
-from pretrain.run.cli import ArgumentParser, parse_tags, execute, setup_logging
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import Tracker, open_run, transfer_stage
 
 from . import data, metrics, trials
 from .models import build
-from .recipes import scale_schedule
+from .stages import FinetuneSettings, Task
 
 log = logging.getLogger(__name__)
-VOC_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
-COCO_SIZES = (640, 672, 704, 736, 768, 800)
-
-
-@dataclass(frozen=True)
-class Task:
-    kind: str  # c4 or fpn
-    mask: bool
-    data: str  # voc or coco
-    train: tuple[str, ...]  # VOC "year:split" or COCO split names
-    test: str
-    iters: int
-    steps: tuple[int, ...]
-    warmup: int
-    batch: int
-    lr: float
-    min_size: tuple[int, ...]
-    test_size: int
-    max_size: int = 1333
-    rois_per_image: int = 512
-    test_proposals: int = 1000
-
-    def required(self) -> list[str]:
-        """The paths under ``--data`` its train and test splits need, in the order they are checked
-        (``datasets`` reads them): VOC's image-set list, annotations and images per year, COCO's
-        annotations file and images folder per split."""
-        if self.data == "voc":
-            sets = [t.split(":") for t in dict.fromkeys((*self.train, self.test))]
-            years = dict.fromkeys(y for y, _ in sets)
-            return ([f"VOC{y}/ImageSets/Main/{split}.txt" for y, split in sets]
-                    + [f"VOC{y}/{d}" for y in years for d in ("Annotations", "JPEGImages")])
-        return [p for split in dict.fromkeys((*self.train, self.test))
-                for p in (f"annotations/instances_{split}.json", split)]
-
-
-TASKS = {
-    "voc-c4": Task("c4", False, "voc", ("2007:trainval", "2012:trainval"), "2007:test", 24000, (18000, 22000), 100,
-                   16, 0.02, VOC_SIZES, 800),
-    "coco-c4-1x": Task("c4", True, "coco", ("train2017",), "val2017", 90000, (60000, 80000), 1000, 16, 0.02,
-                       COCO_SIZES, 800),
-    "coco-c4-2x": Task("c4", True, "coco", ("train2017",), "val2017", 180000, (120000, 160000), 1000, 16, 0.02,
-                       COCO_SIZES, 800),
-    "coco-fpn-1x": Task("fpn", True, "coco", ("train2017",), "val2017", 90000, (60000, 80000), 1000, 16, 0.02,
-                        COCO_SIZES, 800),
-    # The local detection set (128 px canvases) on a CPU: FPN heads (the C4 head runs res5 on every
-    # RoI, seconds per image on a CPU), fewer RoIs and proposals per image. lr 0.005 is the recipes'
-    # 0.02 at batch 16 scaled linearly to batch 4; 0.01 diverged to NaN within 30 iterations.
-    "demo-voc": Task("fpn", False, "voc", ("2007:trainval",), "2007:test", 300, (200, 260), 20, 4, 0.005,
-                     (112, 128, 144), 128, 256, 64, 100),
-    "demo-coco": Task("fpn", True, "coco", ("train",), "val", 300, (200, 260), 20, 4, 0.005, (112, 128, 144), 128,
-                      256, 64, 100),
-}
-
-
-@dataclass
-class FinetuneSettings(trials.StageSettings):
-    """One transfer stage (N trials of one task on one source), as ``mochi-transfer``
-    and a grid's transfer job describe it."""
-
-    engine: ClassVar[str] = "torchvision"
-    iters: int | None = None  # default: the recipe's; steps and warm-up scale with it
-    batch: int | None = None  # default: the recipe's; lr scales with it
-    ckpt_every: int = 1000
-
-    def check(self) -> None:
-        """UserError for a task or number that cannot run (nothing is read)."""
-        self.recipe()
-        if self.ckpt_every < 1:
-            raise UserError(f"--ckpt-every {self.ckpt_every}: must be >= 1")
-
-    def check_data(self) -> None:
-        """UserError naming the first path the task's data needs that ``data`` lacks: checked where
-        the stage is asked for (the command, a submission) before anything is built or submitted."""
-        root = Path(self.data)
-        if not root.is_dir():
-            raise UserError(f"--data {root} does not exist")
-        for rel in self.recipe().required():
-            if not (root / rel).exists():
-                raise UserError(f"--data {root}: {rel} is missing, which {self.task} needs")
-
-    def recipe(self) -> Task:
-        """The task's recipe with ``iters`` and ``batch`` applied; UserError for impossible values."""
-        if self.task not in TASKS:
-            raise UserError(f"unknown transfer task {self.task!r}; tasks: {', '.join(sorted(TASKS))}")
-        for flag, value in (("--trials", self.trials), ("--iters", self.iters), ("--batch", self.batch)):
-            if value is not None and value < 1:
-                raise UserError(f"{flag} {value}: must be >= 1")
-        task = TASKS[self.task]
-        if self.iters:
-            steps, warmup = scale_schedule(self.iters, task.iters, task.steps, task.warmup)
-            task = dataclasses.replace(task, iters=self.iters, steps=steps, warmup=warmup)
-        if self.batch:
-            task = dataclasses.replace(task, batch=self.batch, lr=task.lr * self.batch / task.batch)
-        return task
 
 
 def datasets(task: Task, root: Path):
@@ -331,68 +234,3 @@ def run(s: FinetuneSettings, discard: bool = False) -> dict:
     if not info.main:
         return {}
     return trials.write_summary(s, src, results, recipe)
-
-
-def parser() -> ArgumentParser:
-    """The command line of ``mochi-transfer``."""
-    p = ArgumentParser(prog="mochi-transfer", description=__doc__.split("\n\n")[0])
-    p.add_argument("source", nargs="?", help="run folder, this project's checkpoint, or a MoCo-format checkpoint")
-    p.add_argument("--task", choices=sorted(TASKS), help="recipe")
-    p.add_argument("--data", help="VOCdevkit folder (VOC tasks) or COCO root with annotations/ (COCO tasks)")
-    p.add_argument("--trials", type=int, default=5, help="fine-tuning runs with seeds 0..n-1 (default 5, as MoCo)")
-    p.add_argument("--iters", type=int, help="iterations (default: the recipe's); steps and warm-up scale with it")
-    p.add_argument("--batch", type=int, help="images per iteration (default: the recipe's); lr scales with it")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="iterations between checkpoints")
-    p.add_argument("--random-init", action="store_true", help="baseline: a randomly initialised ResNet-50")
-    p.add_argument("--out", help="output folder (default: SOURCE_RUN/transfer-TASK[-random-init])")
-    p.add_argument("--discard-trials", action="store_true",
-                   help="remove the output folder's trials (and summary.json) first, to train them again with "
-                        "these settings; without it, trials trained with other settings are refused")
-    p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
-    p.add_argument("--make-demo-data", metavar="DIR", help="build the local detection set into DIR and exit")
-    return p
-
-
-def settings(argv: list[str]) -> FinetuneSettings:
-    """The transfer stage an argument list describes (UserError for a malformed one)."""
-    a = parser().parse_args(argv)
-    if not a.source or not a.task or not a.data:
-        raise UserError("give SOURCE, --task and --data (or --make-demo-data DIR)")
-    s = FinetuneSettings(source=a.source, task=a.task, data=a.data, trials=a.trials, iters=a.iters, batch=a.batch,
-                         ckpt_every=a.ckpt_every, random_init=a.random_init, out=a.out, parent_run=a.parent_run,
-                         tags=parse_tags(a.tag))
-    s.check()  # bad numbers fail here, before anything is read
-    return s
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse, run every trial, print the summary (or build the local detection set)."""
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    a = parser().parse_args(argv)
-    setup_logging()
-    if a.make_demo_data:
-        names = data.make_synthetic(a.make_demo_data)["class_names"]
-        print(f"wrote {a.make_demo_data}: VOCdevkit/VOC2007 and coco/ ({len(names)} classes); "
-              f"--task demo-voc --data {a.make_demo_data}/VOCdevkit or --task demo-coco --data {a.make_demo_data}/coco")
-        return 0
-    s = settings(argv)
-    summary = run(s, discard=a.discard_trials)
-    if not summary:
-        return 0
-    for t, res in enumerate(summary["trials"]):
-        print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
-    print(f"{s.task} over {metrics.trials_phrase(len(summary['trials']))}: {metrics.format_summary(summary['summary'])}")
-    print(f"wrote {Path(summary['out']) / rundir.SUMMARY_FILE}")
-    return 0
-
-
-def entry() -> None:
-    """Console-script entry point (``mochi-transfer``)."""
-    execute(main)
-
-
-if __name__ == "__main__":
-    entry()

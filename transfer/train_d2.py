@@ -38,30 +38,22 @@ import json
 import logging
 import math
 import pickle
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
-from pretrain.run.cli import ArgumentParser, execute, parse_tags, setup_logging
+from pretrain.run.cli import setup_logging
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import open_run, transfer_stage
 from transfer import data, trials
-from transfer.convert import d2_checkpoint
-from transfer.metrics import format_summary, trials_phrase
-from transfer.recipes import (CONFIG_DIR, DATASETS, RECIPES, check_layout, data_kind, recipe_gpus, resolve,
-                              scale_for_gpus, with_iters)
+from transfer.stages import D2Settings
+from transfer.weights import d2_checkpoint
+from transfer.recipes import (CONFIG_DIR, DATASETS, RECIPES, data_kind, recipe_gpus, resolve)
 
 log = logging.getLogger(__name__)
-DEVICES = ("cuda", "cpu")
-# Config keys this command sets itself: the stage's folder layout, the trial seeds, --device, SOURCE.
-OWN_KEYS = {"OUTPUT_DIR": "--out", "SEED": "the trial number", "MODEL.DEVICE": "--device", "MODEL.WEIGHTS": "SOURCE"}
 # The COCO evaluator's summary figures that trials report (per-class APs are left in detectron2's log).
 COCO_FIGURES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 LOG_EVERY = 20  # iterations between training points in MLflow (the torchvision path's period)
-CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*")
 
 
 def require_detectron2() -> None:
@@ -72,57 +64,6 @@ def require_detectron2() -> None:
         raise UserError("detectron2 is not installed (build it from its source: docs/transfer.md, "
                         "'Building detectron2'); "
                         "mochi-transfer is the torchvision path that runs without it") from None
-
-
-@dataclass
-class D2Settings(trials.StageSettings):
-    """One detectron2 transfer stage (N trials of one recipe of transfer/recipes.py on one source),
-    as ``mochi-transfer-d2`` and a grid's transfer job describe it."""
-
-    engine: ClassVar[str] = "detectron2"
-    device: str = "cuda"
-    gpus: int | None = None  # worker processes, one per GPU; default: the recipe's (8) on cuda, 1 on cpu
-    iters: int | None = None  # default: the recipe's at this GPU count; steps and warm-up scale with it
-    opts: list[str] = field(default_factory=list)  # detectron2 KEY VALUE options, applied last
-
-    @property
-    def workers(self) -> int:
-        """Processes a trial trains in: ``gpus``, else the recipe's GPU count on cuda, 1 on a CPU."""
-        if self.gpus is not None:
-            return self.gpus
-        return recipe_gpus(resolve(self.task)) if self.device == "cuda" else 1
-
-    def check_data(self) -> None:
-        """UserError naming the first path the recipe's datasets need that ``data`` lacks
-        (``recipes.check_layout``): checked where the stage is asked for, before anything is built
-        or submitted."""
-        check_layout(self.task, self.data, self.opts)
-
-    def check(self) -> None:
-        """UserError for a task, number, device or option that cannot run (nothing is read)."""
-        resolve(self.task)
-        for flag, value in (("--trials", self.trials), ("--iters", self.iters), ("--gpus", self.gpus)):
-            if value is not None and value < 1:
-                raise UserError(f"{flag} {value}: must be >= 1")
-        if self.device not in DEVICES:
-            raise UserError(f"--device {self.device!r}: one of {', '.join(DEVICES)}")
-        if self.device == "cpu" and self.workers > 1:
-            raise UserError(f"--device cpu trains in one process; --gpus {self.gpus} counts GPUs")
-        if self.source is None and not self.random_init:
-            raise UserError("a transfer stage needs a source, or --random-init")
-        if len(self.opts) % 2:
-            raise UserError(f"detectron2 options come as KEY VALUE pairs; {self.opts[-1]!r} has no value")
-        for key in self.opts[::2]:
-            if not CONFIG_KEY.fullmatch(key):
-                raise UserError(f"{key!r} is not a detectron2 config key (options are KEY VALUE, e.g. "
-                                f"SOLVER.CHECKPOINT_PERIOD 1000)")
-            if key in OWN_KEYS:
-                raise UserError(f"{key} is set by train_d2.py (from {OWN_KEYS[key]}), not as an option")
-
-    def solver(self) -> dict:
-        """The recipe's SOLVER section scaled to ``workers`` GPUs, then to ``iters`` iterations."""
-        cfg = scale_for_gpus(resolve(self.task), self.workers)
-        return (with_iters(cfg, self.iters) if self.iters else cfg)["SOLVER"]
 
 
 def register_extra_norm_head() -> None:
@@ -375,67 +316,3 @@ def run(s: D2Settings, discard: bool = False) -> dict:
         results.append(read_result(result_file))
         log.info("trial %d: %s", t, ", ".join(f"{k} {v:.2f}" for k, v in results[-1].items()))
     return trials.write_summary(s, src, results, recipe)
-
-
-def parser() -> ArgumentParser:
-    """The command line of ``mochi-transfer-d2``."""
-    p = ArgumentParser(prog="mochi-transfer-d2", description=__doc__.split("\n\n")[0])
-    p.add_argument("source", nargs="?", help="run folder, this project's checkpoint, or a MoCo-format checkpoint")
-    p.add_argument("--task", choices=sorted(RECIPES), help="recipe (transfer/configs/)")
-    p.add_argument("--data", help="the folder holding VOC2007/ and VOC2012/ (VOC tasks), or the COCO folder holding "
-                                  "annotations/ and the image folders (COCO tasks)")
-    p.add_argument("--device", choices=DEVICES, default="cuda", help="cuda (default) or cpu (a smoke run)")
-    p.add_argument("--gpus", type=int, help="worker processes, one per GPU (default: the recipe's 8 on cuda, 1 on "
-                                            "cpu); batch, lr and schedule scale to them")
-    p.add_argument("--iters", type=int, help="iterations (default: the recipe's at this GPU count); steps and "
-                                             "warm-up scale with it")
-    p.add_argument("--trials", type=int, default=5, help="fine-tuning runs with seeds 0..n-1 (default 5, as MoCo)")
-    p.add_argument("--random-init", action="store_true", help="baseline: detectron2's random initialisation")
-    p.add_argument("--out", help="output folder (default: SOURCE_RUN/transfer-d2-TASK[-random-init])")
-    p.add_argument("--discard-trials", action="store_true",
-                   help="remove the output folder's trials (and summary.json) first, to train them again with "
-                        "these settings; without it, trials trained with other settings are refused")
-    p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
-    p.add_argument("opts", nargs="*", metavar="KEY VALUE",
-                   help="detectron2 config options, applied last (e.g. SOLVER.CHECKPOINT_PERIOD 1000)")
-    return p
-
-
-def settings(argv: list[str]) -> D2Settings:
-    """The detectron2 transfer stage an argument list describes (UserError for a malformed one)."""
-    # intermixed: KEY VALUE pairs after the flags, SOURCE before them, as train_net.py users write them
-    a = parser().parse_intermixed_args(argv)
-    if a.source is not None and CONFIG_KEY.fullmatch(a.source) and not Path(a.source).exists():
-        a.source, a.opts = None, [a.source, *a.opts]  # --random-init without SOURCE: the first word was a KEY
-    if not a.task or not a.data or (a.source is None and not a.random_init):
-        raise UserError("give SOURCE (or --random-init), --task and --data")
-    s = D2Settings(source=a.source, task=a.task, data=a.data, trials=a.trials, device=a.device, gpus=a.gpus,
-                   iters=a.iters, opts=list(a.opts), random_init=a.random_init, out=a.out, parent_run=a.parent_run,
-                   tags=parse_tags(a.tag))
-    s.check()
-    return s
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse, run every trial, print the summary."""
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    s = settings(argv)
-    setup_logging()
-    summary = run(s, discard=parser().parse_intermixed_args(argv).discard_trials)
-    for t, res in enumerate(summary["trials"]):
-        print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
-    print(f"{s.task} (detectron2) over {trials_phrase(len(summary['trials']))}: {format_summary(summary['summary'])}")
-    print(f"wrote {Path(summary['out']) / rundir.SUMMARY_FILE}")
-    return 0
-
-
-def entry() -> None:
-    """Console-script entry point (``mochi-transfer-d2``)."""
-    execute(main)
-
-
-if __name__ == "__main__":
-    entry()

@@ -20,9 +20,8 @@ import re
 import shutil
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
@@ -31,40 +30,14 @@ from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import default_uri
 
-from .convert import resnet50_state
+from .weights import resnet50_state
 from .metrics import summarize_trials
+from .stages import StageSettings
 
 log = logging.getLogger(__name__)
 TRIAL_NAME = re.compile(r"trial[0-9]+")  # the folders rundir.trial_dir names
 # What a refusal to reuse a stage's trials offers, on both paths' command lines.
 WAYS_ON = "pass a new --out, or --discard-trials to discard the folder's trials and train them again"
-
-
-@dataclass
-class StageSettings:
-    """What the settings of every transfer stage hold, whichever path trains it
-    (``finetune.FinetuneSettings``, ``train_d2.D2Settings``), and where the stage writes."""
-
-    engine: ClassVar[str]  # "torchvision" or "detectron2": names the stage's folder and its runs' tag
-    source: str | None  # run folder, checkpoint or MoCo-format checkpoint; None with random_init
-    task: str  # a recipe of the stage's path
-    data: str  # the folder holding VOC2007/ (VOC tasks), or the COCO folder with annotations/
-    trials: int = 5  # seeds 0..trials-1, as MoCo reports
-    random_init: bool = False
-    out: str | None = None  # default: SOURCE_RUN/transfer[-d2]-TASK[-random-init]
-    parent_run: str | None = None  # default: the source run's pretraining run
-    tags: dict[str, str] = field(default_factory=dict)
-    tracking_uri: str | None = None  # where the trials log (default: the source run's store)
-    experiment: str | None = None  # default: the source run's experiment
-
-    @property
-    def out_dir(self) -> Path:
-        """Where this stage writes."""
-        if self.out:
-            return Path(self.out)
-        if self.source is None:
-            raise UserError("a transfer stage without a source needs an output folder")
-        return rundir.transfer_dir(rundir.run_home(self.source), self.task, self.random_init, self.engine)
 
 
 @dataclass(frozen=True)

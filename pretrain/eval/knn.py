@@ -2,8 +2,8 @@
 
 ``run`` evaluates a source (a run folder's newest checkpoint, this project's checkpoint, or a
 MoCo-format one, as every evaluation takes) and, for comparison, the random backbone it pairs with;
-the result goes to ``knn.json`` in the source's run folder and to its MLflow run. ``main`` is the
-command ``mochi-knn SOURCE`` (old spelling: ``python -m pretrain.knn SOURCE``).
+the result goes to ``knn.json`` in the source's run folder and to its MLflow run. The command is
+``mochi-knn SOURCE`` (``pretrain/knn.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ import torch.nn.functional as F
 
 from ..input import data
 from ..run import checkpoint, rundir
-from ..run.cli import ArgumentParser, execute, setup_logging
-from ..run.errors import UserError
 from ..run.tracking import default_uri, mlflow_client
 from .backbone import baseline_backbone, evaluated_on, features, load_backbone, read_source, val_transform
-from .probe import add_source_flags
 
 log = logging.getLogger(__name__)
 
@@ -110,32 +107,3 @@ def run(source: str | Path, k: int = 200, T: float = 0.07, train_size: int = 100
         except Exception as e:  # noqa: BLE001 - knn.json keeps the result
             log.warning("could not log to MLflow: %s", e)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``mochi-knn SOURCE``: parse, evaluate, print and write ``knn.json`` in SOURCE's run folder."""
-    p = ArgumentParser(prog="mochi-knn", description="Weighted kNN top-1 of a frozen backbone, and of the same "
-                                                     "backbone randomly initialised.")
-    add_source_flags(p)
-    p.add_argument("--k", type=int, default=200, help="neighbours that vote (default 200, as InstDisc and MoCo)")
-    p.add_argument("--temperature", type=float, default=0.07,
-                   help="temperature of the votes' weights exp(cos / T) (default 0.07)")
-    p.add_argument("--train-size", type=int, default=10000, help="memory-bank images (0 = the whole split)")
-    p.add_argument("--test-size", type=int, default=2000, help="query images (0 = the whole split)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialised backbone")
-    args = p.parse_args(argv)
-    if args.k <= 0 or args.temperature <= 0 or args.train_size < 0 or args.test_size < 0:
-        raise UserError("--k and --temperature must be > 0, sizes >= 0")
-    setup_logging()
-    result = run(args.source, args.k, args.temperature, args.train_size, args.test_size, not args.no_baseline,
-                 arch=args.arch, small_stem=args.small_stem, dataset=args.dataset, data_path=args.data,
-                 class_list=args.class_list, image_size=args.image_size)
-    print(json.dumps(result))
-    for name, v in result.items():
-        print(f"{name}: {v:.2f}%")
-    return 0
-
-
-def entry() -> None:
-    """Console-script entry point (``mochi-knn``)."""
-    execute(main)

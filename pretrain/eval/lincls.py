@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 
 from ..input import data
-from ..run import checkpoint, config, rundir, sameness
+from ..run import checkpoint, rundir, sameness
 from ..run.errors import UserError
 from ..run.tracking import LINCLS, Tracker, default_uri, open_run
 from .probe import LR_FACTORS, PRESETS, RULE, VAL_SPLIT, ProbeSettings  # noqa: F401

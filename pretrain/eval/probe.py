@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..method.archs import ARCHS
 from ..run import config, rundir
+from ..run.cli import ArgumentParser, parse_tags
 from ..run.errors import UserError
 
 PRESETS = {
@@ -138,3 +139,56 @@ class ProbeSettings:
         if self.lr is not None:
             return (self.lr,)
         return tuple(round(preset_lr * f, 12) for f in LR_FACTORS) if self.fast else (preset_lr,)
+
+
+def lincls_parser() -> ArgumentParser:
+    """The command line of ``mochi-lincls``, which a grid's ``--lincls`` takes too."""
+    p = ArgumentParser(prog="mochi-lincls",
+                       description="Linear classification on a frozen backbone, following MoCo's main_lincls.py.")
+    add_source_flags(p)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="schedule (default: the run's data: demo for "
+                   "fashion-mnist, imagenet1k otherwise)")
+    p.add_argument("--fast", action="store_true", help="train on cached centre-crop features (labelled 'fast')")
+    p.add_argument("--lr", type=float, help="one lr, nothing chosen (default: the preset's; with --fast, chosen "
+                   f"on the validation split among the preset's lr x {', '.join(f'{f:g}' for f in LR_FACTORS)})")
+    p.add_argument("--lrs", help="comma list of candidate lrs, the one with the best validation top-1 is kept")
+    p.add_argument("--val-split", type=float, help="held out of the training images to choose the lr on: a fraction "
+                   f"in (0, 1) or a count (default {VAL_SPLIT:g} with candidates to choose among, else 0)")
+    p.add_argument("--epochs", type=int, help="probe epochs (default: the preset's)")
+    p.add_argument("--milestones", help="comma list of epochs where lr is multiplied by --gamma")
+    p.add_argument("--gamma", type=float, help="lr factor at each milestone (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
+    p.add_argument("--train-size", type=int, default=0, help="use the first n training images (0 = all)")
+    p.add_argument("--test-size", type=int, default=0, help="use the first n test images (0 = all)")
+    p.add_argument("--workers", type=int, default=ProbeSettings("").workers, help="data-loading processes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the classifier's initialisation and data order")
+    p.add_argument("--random-init", action="store_true",
+                   help="baseline: the same architecture randomly initialised (SOURCE gives arch and data only)")
+    p.add_argument("--out", help="output folder (default: SOURCE_RUN/lincls-MODE[-random-init])")
+    p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
+    p.add_argument("--run-name", help="MLflow run name (default: lincls-MODE_SOURCE)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
+    return p
+
+
+def lincls_settings(argv: list[str]) -> ProbeSettings:
+    """The probe an argument list describes (UserError for a malformed one)."""
+    a = lincls_parser().parse_args(argv)
+    try:
+        milestones = tuple(int(m) for m in a.milestones.split(",")) if a.milestones else None
+    except ValueError:
+        raise UserError(f"--milestones {a.milestones!r}: give a comma list of epochs, e.g. 60,80") from None
+    try:
+        lrs = tuple(float(lr) for lr in a.lrs.split(",")) if a.lrs else None
+    except ValueError:
+        raise UserError(f"--lrs {a.lrs!r}: give a comma list of learning rates, e.g. 1,3,10") from None
+    s = ProbeSettings(
+        source=a.source, preset=a.preset, fast=a.fast, arch=a.arch, small_stem=a.small_stem, dataset=a.dataset,
+        data_path=a.data, class_list=a.class_list, image_size=a.image_size, lr=a.lr, lrs=lrs,
+        val_split=a.val_split, epochs=a.epochs,
+        milestones=milestones, gamma=a.gamma, batch_size=a.batch_size, train_size=a.train_size,
+        test_size=a.test_size, workers=a.workers, seed=a.seed, random_init=a.random_init, out=a.out,
+        parent_run=a.parent_run, run_name=a.run_name, tags=parse_tags(a.tag),
+    )
+    s.check()
+    return s

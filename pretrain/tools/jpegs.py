@@ -1,7 +1,6 @@
 """A folder of realistic JPEGs, so the input-pipeline benchmark and tests run anywhere.
 
-``mochi-jpegs DIR --n 5000`` (``main``; old spelling ``python -m pretrain.jpegs``), or
-``make_jpegs`` in code, writes ``DIR/train/<class>/*.JPEG`` (an ImageFolder, like ImageNet's) of
+``make_jpegs`` (or the command ``mochi-jpegs DIR --n 5000``, ``pretrain/jpegs.py``) writes ``DIR/train/<class>/*.JPEG`` (an ImageFolder, like ImageNet's) of
 photo-like images: colour fields with a 1/f^2 power spectrum (the statistics of natural images,
 which sets how hard they are to compress and decode), soft shapes and sensor grain, at ImageNet's
 typical sizes (mostly 500 x 375 / 375 x 500 / 500 x 333, some smaller, a few larger) and qualities
@@ -19,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..run.cli import ArgumentParser, execute
 from ..run.errors import UserError
+
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +101,3 @@ def make_jpegs(folder: str | Path, n: int, classes: int = 10, seed: int = 0, odd
             data = encode(photo(rng, 320, 240), 90, kind)
             (root / f"class{j % classes:03d}" / f"odd_{kind}.JPEG").write_bytes(data)
     return Path(folder)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``mochi-jpegs DIR --n 5000``: parse, refuse a folder that holds images already, write the JPEGs."""
-    p = ArgumentParser(prog="mochi-jpegs", description="Write a folder of photo-like JPEGs at ImageNet's sizes.")
-    p.add_argument("folder", help="where to write them (FOLDER/train/CLASS/*.jpg and FOLDER/val/CLASS/*.jpg)")
-    p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
-    p.add_argument("--classes", type=int, default=10, help="class folders (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated pictures")
-    p.add_argument("--odd", action="store_true", help="add progressive, CMYK, grayscale, PNG and truncated files")
-    args = p.parse_args(argv)
-    out = Path(args.folder)
-    if (out / "train").exists() and any((out / "train").iterdir()):
-        raise UserError(f"{out}/train already holds files; choose an empty folder")
-    make_jpegs(out, args.n, args.classes, args.seed, args.odd)
-    files = list((out / "train").rglob("*.JPEG"))
-    size = sum(f.stat().st_size for f in files)
-    print(f"wrote {len(files)} images to {out}/train ({size / len(files) / 1024:.0f} KiB per file on average)")
-    return 0
-
-
-def entry() -> None:
-    """Console-script entry point (``mochi-jpegs``)."""
-    execute(main)

@@ -178,8 +178,7 @@ def test_the_ring_is_an_axis_and_a_ring_on_another_loss_is_dropped_with_the_reas
 
 
 def test_the_transfer_stage_runs_through_torchvision_or_detectron2(tmp_path):
-    from transfer.finetune import FinetuneSettings
-    from transfer.train_d2 import D2Settings
+    from transfer.stages import D2Settings, FinetuneSettings
 
     def grid(transfer, **kw):
         return spec.build(spec.load_preset("demo"), None, {}, 2, ["model.arch=resnet50"], "none",

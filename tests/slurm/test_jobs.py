@@ -3,8 +3,7 @@
 from pretrain.eval import lincls
 from slurm import jobs, launcher
 from transfer import finetune, train_d2
-from transfer.finetune import FinetuneSettings
-from transfer.train_d2 import D2Settings
+from transfer.stages import D2Settings, FinetuneSettings
 
 
 def test_a_transfer_stage_gets_the_job_of_its_engine(tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def test_transfer_jobs_run_on_slurm(sources, tmp_path, slurm_conf):
 
 def test_trials_trained_with_other_settings_are_refused_before_anything_is_submitted(sources, tmp_path):
     from transfer import trials
-    from transfer.finetune import FinetuneSettings
+    from transfer.stages import FinetuneSettings
 
     src, det = tmp_path / "r50.pth", sources / "det" / "VOCdevkit"
     src.write_bytes((sources / "resnet50.pth").read_bytes())

@@ -1,4 +1,4 @@
-"""transfer/convert.py: every ResNet-50 weight lands under its detectron2 name (no detectron2 needed)."""
+"""mochi-convert (transfer/convert.py, transfer/weights.py): every ResNet-50 weight lands under its detectron2 name (no detectron2 needed)."""
 
 import pickle
 import subprocess
@@ -37,7 +37,7 @@ def moco_checkpoint(path, arch="resnet50"):
 
 
 def convert(*args):
-    return subprocess.run([sys.executable, "transfer/convert.py", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "transfer.convert", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True)
 
 

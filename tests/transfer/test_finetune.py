@@ -1,4 +1,4 @@
-"""transfer/finetune.py: the torchvision path on the local detection set (tiny budgets), and bad input."""
+"""mochi-transfer (transfer/__main__.py, transfer/finetune.py): the torchvision path on the local detection set (tiny budgets), and bad input."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from transfer.models import build
 
 
 def finetune(*args):
-    return subprocess.run([sys.executable, "-m", "transfer.finetune", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "transfer", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -102,7 +102,7 @@ def test_two_rank_ddp_trains_identical_replicas(det_root, r50, tmp_path):
     # ranks keep their own BN statistics.
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "transfer.finetune", str(r50[0]), "--task", "demo-voc", "--data",
+                        "-m", "transfer", str(r50[0]), "--task", "demo-voc", "--data",
                         str(det_root / "VOCdevkit"), "--iters", "2", "--batch", "2", "--trials", "1", "--out", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ,
                        "OMP_NUM_THREADS": "1"})

@@ -1,4 +1,4 @@
-"""transfer/train_d2.py: settings, refusals and result naming without detectron2 (CI never has it);
+"""mochi-transfer-d2 (transfer/transfer_d2.py, transfer/train_d2.py): settings, refusals and result naming without detectron2 (CI never has it);
 with detectron2 built from source, the whole path on a CPU for a few iterations."""
 
 import importlib.util
@@ -13,7 +13,8 @@ from pretrain.run.errors import UserError
 from tests.conftest import REPO, tiny_cfg
 from tests.transfer.test_trials import moco_checkpoint
 from transfer.data import make_synthetic
-from transfer.train_d2 import D2Settings, flat_results, settings
+from transfer.stages import D2Settings, d2_settings as settings
+from transfer.train_d2 import flat_results
 
 HAS_D2 = importlib.util.find_spec("detectron2") is not None
 needs_d2 = pytest.mark.skipif(not HAS_D2, reason="detectron2 is not installed (it is built from its source, "
@@ -23,7 +24,7 @@ SMOKE = ["--device", "cpu", "--iters", "3", "TEST.PRECISE_BN.NUM_ITER", "2", "DA
 
 
 def train_d2(*args, env=None):
-    return subprocess.run([sys.executable, "transfer/train_d2.py", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "transfer.transfer_d2", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=900, env={**os.environ, **(env or {})})
 
 
@@ -61,8 +62,8 @@ def test_settings_parse_like_train_net(tmp_path):
     (["--task", "voc-c4", "--data", "/d"], "give SOURCE (or --random-init), --task and --data"),
     (["x", "--task", "voc-c4", "--data", "/d", "SOLVER.BASE_LR"], "'SOLVER.BASE_LR' has no value"),
     (["x", "--task", "voc-c4", "--data", "/d", "solver.base_lr", "1"], "is not a detectron2 config key"),
-    (["x", "--task", "voc-c4", "--data", "/d", "OUTPUT_DIR", "/tmp"], "OUTPUT_DIR is set by train_d2.py (from --out)"),
-    (["x", "--task", "voc-c4", "--data", "/d", "MODEL.WEIGHTS", "w.pkl"], "set by train_d2.py (from SOURCE)"),
+    (["x", "--task", "voc-c4", "--data", "/d", "OUTPUT_DIR", "/tmp"], "OUTPUT_DIR is set by mochi-transfer-d2 (from --out)"),
+    (["x", "--task", "voc-c4", "--data", "/d", "MODEL.WEIGHTS", "w.pkl"], "set by mochi-transfer-d2 (from SOURCE)"),
     (["x", "--task", "voc-c4", "--data", "/d", "--device", "cpu", "--gpus", "2"], "--device cpu trains in one"),
     (["x", "--task", "voc-c4", "--data", "/d", "--iters", "0"], "--iters 0: must be >= 1"),
     (["x", "--task", "voc-c4", "--data", "/d", "--gpus", "-1"], "--gpus -1: must be >= 1"),

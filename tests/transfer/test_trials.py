@@ -52,7 +52,7 @@ def test_origin_and_tags_of_a_moco_checkpoint_and_of_a_random_init(tmp_path, mon
 
 
 def test_a_trial_is_reused_only_with_the_fingerprint_it_was_trained_with(tmp_path):
-    from transfer.finetune import FinetuneSettings
+    from transfer.stages import FinetuneSettings
 
     ckpt = moco_checkpoint(tmp_path / "moco.pth.tar", "resnet50")
     out = tmp_path / "stage"

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain import knn as knn_command
 from pretrain.eval import knn
 
 
@@ -37,7 +38,7 @@ def test_a_moco_format_checkpoint_is_a_source_like_any_other(tmp_path, capsys):
     ckpt = tmp_path / "released.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     sizes = ["--train-size", "200", "--test-size", "100"]
-    assert knn.main([str(ckpt), "--arch", "resnet18", "--dataset", "fashion-mnist", "--image-size", "32", *sizes,
+    assert knn_command.main([str(ckpt), "--arch", "resnet18", "--dataset", "fashion-mnist", "--image-size", "32", *sizes,
                      "--no-baseline"]) == 0
     got = json.loads((tmp_path / "knn.json").read_text())
     data_cfg = dataclasses.replace(config.DataCfg(), dataset="fashion-mnist", image_size=32)

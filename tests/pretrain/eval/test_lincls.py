@@ -12,6 +12,7 @@ import torch
 from pretrain import lincls
 from pretrain.eval import lincls as probe
 from pretrain.eval.backbone import load_backbone, read_source
+from pretrain.eval.probe import lincls_settings
 from pretrain.input import data
 from pretrain.run import tracking
 from pretrain.run.errors import UserError
@@ -101,9 +102,9 @@ def test_fast_probe_chooses_its_lr_on_training_images_and_never_reads_the_test_l
 def test_candidates_need_a_validation_split_and_exclude_a_single_lr(tmp_path):
     path, _ = moco_format(tmp_path)
     with pytest.raises(UserError, match="give --lr \\(one lr\\) or --lrs"):
-        lincls.settings([str(path), "--lr", "1", "--lrs", "1,3"])
+        lincls_settings([str(path), "--lr", "1", "--lrs", "1,3"])
     with pytest.raises(UserError, match="--lrs"):
-        lincls.settings([str(path), "--lrs", "1,x"])
+        lincls_settings([str(path), "--lrs", "1,x"])
     with pytest.raises(UserError, match="--lrs 0.1,1: choosing among them needs a validation split"):
         lincls.main([str(path), *TINY, "--lrs", "0.1,1", "--val-split", "0", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()

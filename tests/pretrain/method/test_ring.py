@@ -7,14 +7,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pretrain.method.infonce import infonce
 from pretrain.method.loss import Loss
 from pretrain.method.mixing import Mixing
 from pretrain.method.moco import MoCo
 from pretrain.method.objective import Objective
-from pretrain.method.loss import Loss
 from pretrain.method.ring import ring, ring_mask
 
 from .test_losses import TAU, logits_of
