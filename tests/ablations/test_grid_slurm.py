@@ -34,7 +34,9 @@ def wait_until(pred, timeout: float, what: str, poll: float = 1.0):
 
 
 def args_for(tmp_path, preset, *extra):
-    return ["--preset", str(preset), "--name", f"s{tmp_path.name[-8:]}", "--out", str(tmp_path / "grid"),
+    # The name carries the worker's pid: a tracking server that outlives a session (a developer's) must not
+    # find the same grid id, and its runs, from an earlier session's test of the same name.
+    return ["--preset", str(preset), "--name", f"s{tmp_path.name[-8:]}{os.getpid()}", "--out", str(tmp_path / "grid"),
             "--results", str(tmp_path / "results"), "--cluster", "slurm", "--profile", "local-cpu", *extra]
 
 
@@ -139,7 +141,7 @@ def test_cancel_stops_the_grid_and_a_rerun_resubmits(tmp_path, slurm_conf):
     assert status.count("cancelled before it started (pretrain") == 1, status
     assert "failed" not in status and "UNKNOWN" not in status
     again = grid_cli(*args, "--cluster", "auto")  # auto finds the controller, and says so before submitting
-    assert again.returncode == 0 and "3 to pretrain" in again.stdout
+    assert again.returncode == 0 and "3 to pretrain" in " ".join(again.stdout.split())
     said = again.stdout.index("--cluster auto: a SLURM controller answers")
     assert said < again.stdout.index("submitted"), again.stdout
     assert grid_cli(*args, "--cancel").returncode == 0
@@ -204,24 +206,26 @@ def test_a_submission_cut_at_any_point_is_recovered_without_duplicates_or_gaps(t
 
     r2 = grid_cli(*args, env=env)
     assert r2.returncode == -9, r2.stdout + r2.stderr
-    assert "0 of its jobs recorded, 2 without their payload cancelled" in r2.stdout and "2 to pretrain" in r2.stdout
+    said = " ".join(r2.stdout.split())  # (messages wrap to the terminal's width)
+    assert "0 of its jobs recorded, 2 without their payload cancelled" in said and "2 to pretrain" in said
     assert {k: set(v) for k, v in jobs().items()} == {"N0-s0-sp0/seed0": {"pretrain"},
                                                       "N32-s16-sp8/seed0": {"pretrain"}}
 
     r3 = grid_cli(*args, env=env)
     assert r3.returncode == -9, r3.stdout + r3.stderr
-    assert "never reached SLURM" in r3.stdout and "0 to pretrain, 2 to evaluate" in r3.stdout
+    said3 = " ".join(r3.stdout.split())
+    assert "never reached SLURM" in said3 and "0 to pretrain, 2 to evaluate" in said3
     assert "(afterok)" in r3.stdout  # the first chained probe, after its live pretraining job
 
     r4 = grid_cli(*args, env=env)
     assert r4.returncode == 0, r4.stdout + r4.stderr
-    assert "0 of its jobs recorded, 1 without their payload cancelled" in r4.stdout
-    assert "0 to pretrain, 1 to evaluate" in r4.stdout and "(afterok)" in r4.stdout
+    assert "0 of its jobs recorded, 1 without their payload cancelled" in " ".join(r4.stdout.split())
+    assert "0 to pretrain, 1 to evaluate" in " ".join(r4.stdout.split()) and "(afterok)" in r4.stdout
     assert json.loads((grid_dir / "submitting.json").read_text()) == []
 
     r5 = grid_cli(*args, "--wait", env=env, timeout=900)  # everything is queued: it waits, then reports
     assert r5.returncode == 0, r5.stdout + r5.stderr
-    assert "2 already queued or running" in r5.stdout
+    assert "2 already queued or running" in " ".join(r5.stdout.split())
     assert "linear top-1" in (tmp_path / "results" / "table.md").read_text()
     assert plan.with_suffix(".count").read_text().strip() == "6"
 
