@@ -26,7 +26,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ablations import spec, status
+from ablations import spec, status, terminal
 from ablations.griddir import GridDir
 from ablations.submit import check_cluster, check_data, check_transfer_gpus, preflight_only, submit
 from pretrain.run import rundir
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"the MLflow store {uri} does not answer from this host ({cause}); start it (e.g. "
                         f"mlflow server), or give --tracking-uri a store that answers")
     if args.cluster == "auto" and cluster == "slurm":  # said before anything reaches the cluster
-        print(f"--cluster auto: a SLURM controller answers (SLURM_CONF={os.environ.get('SLURM_CONF', 'the default')}), "
+        terminal.say(f"--cluster auto: a SLURM controller answers (SLURM_CONF={os.environ.get('SLURM_CONF', 'the default')}), "
               f"so the jobs go to SLURM as profile {profile.name}; --cluster local runs them on this machine, "
               f"--dry-run lists them first", flush=True)
     with gd.lock():

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from ablations import figures, provenance, spec, stats
+from ablations import blocks, cost, figures, provenance, spec, stats, terminal
+from ablations.figures import caption
 from ablations.collect import METRICS, close_parent, fewer_gpus, histories, per_seed, runs_frame, sync_grid
 from ablations.griddir import GridDir
 from ablations.summary import (MECHANISM_METRICS, TABLE_METRICS, conclusions, family_note, load_reference,
@@ -18,10 +20,12 @@ from ablations.summary import (MECHANISM_METRICS, TABLE_METRICS, conclusions, fa
                                mechanism_rows, mechanism_table, shown, summarize, table)
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
-from pretrain.run.tracking import StoreError, mlflow_client
+from pretrain.run import rundir
+from pretrain.run.tracking import StoreError, mlflow_client, retry_locked
 
 log = logging.getLogger(__name__)
 SOURCE_FILE = "source.json"  # which grid a results folder holds
+ARTIFACT_SUFFIXES = (".md", ".csv", ".tex", ".html", ".png", ".pdf", ".json")  # what a grid's parent run carries
 
 
 def table_axes(grid: spec.Grid) -> list[str]:
@@ -46,18 +50,79 @@ STATISTICS = (
 Table = tuple[str, pd.DataFrame, str]  # heading, table, the note under it
 
 
+SHORT_BUDGET = 1000  # steps: below this a grid's note says its probes may not rank the methods
+
+
+def mix_start_step(grid: spec.Grid) -> int:
+    """The training step where the base preset's mixing starts (``mochi.mix_start`` epochs in), which
+    the curves mark; 0 where it mixes from the first step."""
+    cfg = grid.base_config()
+    return cfg.mochi.mix_start * (cost.images_per_epoch(cfg) // cfg.optim.batch_size)
+
+
+def budget_note(grid: spec.Grid) -> str:
+    """What every row was trained with, and the chance levels the proxy task is read against: the
+    sentence each form of the tables puts under its title."""
+    cfg = grid.base_config()
+    images = cost.images_per_epoch(cfg)
+    steps = cfg.optim.epochs * (images // cfg.optim.batch_size)
+    ks = sorted({grid.cfg(c, 0, Path("unused")).moco.K for c in grid.cells} or {cfg.moco.K})
+    chance = ", ".join(f"{100 / (k + 1):.2g}% at K = {k}" for k in ks)
+    text = (f"Budget: each cell pretrains a {cfg.model.arch} at {cfg.data.image_size} px for {cfg.optim.epochs} "
+            f"epoch(s) of {images:,} images at batch {cfg.optim.batch_size} ({steps:,} steps)"
+            + ("; the random-init row probes the untrained backbone each seed's cells start from, the same way"
+               if any(r.kind == "random-init" for r in grid.references) else "") + ". "
+            f"Chance levels: proxy-task accuracy 100/(K+1) ({chance}), its InfoNCE loss ln(K+1) "
+            f"({', '.join(f'{math.log(k + 1):.2f}' for k in ks)}).")
+    if steps < SHORT_BUDGET:
+        text += (f" {steps:,} steps are far from convergence: the probes may not rank the methods, and an untrained "
+                 f"backbone can score higher; the mechanism (how hard the task and the negatives are) shows first.")
+    return text
+
+
+class Raw(str):
+    """LaTeX source that ``_latex_text`` leaves as it is (a bold cell)."""
+
+
+# Characters pdflatex's default encodings lack, as math: the tables' Δ, ±, ...
+LATEX_MATH = {"Δ": r"$\Delta$", "±": r"$\pm$", "×": r"$\times$", "≤": r"$\leq$", "≥": r"$\geq$", "−": "-",
+              "–": "--", "—": "---", "…": r"\ldots{}", "τ": r"$\tau$", "β": r"$\beta$"}
+
+
 def _latex_text(text: str) -> str:
-    """Plain text for a LaTeX document: its special characters escaped."""
+    """Plain text for a LaTeX document: its special characters escaped, Δ and ± as math."""
+    if isinstance(text, Raw):
+        return text
     special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    return "".join(special.get(ch, ch) for ch in text)
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+               ">": r"\textgreater{}", **LATEX_MATH}
+    return "".join(special.get(ch, ch) for ch in str(text))
 
 
-def latex(tables: list[Table]) -> str:
-    """The tables as LaTeX booktabs (cells and headers escaped, bold marks dropped), each followed by its note."""
-    return "\n".join(t.to_latex(index=False, escape=True).replace("**", "") +
-                      (f"\\par\\smallskip{{\\footnotesize {_latex_text(note)}}}\n" if note else "")
-                      for _, t, note in tables)
+def tabular(t: pd.DataFrame) -> str:
+    """A table as a booktabs tabular, every header and cell through ``_latex_text``."""
+    lines = [r"\begin{tabular}{" + "l" * len(t.columns) + "}", r"\toprule",
+             " & ".join(_latex_text(c) for c in t.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_text("" if v is None or (isinstance(v, float) and pd.isna(v)) else v) for v in row)
+              + r" \\" for row in t.itertuples(index=False)]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"])
+
+
+def latex(title: str, lead: str, tables: list[blocks.Block], notes: list[str]) -> str:
+    """table.tex: a document pdflatex compiles as shipped (article, booktabs, landscape), the tables
+    in their compact form (``blocks``: one per metric, short headers, a legend under each; the best
+    mean bold), then the notes. Each tabular can be copied into a paper as it is."""
+    doc = [r"\documentclass[10pt]{article}", r"\usepackage[T1]{fontenc}", r"\usepackage[utf8]{inputenc}",
+           r"\usepackage{booktabs}", r"\usepackage[landscape,margin=1.5cm]{geometry}", r"\begin{document}",
+           rf"\section*{{{_latex_text(title)}}}", _latex_text(lead) + r"\par"]
+    for b in tables:
+        if b.first_of_mechanism:
+            doc.append(rf"\subsection*{{{_latex_text(blocks.MECHANISM_TITLE)}}}")
+        doc += [rf"\subsubsection*{{{_latex_text(b.heading)}}}", tabular(b.table) + r"\par\smallskip",
+                r"{\footnotesize " + " ".join(_latex_text(line) + "." for line in b.legend) + r"\par}"]
+    doc += [r"\subsection*{Notes}", r"\begin{itemize}"] + [rf"\item {_latex_text(n)}" for n in notes]
+    doc += [r"\end{itemize}", r"\end{document}", ""]
+    return "\n".join(doc)
 
 
 def _cells_html(t: pd.DataFrame) -> str:
@@ -76,7 +141,7 @@ def _cells_html(t: pd.DataFrame) -> str:
 
 
 def html_report(title: str, tables: list[Table], conclusions: list[str], figures: list[Path],
-                notes: list[str], path: Path) -> None:
+                notes: list[str], path: Path, lead: str = "") -> None:
     """One self-contained page: the tables with their notes, what they let one conclude, and every
     figure (PNG files beside it)."""
     import html
@@ -84,19 +149,21 @@ def html_report(title: str, tables: list[Table], conclusions: list[str], figures
     body = "".join(f"<h2>{html.escape(h)}</h2>{_cells_html(t)}"
                    + (f"<p><small>{html.escape(note)}</small></p>" if note else "") for h, t, note in tables)
     words = "".join(f"<li>{html.escape(c)}</li>" for c in conclusions)
-    imgs = "\n".join(f'<figure><img src="{f.name}" alt="{html.escape(f.stem)}"><figcaption>{html.escape(f.stem)}'
-                     f'</figcaption></figure>' for f in figures if f.suffix == ".png")
+    imgs = "\n".join(f'<figure><img src="{f.name}" alt="{html.escape(caption(f.stem))}"><figcaption>'
+                     f'{html.escape(caption(f.stem))} <small>({f.name})</small></figcaption></figure>'
+                     for f in figures if f.suffix == ".png")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:100%}} figure{{margin:1.5em 0}}</style>
-</head><body><h1>{html.escape(title)}</h1>{body}<h2>What these runs show</h2><ul>{words}</ul>
+</head><body><h1>{html.escape(title)}</h1>{f"<p>{html.escape(lead)}</p>" if lead else ""}{body}<h2>What these runs show</h2><ul>{words}</ul>
 <h2>Notes</h2><ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>{imgs}</body></html>"""
     atomic_write(path, page.encode())
 
 
-def markdown(title: str, tables: list[Table], conclusions: list[str], notes: list[str]) -> str:
-    """The report as Markdown: the tables, each with its note under it, the conclusions in words, the notes."""
-    parts = [f"# {title}\n"]
+def markdown(title: str, tables: list[Table], conclusions: list[str], notes: list[str], lead: str = "") -> str:
+    """The report as Markdown: the lead (the budget), the tables, each with its note under it, the
+    conclusions in words, the notes."""
+    parts = [f"# {title}\n"] + ([f"{lead}\n"] if lead else [])
     for i, (heading, t, note) in enumerate(tables):
         if i:
             parts.append(f"## {heading}\n")
@@ -162,31 +229,51 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     atomic_write(source, json.dumps({"grid_id": grid.grid_id, "grid_dir": os.path.relpath(grid_dir, results_dir),
                                      "tracking_uri": uri, "provenance": made,
                                      "linear_probe": GridDir(grid_dir, grid, results_dir).probe_selections()}).encode())
-    atomic_write(results_dir / "table.md", markdown(title, tables, words, notes).encode())
+    lead = budget_note(grid)
+    atomic_write(results_dir / "table.md", markdown(title, tables, words, notes, lead).encode())
     atomic_write(results_dir / "table.csv", summary.to_csv(index=False).encode())
     atomic_write(results_dir / "per_seed.csv", seeds.to_csv(index=False).encode())
-    atomic_write(results_dir / "table.tex", latex(tables).encode())
-    figs = figures.score_bars(summary, title, results_dir)
+    bold = blocks.blocks(summary, axes, TABLE_METRICS, MECHANISM_METRICS, reference, grid.preset, grid.seeds,
+                         mark=lambda text: Raw(rf"\textbf{{{_latex_text(text)}}}"))
+    atomic_write(results_dir / "table.tex", latex(title, lead, bold, notes).encode())
+    figs = figures.score_bars(summary, seeds, title, results_dir)
     figs += figures.curves(hist, grid.row_ids(), set(summary.loc[summary["plain_moco"].astype(bool), "cell"]),
-                           results_dir, grid.analysis_N)
+                           results_dir, grid.analysis_N, dict(zip(summary["cell"], summary["setting"])),
+                           mix_start_step(grid))
     figs += figures.alignment_uniformity(summary, results_dir)
     figs += figures.heatmap_N_s(summary, results_dir)
     figs += figures.accuracy_vs_K(summary, results_dir)
-    html_report(title, tables, words, figs, notes, results_dir / "report.html")
-    print()
-    for heading, t, note in tables:
-        print(f"{heading}:\n{t.to_string(index=False)}\n" + (f"{note}\n" if note else ""))
-    print("What these runs show:")
-    for c in words:
-        print(f"- {c}")
-    for w in warnings:
-        print(f"note: {w}")
-    print(f"\nwrote {results_dir}/: table.md, table.csv, table.tex, per_seed.csv, report.html"
-          + "".join(f", {f.name}" for f in figs if f.suffix == ".png"))
-    print(f"browse the runs: make ui (or mlflow ui --backend-store-uri {uri}), open http://127.0.0.1:5000, "
-          f"experiment {experiment}" if uri.startswith("sqlite") else f"browse the runs at {uri}, "
-          f"experiment {experiment}")
+    html_report(title, tables, words, figs, notes, results_dir / "report.html", lead)
+    attach(grid_dir, uri, results_dir)
+    cols = terminal.width()
+    lines = ["", *terminal.wrap(title, cols), *terminal.wrap(lead, cols), ""]
+    lines += terminal.tables(blocks.blocks(summary, axes, TABLE_METRICS, MECHANISM_METRICS, reference, grid.preset,
+                                           grid.seeds), cols)
+    lines += ["What these runs show:", *terminal.paragraphs(words, cols), *terminal.paragraphs(warnings, cols, "note: ")]
+    lines += ["", *terminal.wrap(f"wrote {results_dir}/: table.md, table.csv, table.tex, per_seed.csv, report.html"
+                                 + "".join(f", {f.name}" for f in figs if f.suffix == ".png"), cols, "", "  ")]
+    lines += terminal.wrap(f"browse the runs: make ui (or mlflow ui --backend-store-uri {uri}), open "
+                           f"http://127.0.0.1:5000, experiment {experiment}" if uri.startswith("sqlite") else
+                           f"browse the runs at {uri}, experiment {experiment}", cols, "", "  ")
+    print("\n".join(lines))
     return 0
+
+
+def attach(grid_dir: Path, uri: str, results_dir: Path) -> None:
+    """The tables, report and figures as artifacts of the grid's parent run (``results/`` in the UI),
+    written again with each report; a store that refuses them costs a warning."""
+    parent = Path(grid_dir) / rundir.PARENT_FILE
+    if not parent.is_file():
+        return
+    try:
+        files = [f for f in sorted(results_dir.iterdir()) if f.is_file() and f.suffix in ARTIFACT_SUFFIXES]
+        client = mlflow_client(uri)
+        for f in files:
+            retry_locked(client.log_artifact, parent.read_text().strip(), str(f), "results")
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the files are in results_dir whatever the store does
+        log.warning("could not attach the tables to the grid's MLflow run (%s)", e)
 
 
 def finish(gd: GridDir, uri: str) -> int:

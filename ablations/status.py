@@ -10,10 +10,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations import cost, preflight, spec
+from ablations import cost, preflight, spec, terminal
 from ablations.griddir import GridDir, Unit
 from ablations.submit import EVAL_STAGES, PREFLIGHT_KEY, active, finish, settle, slurm_jobs
-from pretrain.run import config, rundir
+from pretrain.run import rundir
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import read_metrics
 from slurm import launcher
@@ -32,7 +32,7 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
         hours = cfg.optim.epochs * per_epoch / rate / 3600
         rows.append((cell.id, cfg.objective.label, str(cfg.moco.K), str(cfg.optim.epochs), str(per_epoch),
                      f"{hours:6.2f}"))
-    print(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
+    terminal.say(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
           f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs and {profile.ranks_per_job} DDP "
           f"rank{'s' * (profile.ranks_per_job > 1)} per pretraining job), folder {gd.out}")
     head = ("cell", "trains", "K", "epochs", "images/epoch", "h/job")
@@ -42,20 +42,20 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
     base_mixing = grid.base_config().objective.mixing
     if (base_mixing.active and any(a in c.values for c in grid.cells for a in spec.LOSS_AXES)
             and not any(a in c.values for c in grid.cells for a in spec.MIXING_AXES)):
-        print(f"every cell trains with {base_mixing.notation}, from the base preset {grid.base}: for the losses "
+        terminal.say(f"every cell trains with {base_mixing.notation}, from the base preset {grid.base}: for the losses "
               f"alone, add --set mochi.s=0 --set mochi.s_prime=0 (or sweep N,s,s_prime too)")
     for cell_id, reason in grid.dropped:
-        print(f"dropped {cell_id}: {reason}")
+        terminal.say(f"dropped {cell_id}: {reason}")
     for cell_id, why in grid.merged:
-        print(f"merged {cell_id}: {why}")
+        terminal.say(f"merged {cell_id}: {why}")
     for ref in grid.references:
-        print(f"reference row {ref.id}: {ref.label} ({grid.seeds} seeds; probe and transfer only)")
+        terminal.say(f"reference row {ref.id}: {ref.label} ({grid.seeds} seeds; probe and transfer only)")
     report = preflight.passed_before(gd, profile)
     measured = preflight.measured_rates(gd, report) if report is not None else None
     if measured is not None:
-        print(cost.describe(cost.of(gd, profile, measured), profile, "projected", "nothing submitted"))
+        terminal.say(cost.describe(cost.of(gd, profile, measured), profile, "projected", "nothing submitted"))
         return
-    print(cost.describe(cost.of(gd, profile, cost.Rates.of_profile(profile)), profile, "estimated",
+    terminal.say(cost.describe(cost.of(gd, profile, cost.Rates.of_profile(profile)), profile, "estimated",
                         "nothing submitted; --preflight measures the rates on the cluster"))
 
 
@@ -145,7 +145,7 @@ def status(gd: GridDir, uri: str) -> int:
     jobs = gd.jobs()
     settle(gd)
     states = slurm_jobs(jobs)
-    print(f"grid {gd.grid.name} ({gd.grid.grid_id}) in {gd.out}")
+    terminal.say(f"grid {gd.grid.name} ({gd.grid.grid_id}) in {gd.out}")
     print(f"  {'preflight':<40} {preflight_state(gd, jobs.get(PREFLIGHT_KEY, {}).get('preflight'), states)}")
     n_done = 0
     units = gd.units()
@@ -154,9 +154,9 @@ def status(gd: GridDir, uri: str) -> int:
         n_done += st.kind == "done"
         print(f"  {u.key:<40} {st}")
     total = len(units)
-    print(f"{n_done}/{total} done")
+    terminal.say(f"{n_done}/{total} done")
     for batch in gd.submitting():
-        print(f"submission {batch['name']} ({len(batch['units'])} {batch['stage']} jobs) was cut short; "
+        terminal.say(f"submission {batch['name']} ({len(batch['units'])} {batch['stage']} jobs) was cut short; "
               f"run the same command without --status to recover it")
     if n_done == total:
         return finish(gd, uri)
@@ -180,6 +180,6 @@ def cancel(gd: GridDir) -> int:
         slurm_ids += [j for j, st in launcher.slurm_jobs(name=batch["name"], since=batch["since"]).items() if st.active]
     if slurm_ids:
         subprocess.run(["scancel", *slurm_ids], check=False)
-    print(f"cancelled {len(slurm_ids)} SLURM jobs and {n_local} local jobs of grid {gd.grid.name}; "
+    terminal.say(f"cancelled {len(slurm_ids)} SLURM jobs and {n_local} local jobs of grid {gd.grid.name}; "
           f"run the same command without --cancel to resume")
     return 0

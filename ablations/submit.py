@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablations import preflight
+from ablations import preflight, spec, terminal
 from ablations.griddir import GridDir, Unit
 from pretrain.run import rundir
 from pretrain.run.checkpoint import atomic_write
@@ -44,6 +44,13 @@ def finish(gd: GridDir, uri: str) -> int:
     return report.finish(gd, uri)
 
 
+def grid_params(grid: spec.Grid, profile: str, cluster: str) -> dict[str, object]:
+    """What the grid's parent run records as its parameters: the grid as submitted."""
+    return {"preset": grid.name, "base": grid.base, "seeds": grid.seeds, "cells": " ".join(c.id for c in grid.cells),
+            "references": " ".join(r.id for r in grid.references), "profile": profile, "cluster": cluster,
+            **{f"set.{k}": v for k, v in grid.set.items()}}
+
+
 def ensure_parent(gd: GridDir, uri: str, profile: str, cluster: str) -> str | None:
     """The grid's MLflow parent run (created on first submission; its id kept in the grid folder), or
     None if the store cannot be reached (the jobs' folders are synced into it later)."""
@@ -51,6 +58,8 @@ def ensure_parent(gd: GridDir, uri: str, profile: str, cluster: str) -> str | No
     if f.is_file():
         return f.read_text().strip()
     try:
+        from mlflow.entities import Param
+
         client = mlflow_client(uri)
         exp_id = experiment_id(client, gd.grid.experiment)
         run_ = retry_locked(client.create_run, exp_id, run_name=f"grid {gd.grid.name}", tags={
@@ -58,6 +67,8 @@ def ensure_parent(gd: GridDir, uri: str, profile: str, cluster: str) -> str | No
             "cluster": cluster, "git_commit": git_commit(), "grid_dir": str(gd.out.resolve()),
             "mlflow.note.content": f"{gd.grid.paper}: {len(gd.grid.cells)} cells x {gd.grid.seeds} seeds",
         })
+        retry_locked(client.log_batch, run_.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in grid_params(
+            gd.grid, profile, cluster).items()])
     except StoreError:
         raise
     except Exception as e:  # noqa: BLE001 - the store may be down; jobs still keep their files
@@ -259,15 +270,15 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
     settle(gd)
     todo = plan(gd, jobs, slurm_jobs(jobs))
     for cell_id, reason in grid.dropped:
-        print(f"dropped {cell_id}: {reason}")
+        terminal.say(f"dropped {cell_id}: {reason}")
     for cell_id, why in grid.merged:
-        print(f"merged {cell_id}: {why}")
-    print(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
+        terminal.say(f"merged {cell_id}: {why}")
+    terminal.say(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
           f"{len(todo.pretrain)} to pretrain, {len(todo.eval_units())} to evaluate, {todo.done} done, "
           f"{todo.active} already queued or running")
     if todo.stale:
         subprocess.run(["scancel", *todo.stale], check=False)
-        print(f"cancelled {len(todo.stale)} evaluation jobs whose pretraining job is gone")
+        terminal.say(f"cancelled {len(todo.stale)} evaluation jobs whose pretraining job is gone")
     if not todo:
         gd.save_grid()
         if todo.active and cluster == "slurm" and wait:
@@ -281,24 +292,24 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
         if check and todo.pretrain and preflight.passed_before(gd, profile) is None:
             if cluster == "slurm":
                 after = submit_preflight(gd, profile, jobs, uri, parent).job_id
-                print(f"submitted the preflight: job {after}; the pretraining array starts once it passes (afterok)")
+                terminal.say(f"submitted the preflight: job {after}; the pretraining array starts once it passes (afterok)")
             else:
                 report = run_preflight(gd, profile, cluster, jobs, uri, parent)
-                print(preflight.describe(gd, profile, report), flush=True)
+                terminal.say(preflight.describe(gd, profile, report), flush=True)
                 if not report.passed:
-                    print(preflight.failure_line(report), file=sys.stderr)
+                    terminal.say(preflight.failure_line(report), file=sys.stderr)
                     return 1
         if cluster == "slurm":
             submit_slurm(gd, profile, jobs, todo, uri, parent, after)
     if cluster == "slurm":
-        print(f"follow with: mochi-grid {shlex.join(sys.argv[1:])} --status")
+        terminal.say(f"follow with: mochi-grid {shlex.join(sys.argv[1:])} --status")
         if wait:
             wait_slurm(gd)
             return finish(gd, uri)
         return 0
     failures = run_local(gd, profile, cluster, jobs, todo.pretrain + todo.eval_units(), uri, parent)
     if failures:
-        print(f"{failures} cells failed; see --status for their log tails; run the same command to retry them")
+        terminal.say(f"{failures} cells failed; see --status for their log tails; run the same command to retry them")
         return 1
     return finish(gd, uri)
 
@@ -337,7 +348,7 @@ def recover(gd: GridDir, jobs: dict) -> dict:
     for b in batches:
         found = launcher.slurm_jobs(name=b["name"], since=b["since"])
         if not found:
-            print(f"submission {b['name']} never reached SLURM; its {len(b['units'])} jobs are submitted again")
+            terminal.say(f"submission {b['name']} never reached SLURM; its {len(b['units'])} jobs are submitted again")
             continue
         first = next(iter(found))
         ids = [first] if len(b["units"]) == 1 and "_" not in first else \
@@ -350,7 +361,7 @@ def recover(gd: GridDir, jobs: dict) -> dict:
                 orphans.append(jid)
         if orphans:
             subprocess.run(["scancel", *orphans], check=False)
-        print(f"submission {b['name']} was cut short: {len(ids) - len(orphans)} of its jobs recorded, "
+        terminal.say(f"submission {b['name']} was cut short: {len(ids) - len(orphans)} of its jobs recorded, "
               f"{len(orphans)} without their payload cancelled and submitted again")
     if batches:
         gd.save_jobs(jobs)
@@ -382,7 +393,7 @@ def run_preflight(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: di
     else:
         ex = launcher.make_executor(cluster, gd.logs, profile, name=f"{gd.grid.name}-preflight", stage="pretrain")
         job = ex.submit(preflight_job(gd, profile, uri, parent))
-    print(f"preflight: {cluster} job {job.job_id} (log {job.paths.stderr})", flush=True)
+    terminal.say(f"preflight: {cluster} job {job.job_id} (log {job.paths.stderr})", flush=True)
     try:
         job.result()
     except Exception as e:  # noqa: BLE001 - the job failed: its report says why, or its error does
@@ -397,9 +408,9 @@ def preflight_only(gd: GridDir, profile: launcher.Profile, cluster: str, uri: st
     with undone_if_refused(gd, profile, uri):
         gd.save_grid()
         report = run_preflight(gd, profile, cluster, jobs, uri, ensure_parent(gd, uri, profile.name, cluster))
-    print(preflight.describe(gd, profile, report))
+    terminal.say(preflight.describe(gd, profile, report))
     if not report.passed:
-        print(preflight.failure_line(report), file=sys.stderr)
+        terminal.say(preflight.failure_line(report), file=sys.stderr)
         return 1
     return 0
 
@@ -416,22 +427,22 @@ def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo: Todo,
         pre_jobs = submit_batch(gd, profile, jobs, "pretrain", [(u.key, pre) for u, pre, _ in units],
                                 f"afterok:{after}" if after else None)
         array_id = pre_jobs[0].job_id.split("_")[0]
-        print(f"submitted {len(pre_jobs)} pretraining jobs: array {array_id} (at most {profile.array_parallelism} "
+        terminal.say(f"submitted {len(pre_jobs)} pretraining jobs: array {array_id} (at most {profile.array_parallelism} "
               f"at once)")
         dep = f"aftercorr:{array_id}" if "_" in pre_jobs[0].job_id else f"afterok:{array_id}"
         for stage in EVAL_STAGES:
             if items := [(u.key, evals[stage]) for u, _, evals in units if stage in evals]:
                 sub = submit_batch(gd, profile, jobs, stage, items, dep)
-                print(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]}, each after its "
+                terminal.say(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]}, each after its "
                       f"pretraining task ({dep.split(':')[0]})")
     for u, stage, pre_id in todo.chained:
         _, evals = unit_jobs(gd, u, uri, parent, cores)
         (sub,) = submit_batch(gd, profile, jobs, stage, [(u.key, evals[stage])], f"afterok:{pre_id}")
-        print(f"submitted {stage} of {u.key}: job {sub.job_id}, after its pretraining job {pre_id} (afterok)")
+        terminal.say(f"submitted {stage} of {u.key}: job {sub.job_id}, after its pretraining job {pre_id} (afterok)")
     for stage in EVAL_STAGES:
         if items := [(u.key, unit_jobs(gd, u, uri, parent, cores)[1][stage]) for u, st in todo.evals if st == stage]:
             sub = submit_batch(gd, profile, jobs, stage, items)
-            print(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]} (no pretraining to "
+            terminal.say(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]} (no pretraining to "
                   f"wait for)")
 
 
@@ -472,7 +483,7 @@ def run_local(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: dict, 
                 key = u.key
                 jobs.setdefault(key, {})["cell"] = job_record(job.job_id, "cell", cluster, job.paths.stderr)
                 gd.save_jobs(jobs)
-                print(f"[{key}] started ({cluster} job {job.job_id}; log {job.paths.stderr})", flush=True)
+                terminal.say(f"[{key}] started ({cluster} job {job.job_id}; log {job.paths.stderr})", flush=True)
                 if cluster == "debug":
                     job.result()
                 running.append((key, job))
@@ -484,14 +495,14 @@ def run_local(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: dict, 
                     if exc is None:
                         res = job.result().get("lincls") or {}
                         extra = f": linear top-1 {res['top1_last']:.2f}" if "top1_last" in res else ""
-                        print(f"[{key}] done{extra}", flush=True)
+                        terminal.say(f"[{key}] done{extra}", flush=True)
                     else:
                         failures += 1
-                        print(f"[{key}] FAILED: {str(exc).strip().splitlines()[-1][:300]}", flush=True)
+                        terminal.say(f"[{key}] FAILED: {str(exc).strip().splitlines()[-1][:300]}", flush=True)
     except KeyboardInterrupt:
         for _, job in running:
             job.cancel(check=False)
-        print("interrupted: running jobs cancelled; run the same command again to resume", file=sys.stderr)
+        terminal.say("interrupted: running jobs cancelled; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, old)

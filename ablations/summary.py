@@ -66,17 +66,18 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
     out["n"] = [int(seeds.loc[seeds["cell"] == r, "seed"].nunique()) for r in order]
     family = dict(zip(order, out["family"]))
     by = {r: seeds[seeds["cell"] == r] for r in order}
+    cols: dict[str, list] = {}  # every metric column, joined at once (one insert each would fragment the frame)
     for name, m in METRICS.items():
         if seeds[name].isna().all():
             continue
         ivs = [stats.mean_ci(by[r][name].tolist()) for r in order]
-        out[f"{name}_mean"] = [iv.mean for iv in ivs]
-        out[f"{name}_low"] = [iv.low for iv in ivs]
-        out[f"{name}_high"] = [iv.high for iv in ivs]
-        out[f"{name}_std"] = [iv.sd for iv in ivs]
-        out[f"{name}_n"] = [iv.n for iv in ivs]
+        cols[f"{name}_mean"] = [iv.mean for iv in ivs]
+        cols[f"{name}_low"] = [iv.low for iv in ivs]
+        cols[f"{name}_high"] = [iv.high for iv in ivs]
+        cols[f"{name}_std"] = [iv.sd for iv in ivs]
+        cols[f"{name}_n"] = [iv.n for iv in ivs]
         if f"{name}_trial_std" in seeds:
-            out[f"{name}_trial_std"] = [by[r][f"{name}_trial_std"].mean() for r in order]
+            cols[f"{name}_trial_std"] = [by[r][f"{name}_trial_std"].mean() for r in order]
         if base is None or base not in by or by[base][name].isna().all():
             continue
         base_values = dict(zip(by[base]["seed"], by[base][name]))
@@ -90,22 +91,22 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
         def column(get, missing=math.nan) -> list:
             return [get(found[r]) if r in found else missing for r in order]
 
-        out[f"{name}_diff"] = column(lambda c: c.diff, 0.0)
-        out[f"{name}_diff_low"] = column(lambda c: c.low)
-        out[f"{name}_diff_high"] = column(lambda c: c.high)
-        out[f"{name}_diff_level"] = column(lambda c: c.level)
-        out[f"{name}_diff_low_unadj"] = column(lambda c: c.interval(0.95)[0])
-        out[f"{name}_diff_high_unadj"] = column(lambda c: c.interval(0.95)[1])
-        out[f"{name}_p"] = column(lambda c: c.p)
-        out[f"{name}_p_adj"] = column(lambda c: c.p_adj)
-        out[f"{name}_test"] = column(lambda c: c.test, "")
-        out[f"{name}_family_m"] = column(lambda c: c.m)
-        out[f"{name}_verdict"] = ["baseline" if r == base else stats.verdict(found[r], m.higher_is_better)
+        cols[f"{name}_diff"] = column(lambda c: c.diff, 0.0)
+        cols[f"{name}_diff_low"] = column(lambda c: c.low)
+        cols[f"{name}_diff_high"] = column(lambda c: c.high)
+        cols[f"{name}_diff_level"] = column(lambda c: c.level)
+        cols[f"{name}_diff_low_unadj"] = column(lambda c: c.interval(0.95)[0])
+        cols[f"{name}_diff_high_unadj"] = column(lambda c: c.interval(0.95)[1])
+        cols[f"{name}_p"] = column(lambda c: c.p)
+        cols[f"{name}_p_adj"] = column(lambda c: c.p_adj)
+        cols[f"{name}_test"] = column(lambda c: c.test, "")
+        cols[f"{name}_family_m"] = column(lambda c: c.m)
+        cols[f"{name}_verdict"] = ["baseline" if r == base else stats.verdict(found[r], m.higher_is_better)
                                   for r in order]
-        out[f"{name}_seeds_needed"] = [
+        cols[f"{name}_seeds_needed"] = [
             stats.seeds_needed(detect, found[r].sd, paired=found[r].test != stats.WELCH,
                                alpha=stats.ALPHA / found[r].m) if r in found and m.points else None for r in order]
-    return out
+    return pd.concat([out, pd.DataFrame(cols)], axis=1)
 
 
 def shown(summary: pd.DataFrame, names: list[str]) -> list[str]:
@@ -162,10 +163,11 @@ def fmt_p(p: float, test: str) -> str:
 
 
 def best_rows(summary: pd.DataFrame, m: str) -> set[str]:
-    """The row to print in bold: the highest mean among rows significantly better than the baseline."""
+    """The row to print in bold: the highest mean among the methods (the grid's cells) significantly
+    better than the baseline; reference rows are never bold."""
     if not has_comparison(summary, m):
         return set()
-    better = summary[summary[f"{m}_verdict"] == "better"]
+    better = summary[(summary[f"{m}_verdict"] == "better") & (summary["kind"] == "cell")]
     return {better.loc[better[f"{m}_mean"].idxmax(), "cell"]} if len(better) else set()
 
 

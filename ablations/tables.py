@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             flat = t.reset_index() if cols else t
             atomic_write(out / f"{stem}.md", flat.to_markdown(index=False, disable_numparse=True).encode())
             atomic_write(out / f"{stem}.csv", flat.to_csv(index=False).encode())
-            atomic_write(out / f"{stem}.tex", flat.to_latex(index=False).encode())
+            atomic_write(out / f"{stem}.tex", (report.tabular(flat) + "\n").encode())
             print(f"\n{collect.METRICS[args.metric].label} (mean ± sd over seeds, n), rows {rows + extra}, "
                   f"columns {cols}:\n{t.to_string()}")
             print(f"wrote {out}/{stem}.md, .csv, .tex")

@@ -306,6 +306,8 @@ def _start(run: _Run, tags: dict[str, str] | None, parent: str | None) -> None:
             resume_step=run.global_step,
         )
         run.run_id = run.tracker.run_id
+        if run.global_step == 0:  # the resolved config beside its metrics, once (a resume trains the same)
+            run.tracker.log_artifacts(out / rundir.CONFIG_FILE)
 
 
 def _epochs(run: _Run) -> None:

@@ -155,14 +155,27 @@ def _runs_in(path: Path) -> int | None:
         con.close()
 
 
+# The UI opens an experiment of this kind on its runs (MLflow 3 opens one of no kind on GenAI traces).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+ARTIFACTS_DIR = "mlartifacts"  # beside a sqlite store: where its experiments keep their artifacts
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of the store at ``uri`` keeps its artifacts: beside a sqlite file (so
+    they move with it, not into the folder a command ran in); None for a server, which decides."""
+    path = _sqlite_path(uri)
+    return None if path is None else (Path(path).resolve().parent / ARTIFACTS_DIR).as_uri()
+
+
 def experiment_id(client, name: str) -> str:
     """The id of MLflow experiment ``name``, created if missing (or read back if a concurrent job
-    created it first)."""
+    created it first), of the kind whose UI opens on its runs, its artifacts beside a sqlite store."""
     exp = retry_locked(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return retry_locked(client.create_experiment, name)
+        return retry_locked(client.create_experiment, name, artifact_location=artifact_location(
+            client.tracking_uri), tags=EXPERIMENT_KIND)
     except Exception:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS from a race
         exp = retry_locked(client.get_experiment_by_name, name)
         if exp is None:
@@ -310,6 +323,17 @@ class Tracker:
                 retry_locked(client.log_batch, self.run_id, params=items[i : i + 100])
         self.client = client
         log.info("MLflow run %s at %s", self.run_id, uri)
+
+    def log_artifacts(self, *paths: Path, folder: str | None = None) -> None:
+        """Attach files to the run (its config, a grid's tables and figures); a store that refuses
+        them costs a warning, never the stage."""
+        if self.client is None:
+            return
+        for path in paths:
+            try:
+                retry_locked(self.client.log_artifact, self.run_id, str(path), folder)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not attach %s to MLflow run %s (%s)", path, self.run_id, e)
 
     def log(self, metrics: dict[str, float], step: int, **fields) -> None:
         rec = {"step": step, "time": time.time(), **fields, **metrics}

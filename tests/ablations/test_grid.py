@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -219,7 +220,7 @@ def local_grid(tmp_path_factory, mlflow_server):
     args = ["--preset", str(preset), "--name", f"t{os.getpid()}", "--out", str(tmp_path / "grid"),
             "--results", str(tmp_path / "results"), "--cluster", "local", "--tracking-uri", mlflow_server, *TINY_GRID,
             "--seeds", str(SEEDS), "--random-init", "--reference", f"mine={released}"]
-    r = grid_cli(*args)
+    r = grid_cli(*args, env={"COLUMNS": "120"})
     assert r.returncode == 0, r.stdout + r.stderr
     grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
     yield tmp_path, args, r, grid
@@ -235,6 +236,8 @@ def local_grid(tmp_path_factory, mlflow_server):
 def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_server):
     tmp_path, args, r, grid = local_grid
     assert "[N32-s16-sp8/seed0] done: linear top-1" in r.stdout
+    assert max(map(len, r.stdout.splitlines())) <= 120  # fits the terminal it was told of
+    assert "Warning" not in r.stderr, r.stderr
     table = (tmp_path / "results" / "table.md").read_text()
     assert "N32" not in table and "| 32 | 16 |" in table.replace("  ", " ").replace("|  ", "| ")
     # (the class-oracle share needs a queue full of labelled keys, which 8 steps do not reach)
@@ -251,6 +254,18 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
                                *[("pretrain", cell, str(s)) for cell in ROWS[:2] for s in range(SEEDS)]])
     parent = next(r for r in runs if r.data.tags["stage"] == "grid")
     assert parent.info.status == "FINISHED"
+    # The UI opens the experiment on its runs; the parent holds the grid as submitted and its tables, report
+    # and figures; each pretraining run its resolved config, the bytes of its run folder's config.yaml.
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert parent.data.params["seeds"] == str(SEEDS) and parent.data.params["cells"] == " ".join(ROWS[:2])
+    assert parent.data.params["references"] == " ".join(ROWS[2:]) and parent.data.params["cluster"] == "local"
+    shipped = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert {f"results/{f}" for f in ("table.md", "table.csv", "table.tex", "report.html", "linear_top1.png",
+                                     "source.json")} <= shipped, shipped
+    pre = next(r for r in runs if r.data.tags["stage"] == "pretrain" and r.data.tags["cell"] == "N32-s16-sp8")
+    got = Path(client.download_artifacts(pre.info.run_id, "config.yaml", str(tmp_path / "dl")))
+    seed = pre.data.tags["seed"]
+    assert got.read_bytes() == (tmp_path / "grid" / "cells" / "N32-s16-sp8" / f"seed{seed}" / "config.yaml").read_bytes()
     assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs if r is not parent)
     lincls = [r for r in runs if r.data.tags["stage"] == "lincls"]
     assert all(0 < r.data.metrics["top1_last"] <= 100 for r in lincls)
@@ -270,7 +285,8 @@ def test_local_grid_end_to_end_is_idempotent_and_tracked(local_grid, mlflow_serv
     (run_dir / "tracking.json").write_text(json.dumps({**meta, "status": "RUNNING"}))
 
     again = grid_cli(*args)
-    assert again.returncode == 0 and f"0 to pretrain, 0 to evaluate, {len(ROWS) * SEEDS} done" in again.stdout
+    assert again.returncode == 0 and f"0 to pretrain, 0 to evaluate, {len(ROWS) * SEEDS} done" in \
+        " ".join(again.stdout.split())
     assert len(client.search_runs([exp.experiment_id], f"tags.grid_id = '{grid['grid_id']}'")) == len(runs)
     assert json.loads((run_dir / "summary.json").read_text()) == json.loads(summary)
     assert client.get_run(pre.info.run_id).info.status == "FINISHED"
