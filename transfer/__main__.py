@@ -13,12 +13,10 @@ pretraining run. ``--make-demo-data DIR`` builds the local detection set (tasks 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from pretrain.run import rundir
 from pretrain.run.cli import execute, setup_logging
 
-from .metrics import format_summary, trials_phrase
+from .metrics import summary_lines
 from .stages import finetune_parser, finetune_settings
 
 
@@ -39,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = finetune.run(s, discard=a.discard_trials)
     if not summary:
         return 0
-    for t, res in enumerate(summary["trials"]):
-        print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
-    print(f"{s.task} over {trials_phrase(len(summary['trials']))}: {format_summary(summary['summary'])}")
-    print(f"wrote {Path(summary['out']) / rundir.SUMMARY_FILE}")
+    print("\n".join(summary_lines(summary, s.task)), flush=True)
     return 0
 
 

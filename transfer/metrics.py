@@ -138,3 +138,15 @@ def format_summary(summary: dict[str, dict[str, float | None]]) -> str:
 def trials_phrase(n: int) -> str:
     """"1 trial", "5 trials": how the commands' last line counts them."""
     return f"{n} trial{'' if n == 1 else 's'}"
+
+
+def summary_lines(summary: dict, what: str) -> list[str]:
+    """What a transfer command prints of a stage's ``summary.json``: each trial, then ``what`` (the
+    task, and the path) over the trials with mean and std, then where the file is."""
+    from pathlib import Path
+
+    from pretrain.run.rundir import SUMMARY_FILE
+
+    return ([f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()) for t, res in enumerate(summary["trials"])]
+            + [f"{what} over {trials_phrase(len(summary['trials']))}: {format_summary(summary['summary'])}",
+               f"wrote {Path(summary['out']) / SUMMARY_FILE}"])

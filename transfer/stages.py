@@ -204,6 +204,18 @@ class D2Settings(StageSettings):
         return (with_iters(cfg, self.iters) if self.iters else cfg)["SOLVER"]
 
 
+def add_stage_flags(p: ArgumentParser, baseline: str, folder: str) -> None:
+    """The flags both paths' command lines share: the baseline, where the trials go, reusing them,
+    and the MLflow parent and tags."""
+    p.add_argument("--random-init", action="store_true", help=f"baseline: {baseline}")
+    p.add_argument("--out", help=f"output folder (default: SOURCE_RUN/{folder}-TASK[-random-init])")
+    p.add_argument("--discard-trials", action="store_true",
+                   help="remove the output folder's trials (and summary.json) first, to train them again with "
+                        "these settings; without it, trials trained with other settings are refused")
+    p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
+
+
 def finetune_parser() -> ArgumentParser:
     """The command line of ``mochi-transfer``, which a grid's ``--transfer`` takes too."""
     p = ArgumentParser(prog="mochi-transfer", description=FINETUNE_DOC)
@@ -214,13 +226,7 @@ def finetune_parser() -> ArgumentParser:
     p.add_argument("--iters", type=int, help="iterations (default: the recipe's); steps and warm-up scale with it")
     p.add_argument("--batch", type=int, help="images per iteration (default: the recipe's); lr scales with it")
     p.add_argument("--ckpt-every", type=int, default=1000, help="iterations between checkpoints")
-    p.add_argument("--random-init", action="store_true", help="baseline: a randomly initialised ResNet-50")
-    p.add_argument("--out", help="output folder (default: SOURCE_RUN/transfer-TASK[-random-init])")
-    p.add_argument("--discard-trials", action="store_true",
-                   help="remove the output folder's trials (and summary.json) first, to train them again with "
-                        "these settings; without it, trials trained with other settings are refused")
-    p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
+    add_stage_flags(p, "a randomly initialised ResNet-50", "transfer")
     p.add_argument("--make-demo-data", metavar="DIR", help="build the local detection set into DIR and exit")
     return p
 
@@ -250,13 +256,7 @@ def d2_parser() -> ArgumentParser:
     p.add_argument("--iters", type=int, help="iterations (default: the recipe's at this GPU count); steps and "
                                              "warm-up scale with it")
     p.add_argument("--trials", type=int, default=5, help="fine-tuning runs with seeds 0..n-1 (default 5, as MoCo)")
-    p.add_argument("--random-init", action="store_true", help="baseline: detectron2's random initialisation")
-    p.add_argument("--out", help="output folder (default: SOURCE_RUN/transfer-d2-TASK[-random-init])")
-    p.add_argument("--discard-trials", action="store_true",
-                   help="remove the output folder's trials (and summary.json) first, to train them again with "
-                        "these settings; without it, trials trained with other settings are refused")
-    p.add_argument("--parent-run", help="MLflow parent run id (default: the source run's pretraining run)")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag (repeatable)")
+    add_stage_flags(p, "detectron2's random initialisation", "transfer-d2")
     p.add_argument("opts", nargs="*", metavar="KEY VALUE",
                    help="detectron2 config options, applied last (e.g. SOLVER.CHECKPOINT_PERIOD 1000)")
     return p

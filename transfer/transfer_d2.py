@@ -11,12 +11,10 @@ are ``transfer.stages``; the training is ``transfer.train_d2``.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from pretrain.run import rundir
 from pretrain.run.cli import execute, setup_logging
 
-from .metrics import format_summary, trials_phrase
+from .metrics import summary_lines
 from .stages import d2_parser, d2_settings
 
 
@@ -28,10 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from .train_d2 import run
 
     summary = run(s, discard=d2_parser().parse_intermixed_args(argv).discard_trials)
-    for t, res in enumerate(summary["trials"]):
-        print(f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
-    print(f"{s.task} (detectron2) over {trials_phrase(len(summary['trials']))}: {format_summary(summary['summary'])}")
-    print(f"wrote {Path(summary['out']) / rundir.SUMMARY_FILE}")
+    print("\n".join(summary_lines(summary, f"{s.task} (detectron2)")), flush=True)
     return 0
 
 
