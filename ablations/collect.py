@@ -10,6 +10,7 @@ MLflow's string tags: each row takes them, typed, from the cell's own config.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,36 @@ def runs_frame(uri: str, grid_id: str, experiment: str) -> pd.DataFrame:
     if df.empty:
         return df
     return df[df.get("tags.stage", pd.Series(dtype=str)).isin({m.stage for m in METRICS.values()})]
+
+
+TABLE_PREFIX = "table."  # a run's metric that holds the value a grid's tables show for it
+
+
+def log_table_values(uri: str, runs: pd.DataFrame, seeds: pd.DataFrame) -> int:
+    """Put on each pretraining and probe run the values the tables show for its seed, named as the
+    tables' metrics (``table.linear_top1``, ``table.proxy_acc``, ...) and in their units (percent,
+    late-training means), so the MLflow UI reads as the tables do (``acc_moco`` 0.0312 is
+    ``table.proxy_acc`` 3.12). A value the run already holds is not logged again; returns how many
+    were logged. Transfer stages log one run per trial and keep theirs."""
+    from mlflow.entities import Metric
+
+    if runs.empty or not {"tags.cell", "tags.seed", "tags.stage"} <= set(runs):
+        return 0
+    index = {(r["tags.cell"], str(r["tags.seed"]), r["tags.stage"]): r for _, r in runs.iterrows()}
+    batches: dict[str, list] = {}
+    now = int(time.time() * 1000)
+    for _, row in seeds.iterrows():
+        for m, metric in METRICS.items():
+            run = index.get((row["cell"], str(int(row["seed"])), metric.stage))
+            if metric.stage not in (PRETRAIN, LINCLS) or run is None or m not in row or not np.isfinite(row[m]):
+                continue
+            if run.get(f"metrics.{TABLE_PREFIX}{m}") == float(row[m]):
+                continue
+            batches.setdefault(run["run_id"], []).append(Metric(f"{TABLE_PREFIX}{m}", float(row[m]), now, 0))
+    client = mlflow_client(uri)
+    for run_id, metrics in batches.items():
+        retry_locked(client.log_batch, run_id, metrics=metrics)
+    return sum(map(len, batches.values()))
 
 
 def fewer_gpus(runs: pd.DataFrame) -> list[str]:

@@ -13,7 +13,8 @@ import pandas as pd
 
 from ablations import blocks, cost, figures, provenance, spec, stats, terminal
 from ablations.figures import caption
-from ablations.collect import METRICS, close_parent, fewer_gpus, histories, per_seed, runs_frame, sync_grid
+from ablations.collect import (METRICS, close_parent, fewer_gpus, histories, log_table_values, per_seed, runs_frame,
+                               sync_grid)
 from ablations.griddir import GridDir
 from ablations.summary import (MECHANISM_METRICS, TABLE_METRICS, conclusions, family_note, load_reference,
                                missing_seeds,
@@ -204,6 +205,12 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
         print("no finished runs in MLflow yet; no tables written")
         return 0
     seeds = per_seed(runs, grid, axes, hist)
+    try:
+        log_table_values(uri, runs, seeds)
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the tables are written from the frame whatever the store does
+        log.warning("could not put the tables' values on their MLflow runs (%s)", e)
     summary = summarize(seeds, grid, axes)
     title = f"{grid.name}: {grid.paper}" if grid.paper else grid.name
     lost = missing_seeds(seeds, grid.seeds, shown(summary, TABLE_METRICS))

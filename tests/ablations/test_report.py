@@ -63,6 +63,20 @@ def test_tables_and_plot_from_the_store(tmp_path):
     assert "\\begin{tabular}" in (out / "table.tex").read_text()
     assert (out / "linear_top1.png").stat().st_size > 10000 and (out / "linear_top1.pdf").stat().st_size > 1000
 
+    # Each run holds the value the tables show for its seed, named and scaled as they are (acc_moco 0.6 is
+    # table.proxy_acc 60 %); a second report logs nothing again.
+    assert report.report(grid, tmp_path / "grid", uri, out) == 0
+    client = MlflowClient(uri)
+    for r in client.search_runs([client.get_experiment_by_name(grid.experiment).experiment_id]):
+        tags, have = r.data.tags, r.data.metrics
+        seed = int(tags["seed"])
+        if tags["stage"] == "lincls":
+            assert have["table.linear_top1"] == VALUES[tags["cell"]][seed]
+        else:
+            assert have["table.proxy_acc"] == pytest.approx(100 * (0.5 + seed / 10))
+        for name in (k for k in have if k.startswith("table.")):
+            assert len(client.get_metric_history(r.info.run_id, name)) == 1
+
 
 def test_the_terminal_table_fits_the_terminal(tmp_path, capsys, monkeypatch):
     """At COLUMNS=120 no printed line is wider: short headers with a legend under each block, one
