@@ -8,7 +8,6 @@ The axis columns that the setting already spells (N, s, s_prime, the loss's own)
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -21,14 +20,19 @@ SHORT_TEST = {"paired t": "t", "Welch t": "W"}
 MECHANISM_TITLE = "Mechanism: how hard the task and the negatives are, late in training"
 
 
+MEAN = "mean ± sd"  # the column of a score's block whose best row each rendering marks its own way
+
+
 @dataclass
 class Block:
-    """One metric's table: its heading, rows (text cells) and legend; ``first_of_mechanism`` opens
-    the mechanism's part."""
+    """One metric's table: its heading, rows (text cells) and legend; ``best``: the positions of the
+    rows whose mean is marked (the terminal appends " *", LaTeX sets it bold); ``first_of_mechanism``
+    opens the mechanism's part."""
 
     heading: str
     table: pd.DataFrame
     legend: list[str]
+    best: tuple[int, ...] = ()
     first_of_mechanism: bool = False
 
 
@@ -60,18 +64,14 @@ def _p(p: float, test: str) -> str:
 
 
 def score_block(summary: pd.DataFrame, m: str, axes: list[str], seeds: int | None, reference: list[dict | None],
-                detect: float = DETECT, mark: Callable[[str], str] = lambda text: f"{text} *"
-                ) -> tuple[pd.DataFrame, list[str]]:
-    """The block of one score (linear top-1, a transfer AP): its table and the legend lines under it;
-    ``mark`` marks the best row's mean (the terminal appends " *", LaTeX sets it bold)."""
+                detect: float = DETECT) -> Block:
+    """The block of one score (linear top-1, a transfer AP): its table, the legend lines under it and
+    its best row."""
     best = best_rows(summary, m)
     t = axis_columns(summary, axes)
     t.insert(0, "row", summary["setting"])
-    values = ["" if pd.isna(mu) else f"{mu:.2f}" + (f" ± {sd:.2f}" if pd.notna(sd) else "")
-              for mu, sd in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
-    # object dtype: a mark may be a str subclass (LaTeX source) that a string column would flatten
-    t["mean ± sd"] = pd.Series([mark(v) if cell in best else v for cell, v in zip(summary["cell"], values)],
-                               index=t.index, dtype=object)
+    t[MEAN] = ["" if pd.isna(mu) else f"{mu:.2f}" + (f" ± {sd:.2f}" if pd.notna(sd) else "")
+               for mu, sd in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
     t["n"] = [_count(n, seeds) for n in summary[f"{m}_n"]]
     legend = ["mean ± sd: over seeds; n: seeds with a value" + (f" of the {seeds} asked for" if seeds else "")]
     if has_comparison(summary, m):
@@ -80,7 +80,8 @@ def score_block(summary: pd.DataFrame, m: str, axes: list[str], seeds: int | Non
                            for b, d, lo, hi in zip(summary["baseline"], summary[f"{m}_diff"],
                                                    summary[f"{m}_diff_low"], summary[f"{m}_diff_high"])]
         t["p"] = [_p(p, test) for p, test in zip(summary[f"{m}_p_adj"], summary[f"{m}_test"])]
-        t["verdict"] = ["" if b else SHORT_VERDICT.get(v, v) for b, v in zip(summary["baseline"], summary[f"{m}_verdict"])]
+        t["verdict"] = ["" if b else SHORT_VERDICT.get(v, v)
+                        for b, v in zip(summary["baseline"], summary[f"{m}_verdict"])]
         legend.append(f"Δ: the row minus {base}, simultaneous 95% interval over the row's family; p: Bonferroni-"
                       f"adjusted, t paired t-test, W Welch's")
         if METRICS[m].points:
@@ -94,11 +95,12 @@ def score_block(summary: pd.DataFrame, m: str, axes: list[str], seeds: int | Non
         t["Δ paper"] = ["" if r is None or pd.isna(mu) else f"{mu - r['value']:+.2f}"
                         for r, mu in zip(reference, summary[f"{m}_mean"])]
         legend.append("paper: the published value for the row (sources in table.md); Δ paper: ours minus it")
-    return t, legend
+    heading = f"{METRICS[m].label} (%)" if METRICS[m].points else METRICS[m].label
+    return Block(heading, t, legend, tuple(i for i, cell in enumerate(summary["cell"]) if cell in best))
 
 
-def mechanism_block(summary: pd.DataFrame, m: str, axes: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """The block of one mechanism quantity, over the pretrained rows."""
+def mechanism_block(summary: pd.DataFrame, m: str, axes: list[str], first: bool = False) -> Block:
+    """The block of one mechanism quantity, over the pretrained rows (``first``: it opens the mechanism)."""
     rows = mechanism_rows(summary)
     t = axis_columns(rows, axes)
     t.insert(0, "row", rows["setting"])
@@ -113,21 +115,27 @@ def mechanism_block(summary: pd.DataFrame, m: str, axes: list[str]) -> tuple[pd.
                                                    rows[f"{m}_diff_high"])]
         t["verdict"] = ["" if b else SHORT_VERDICT.get(v, v) for b, v in zip(rows["baseline"], rows[f"{m}_verdict"])]
         legend.append(f"Δ: the row minus {base}, simultaneous 95% interval over the methods")
-    return t, legend
+    return Block(METRICS[m].label, t, legend, first_of_mechanism=first)
 
 
 def blocks(summary: pd.DataFrame, axes: list[str], table_metrics: list[str], mechanism_metrics: list[str],
-           reference: list[dict], preset: str, seeds: int | None,
-           mark: Callable[[str], str] = lambda text: f"{text} *") -> list[Block]:
+           reference: list[dict], preset: str, seeds: int | None) -> list[Block]:
     """Every block of a grid's tables: each score, then each quantity of the mechanism."""
     keep = spelled_axes(summary, axes)
     out = []
     for m in shown(summary, table_metrics):
         refs = [reference_for(reference, preset, {a: row[a] for a in axes}, m) for _, row in summary.iterrows()]
-        t, legend = score_block(summary, m, keep, seeds, refs, mark=mark)
-        out.append(Block(f"{METRICS[m].label} (%)" if METRICS[m].points else METRICS[m].label, t, legend))
+        out.append(score_block(summary, m, keep, seeds, refs))
     rows = mechanism_rows(summary)
-    for i, m in enumerate(shown(rows, mechanism_metrics)):
-        t, legend = mechanism_block(summary, m, spelled_axes(rows, axes))
-        out.append(Block(METRICS[m].label, t, legend, first_of_mechanism=i == 0))
+    mech_axes = spelled_axes(rows, axes)
+    out += [mechanism_block(summary, m, mech_axes, first=i == 0)
+            for i, m in enumerate(shown(rows, mechanism_metrics))]
     return out
+
+
+def marked(b: Block, mark) -> pd.DataFrame:
+    """``b``'s table with ``mark`` applied to its best rows' means (the renderings' own marks)."""
+    t = b.table.copy()
+    for i in b.best:
+        t.iloc[i, t.columns.get_loc(MEAN)] = mark(t.iloc[i, t.columns.get_loc(MEAN)])
+    return t

@@ -40,6 +40,11 @@ def images_per_epoch(cfg: config.Config) -> int:
     return min(n, cfg.data.subset) if cfg.data.subset else n
 
 
+def steps_per_epoch(cfg: config.Config) -> int:
+    """Training steps per epoch of a config: whole global batches of its images (the sampler drops the tail)."""
+    return images_per_epoch(cfg) // cfg.optim.batch_size
+
+
 @dataclass(frozen=True)
 class Rates:
     """Images/s per job of the step (for ``arch`` at ``image_size``) and of each input pipeline,

@@ -142,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"the MLflow store {uri} does not answer from this host ({cause}); start it (e.g. "
                         f"mlflow server), or give --tracking-uri a store that answers")
     if args.cluster == "auto" and cluster == "slurm":  # said before anything reaches the cluster
-        terminal.say(f"--cluster auto: a SLURM controller answers (SLURM_CONF={os.environ.get('SLURM_CONF', 'the default')}), "
-              f"so the jobs go to SLURM as profile {profile.name}; --cluster local runs them on this machine, "
-              f"--dry-run lists them first", flush=True)
+        conf = os.environ.get("SLURM_CONF", "the default")
+        terminal.say(f"--cluster auto: a SLURM controller answers (SLURM_CONF={conf}), "
+                     f"so the jobs go to SLURM as profile {profile.name}; --cluster local runs them on this machine, "
+                     f"--dry-run lists them first", flush=True)
     with gd.lock():
         if args.preflight:
             return preflight_only(gd, profile, cluster, uri)

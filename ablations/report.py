@@ -58,7 +58,7 @@ def mix_start_step(grid: spec.Grid) -> int:
     """The training step where the base preset's mixing starts (``mochi.mix_start`` epochs in), which
     the curves mark; 0 where it mixes from the first step."""
     cfg = grid.base_config()
-    return cfg.mochi.mix_start * (cost.images_per_epoch(cfg) // cfg.optim.batch_size)
+    return cfg.mochi.mix_start * cost.steps_per_epoch(cfg)
 
 
 def budget_note(grid: spec.Grid) -> str:
@@ -66,7 +66,7 @@ def budget_note(grid: spec.Grid) -> str:
     sentence each form of the tables puts under its title."""
     cfg = grid.base_config()
     images = cost.images_per_epoch(cfg)
-    steps = cfg.optim.epochs * (images // cfg.optim.batch_size)
+    steps = cfg.optim.epochs * cost.steps_per_epoch(cfg)
     ks = sorted({grid.cfg(c, 0, Path("unused")).moco.K for c in grid.cells} or {cfg.moco.K})
     chance = ", ".join(f"{100 / (k + 1):.2g}% at K = {k}" for k in ks)
     text = (f"Budget: each cell pretrains a {cfg.model.arch} at {cfg.data.image_size} px for {cfg.optim.epochs} "
@@ -81,10 +81,6 @@ def budget_note(grid: spec.Grid) -> str:
     return text
 
 
-class Raw(str):
-    """LaTeX source that ``_latex_text`` leaves as it is (a bold cell)."""
-
-
 # Characters pdflatex's default encodings lack, as math: the tables' Δ, ±, ...
 LATEX_MATH = {"Δ": r"$\Delta$", "±": r"$\pm$", "×": r"$\times$", "≤": r"$\leq$", "≥": r"$\geq$", "−": "-",
               "–": "--", "—": "---", "…": r"\ldots{}", "τ": r"$\tau$", "β": r"$\beta$"}
@@ -92,20 +88,23 @@ LATEX_MATH = {"Δ": r"$\Delta$", "±": r"$\pm$", "×": r"$\times$", "≤": r"$\l
 
 def _latex_text(text: str) -> str:
     """Plain text for a LaTeX document: its special characters escaped, Δ and ± as math."""
-    if isinstance(text, Raw):
-        return text
     special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
                ">": r"\textgreater{}", **LATEX_MATH}
     return "".join(special.get(ch, ch) for ch in str(text))
 
 
-def tabular(t: pd.DataFrame) -> str:
-    """A table as a booktabs tabular, every header and cell through ``_latex_text``."""
+def tabular(t: pd.DataFrame, bold: set[tuple[int, int]] = frozenset()) -> str:
+    """A table as a booktabs tabular, every header and cell through ``_latex_text``; the cells at the
+    (row, column) positions in ``bold`` set bold."""
+    def cell(i: int, j: int, v) -> str:
+        text = _latex_text("" if v is None or (isinstance(v, float) and pd.isna(v)) else v)
+        return rf"\textbf{{{text}}}" if (i, j) in bold else text
+
     lines = [r"\begin{tabular}{" + "l" * len(t.columns) + "}", r"\toprule",
              " & ".join(_latex_text(c) for c in t.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(_latex_text("" if v is None or (isinstance(v, float) and pd.isna(v)) else v) for v in row)
-              + r" \\" for row in t.itertuples(index=False)]
+    lines += [" & ".join(cell(i, j, v) for j, v in enumerate(row)) + r" \\"
+              for i, row in enumerate(t.itertuples(index=False))]
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"])
 
 
@@ -119,7 +118,8 @@ def latex(title: str, lead: str, tables: list[blocks.Block], notes: list[str]) -
     for b in tables:
         if b.first_of_mechanism:
             doc.append(rf"\subsection*{{{_latex_text(blocks.MECHANISM_TITLE)}}}")
-        doc += [rf"\subsubsection*{{{_latex_text(b.heading)}}}", tabular(b.table) + r"\par\smallskip",
+        bold = {(i, b.table.columns.get_loc(blocks.MEAN)) for i in b.best}
+        doc += [rf"\subsubsection*{{{_latex_text(b.heading)}}}", tabular(b.table, bold) + r"\par\smallskip",
                 r"{\footnotesize " + " ".join(_latex_text(line) + "." for line in b.legend) + r"\par}"]
     doc += [r"\subsection*{Notes}", r"\begin{itemize}"] + [rf"\item {_latex_text(n)}" for n in notes]
     doc += [r"\end{itemize}", r"\end{document}", ""]
@@ -156,7 +156,8 @@ def html_report(title: str, tables: list[Table], conclusions: list[str], figures
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:100%}} figure{{margin:1.5em 0}}</style>
-</head><body><h1>{html.escape(title)}</h1>{f"<p>{html.escape(lead)}</p>" if lead else ""}{body}<h2>What these runs show</h2><ul>{words}</ul>
+</head><body><h1>{html.escape(title)}</h1>{f"<p>{html.escape(lead)}</p>" if lead else ""}{body}
+<h2>What these runs show</h2><ul>{words}</ul>
 <h2>Notes</h2><ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>{imgs}</body></html>"""
     atomic_write(path, page.encode())
 
@@ -240,9 +241,8 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     atomic_write(results_dir / "table.md", markdown(title, tables, words, notes, lead).encode())
     atomic_write(results_dir / "table.csv", summary.to_csv(index=False).encode())
     atomic_write(results_dir / "per_seed.csv", seeds.to_csv(index=False).encode())
-    bold = blocks.blocks(summary, axes, TABLE_METRICS, MECHANISM_METRICS, reference, grid.preset, grid.seeds,
-                         mark=lambda text: Raw(rf"\textbf{{{_latex_text(text)}}}"))
-    atomic_write(results_dir / "table.tex", latex(title, lead, bold, notes).encode())
+    compact = blocks.blocks(summary, axes, TABLE_METRICS, MECHANISM_METRICS, reference, grid.preset, grid.seeds)
+    atomic_write(results_dir / "table.tex", latex(title, lead, compact, notes).encode())
     figs = figures.score_bars(summary, seeds, title, results_dir)
     figs += figures.curves(hist, grid.row_ids(), set(summary.loc[summary["plain_moco"].astype(bool), "cell"]),
                            results_dir, grid.analysis_N, dict(zip(summary["cell"], summary["setting"])),
@@ -254,9 +254,9 @@ def report(grid: spec.Grid, grid_dir: Path, uri: str, results_dir: Path, complet
     attach(grid_dir, uri, results_dir)
     cols = terminal.width()
     lines = ["", *terminal.wrap(title, cols), *terminal.wrap(lead, cols), ""]
-    lines += terminal.tables(blocks.blocks(summary, axes, TABLE_METRICS, MECHANISM_METRICS, reference, grid.preset,
-                                           grid.seeds), cols)
-    lines += ["What these runs show:", *terminal.paragraphs(words, cols), *terminal.paragraphs(warnings, cols, "note: ")]
+    lines += terminal.tables(compact, cols)
+    lines += ["What these runs show:", *terminal.paragraphs(words, cols),
+              *terminal.paragraphs(warnings, cols, "note: ")]
     lines += ["", *terminal.wrap(f"wrote {results_dir}/: table.md, table.csv, table.tex, per_seed.csv, report.html"
                                  + "".join(f", {f.name}" for f in figs if f.suffix == ".png"), cols, "", "  ")]
     lines += terminal.wrap(f"browse the runs: make ui (or mlflow ui --backend-store-uri {uri}), open "
@@ -272,11 +272,12 @@ def attach(grid_dir: Path, uri: str, results_dir: Path) -> None:
     parent = Path(grid_dir) / rundir.PARENT_FILE
     if not parent.is_file():
         return
+    run_id = parent.read_text().strip()
     try:
         files = [f for f in sorted(results_dir.iterdir()) if f.is_file() and f.suffix in ARTIFACT_SUFFIXES]
         client = mlflow_client(uri)
         for f in files:
-            retry_locked(client.log_artifact, parent.read_text().strip(), str(f), "results")
+            retry_locked(client.log_artifact, run_id, str(f), "results")
     except StoreError:
         raise
     except Exception as e:  # noqa: BLE001 - the files are in results_dir whatever the store does

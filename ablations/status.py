@@ -33,8 +33,9 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
         rows.append((cell.id, cfg.objective.label, str(cfg.moco.K), str(cfg.optim.epochs), str(per_epoch),
                      f"{hours:6.2f}"))
     terminal.say(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
-          f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs and {profile.ranks_per_job} DDP "
-          f"rank{'s' * (profile.ranks_per_job > 1)} per pretraining job), folder {gd.out}")
+                 f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs and "
+                 f"{profile.ranks_per_job} DDP rank{'s' * (profile.ranks_per_job > 1)} per pretraining job), "
+                 f"folder {gd.out}")
     head = ("cell", "trains", "K", "epochs", "images/epoch", "h/job")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:  # the words left-aligned, the numbers right-aligned
@@ -43,7 +44,7 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
     if (base_mixing.active and any(a in c.values for c in grid.cells for a in spec.LOSS_AXES)
             and not any(a in c.values for c in grid.cells for a in spec.MIXING_AXES)):
         terminal.say(f"every cell trains with {base_mixing.notation}, from the base preset {grid.base}: for the losses "
-              f"alone, add --set mochi.s=0 --set mochi.s_prime=0 (or sweep N,s,s_prime too)")
+                     f"alone, add --set mochi.s=0 --set mochi.s_prime=0 (or sweep N,s,s_prime too)")
     for cell_id, reason in grid.dropped:
         terminal.say(f"dropped {cell_id}: {reason}")
     for cell_id, why in grid.merged:
@@ -56,7 +57,7 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
         terminal.say(cost.describe(cost.of(gd, profile, measured), profile, "projected", "nothing submitted"))
         return
     terminal.say(cost.describe(cost.of(gd, profile, cost.Rates.of_profile(profile)), profile, "estimated",
-                        "nothing submitted; --preflight measures the rates on the cluster"))
+                               "nothing submitted; --preflight measures the rates on the cluster"))
 
 
 def tail(path: str, n: int = 3) -> str:
@@ -157,7 +158,7 @@ def status(gd: GridDir, uri: str) -> int:
     terminal.say(f"{n_done}/{total} done")
     for batch in gd.submitting():
         terminal.say(f"submission {batch['name']} ({len(batch['units'])} {batch['stage']} jobs) was cut short; "
-              f"run the same command without --status to recover it")
+                     f"run the same command without --status to recover it")
     if n_done == total:
         return finish(gd, uri)
     return 0  # partial tables would mislead; they are written once every cell is done
@@ -181,5 +182,5 @@ def cancel(gd: GridDir) -> int:
     if slurm_ids:
         subprocess.run(["scancel", *slurm_ids], check=False)
     terminal.say(f"cancelled {len(slurm_ids)} SLURM jobs and {n_local} local jobs of grid {gd.grid.name}; "
-          f"run the same command without --cancel to resume")
+                 f"run the same command without --cancel to resume")
     return 0

@@ -274,8 +274,8 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
     for cell_id, why in grid.merged:
         terminal.say(f"merged {cell_id}: {why}")
     terminal.say(f"grid {grid.name} ({grid.grid_id}) on {cluster}, profile {profile.name}: "
-          f"{len(todo.pretrain)} to pretrain, {len(todo.eval_units())} to evaluate, {todo.done} done, "
-          f"{todo.active} already queued or running")
+                 f"{len(todo.pretrain)} to pretrain, {len(todo.eval_units())} to evaluate, {todo.done} done, "
+                 f"{todo.active} already queued or running")
     if todo.stale:
         subprocess.run(["scancel", *todo.stale], check=False)
         terminal.say(f"cancelled {len(todo.stale)} evaluation jobs whose pretraining job is gone")
@@ -292,12 +292,13 @@ def submit(gd: GridDir, profile: launcher.Profile, cluster: str, uri: str, wait:
         if check and todo.pretrain and preflight.passed_before(gd, profile) is None:
             if cluster == "slurm":
                 after = submit_preflight(gd, profile, jobs, uri, parent).job_id
-                terminal.say(f"submitted the preflight: job {after}; the pretraining array starts once it passes (afterok)")
+                terminal.say(f"submitted the preflight: job {after}; the pretraining array starts once it passes "
+                             f"(afterok)")
             else:
                 report = run_preflight(gd, profile, cluster, jobs, uri, parent)
                 terminal.say(preflight.describe(gd, profile, report), flush=True)
                 if not report.passed:
-                    terminal.say(preflight.failure_line(report), file=sys.stderr)
+                    print(preflight.failure_line(report), file=sys.stderr)
                     return 1
         if cluster == "slurm":
             submit_slurm(gd, profile, jobs, todo, uri, parent, after)
@@ -362,7 +363,7 @@ def recover(gd: GridDir, jobs: dict) -> dict:
         if orphans:
             subprocess.run(["scancel", *orphans], check=False)
         terminal.say(f"submission {b['name']} was cut short: {len(ids) - len(orphans)} of its jobs recorded, "
-              f"{len(orphans)} without their payload cancelled and submitted again")
+                     f"{len(orphans)} without their payload cancelled and submitted again")
     if batches:
         gd.save_jobs(jobs)
         gd.save_submitting([])
@@ -410,7 +411,7 @@ def preflight_only(gd: GridDir, profile: launcher.Profile, cluster: str, uri: st
         report = run_preflight(gd, profile, cluster, jobs, uri, ensure_parent(gd, uri, profile.name, cluster))
     terminal.say(preflight.describe(gd, profile, report))
     if not report.passed:
-        terminal.say(preflight.failure_line(report), file=sys.stderr)
+        print(preflight.failure_line(report), file=sys.stderr)
         return 1
     return 0
 
@@ -427,14 +428,14 @@ def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo: Todo,
         pre_jobs = submit_batch(gd, profile, jobs, "pretrain", [(u.key, pre) for u, pre, _ in units],
                                 f"afterok:{after}" if after else None)
         array_id = pre_jobs[0].job_id.split("_")[0]
-        terminal.say(f"submitted {len(pre_jobs)} pretraining jobs: array {array_id} (at most {profile.array_parallelism} "
-              f"at once)")
+        terminal.say(f"submitted {len(pre_jobs)} pretraining jobs: array {array_id} (at most "
+                     f"{profile.array_parallelism} at once)")
         dep = f"aftercorr:{array_id}" if "_" in pre_jobs[0].job_id else f"afterok:{array_id}"
         for stage in EVAL_STAGES:
             if items := [(u.key, evals[stage]) for u, _, evals in units if stage in evals]:
                 sub = submit_batch(gd, profile, jobs, stage, items, dep)
                 terminal.say(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]}, each after its "
-                      f"pretraining task ({dep.split(':')[0]})")
+                             f"pretraining task ({dep.split(':')[0]})")
     for u, stage, pre_id in todo.chained:
         _, evals = unit_jobs(gd, u, uri, parent, cores)
         (sub,) = submit_batch(gd, profile, jobs, stage, [(u.key, evals[stage])], f"afterok:{pre_id}")
@@ -443,7 +444,7 @@ def submit_slurm(gd: GridDir, profile: launcher.Profile, jobs: dict, todo: Todo,
         if items := [(u.key, unit_jobs(gd, u, uri, parent, cores)[1][stage]) for u, st in todo.evals if st == stage]:
             sub = submit_batch(gd, profile, jobs, stage, items)
             terminal.say(f"submitted {len(sub)} {stage} jobs: array {sub[0].job_id.split('_')[0]} (no pretraining to "
-                  f"wait for)")
+                         f"wait for)")
 
 
 def wait_slurm(gd: GridDir, poll_s: float = 10.0) -> None:
@@ -502,7 +503,7 @@ def run_local(gd: GridDir, profile: launcher.Profile, cluster: str, jobs: dict, 
     except KeyboardInterrupt:
         for _, job in running:
             job.cancel(check=False)
-        terminal.say("interrupted: running jobs cancelled; run the same command again to resume", file=sys.stderr)
+        print("interrupted: running jobs cancelled; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -8,12 +8,11 @@ A table still wider than the terminal (long reference names) is printed row by r
 from __future__ import annotations
 
 import shutil
-import sys
 import textwrap
 
 import pandas as pd
 
-from ablations.blocks import MECHANISM_TITLE, Block
+from ablations.blocks import MECHANISM_TITLE, Block, marked
 
 DEFAULT_WIDTH = 120
 
@@ -53,7 +52,7 @@ def tables(blocks: list[Block], cols: int | None = None) -> list[str]:
     for b in blocks:
         if b.first_of_mechanism:
             out += wrap(MECHANISM_TITLE, cols) + [""]
-        out += wrap(b.heading, cols) + render(b.table, cols)
+        out += wrap(b.heading, cols) + render(marked(b, lambda mean: f"{mean} *"), cols)
         out += [line for text in b.legend for line in wrap(text, cols, "  ", "    ")] + [""]
     return out
 
@@ -64,16 +63,13 @@ def paragraphs(items: list[str], cols: int | None = None, bullet: str = "- ") ->
     return [line for text in items for line in wrap(text, cols, bullet, " " * len(bullet))]
 
 
-def say(text: str, file=None, flush: bool = False) -> None:
+def say(text: str, flush: bool = False) -> None:
     """Print a message wrapped to the terminal: each of its lines keeps its indentation, and the
-    lines it wraps into are indented two spaces more. On stderr nothing is wrapped: an error is one
-    line, whole (what scripts and the tests match)."""
-    if file is sys.stderr:
-        print(text, file=file, flush=flush)
-        return
+    lines it wraps into are indented two spaces more. Errors are printed as they are, to stderr: one
+    line, whole, as scripts and the tests match them."""
     cols = width()
     out = []
     for line in str(text).splitlines() or [""]:
         lead = line[: len(line) - len(line.lstrip())]
         out += wrap(line.strip(), cols, lead, lead + "  ") if len(line) > cols else [line]
-    print("\n".join(out), file=file, flush=flush)
+    print("\n".join(out), flush=flush)

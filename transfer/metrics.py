@@ -147,6 +147,7 @@ def summary_lines(summary: dict, what: str) -> list[str]:
 
     from pretrain.run.rundir import SUMMARY_FILE
 
-    return ([f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()) for t, res in enumerate(summary["trials"])]
+    trials = summary["trials"]
+    return ([f"trial {t}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items()) for t, res in enumerate(trials)]
             + [f"{what} over {trials_phrase(len(summary['trials']))}: {format_summary(summary['summary'])}",
                f"wrote {Path(summary['out']) / SUMMARY_FILE}"])

@@ -1,8 +1,9 @@
 """A folder of realistic JPEGs, so the input-pipeline benchmark and tests run anywhere.
 
-``make_jpegs`` (or the command ``mochi-jpegs DIR --n 5000``, ``pretrain/jpegs.py``) writes ``DIR/train/<class>/*.JPEG`` (an ImageFolder, like ImageNet's) of
-photo-like images: colour fields with a 1/f^2 power spectrum (the statistics of natural images,
-which sets how hard they are to compress and decode), soft shapes and sensor grain, at ImageNet's
+``make_jpegs`` (or the command ``mochi-jpegs DIR --n 5000``, ``pretrain/jpegs.py``) writes
+``DIR/train/<class>/*.JPEG`` (an ImageFolder, like ImageNet's) of photo-like images: colour fields
+with a 1/f^2 power spectrum (the statistics of natural images, which sets how hard they are to
+compress and decode), soft shapes and sensor grain, at ImageNet's
 typical sizes (mostly 500 x 375 / 375 x 500 / 500 x 333, some smaller, a few larger) and qualities
 75-95 with 4:2:0 chroma subsampling. ``--odd`` adds the files real collections hold and nvjpeg
 rejects: progressive, CMYK and grayscale JPEGs, a PNG named .JPEG (ImageNet has one) and a truncated
