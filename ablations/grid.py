@@ -29,13 +29,14 @@ from pathlib import Path
 from ablations import spec, status, terminal
 from ablations.griddir import GridDir
 from ablations.submit import check_cluster, check_data, check_transfer_gpus, preflight_only, submit
+from pretrain.method.synthetic import registry as synthetic
 from pretrain.run import rundir
 from pretrain.run.cli import ArgumentParser, execute, setup_logging
 from pretrain.run.errors import UserError
 from pretrain.run.tracking import default_uri, unreachable
 from slurm import launcher
 
-SHORT_AXES = ("N", "s", "s_prime", "K", "tau", "m", "epochs", "mix_start")
+SHORT_AXES = ("N", *synthetic.COUNTS, "K", "tau", "m", "epochs", "mix_start", "mix_stop")
 
 
 def parser() -> ArgumentParser:

@@ -33,7 +33,7 @@ def configs(gd: GridDir) -> list[config.Config]:
     for cell in grid.cells:
         cfg = grid.cfg(cell, 0, folder(gd), {"run.tracking_uri": None})
         m = cfg.objective.mixing
-        synthetic = m.s + m.s_prime
+        synthetic = m.synthetic
         if cfg.loss.method not in best or synthetic > best[cfg.loss.method][0]:
             best[cfg.loss.method] = (synthetic, cfg)
     return [cfg for _, cfg in best.values()]

@@ -15,7 +15,9 @@ Grid presets live in ``ablations/presets/NAME.yaml`` (one per paper table or fig
     table: {rows: [N, s, s_prime]}
 
 Axis names follow the papers (N, s, s_prime, K, tau, m, epochs, mix_start, method, tau_plus, beta,
-ring_outer, ring_inner, ...); any dotted config key (``optim.base_lr``) is an axis too. ``axis(name)`` is the one registry: it gives each axis one
+ring_outer, ring_inner; SynCo's kinds s_noise, s_extrap, s_grad, s_adv with sigma, extrap_max,
+delta, eta; the control s_reweight; the window's mix_stop, ...); any dotted config key
+(``optim.base_lr``) is an axis too. ``axis(name)`` is the one registry: it gives each axis one
 name, its config key and its type, and every value that enters a grid (from a preset, the command
 line or a saved ``grid.json``) is restored to that type through it.
 
@@ -42,6 +44,7 @@ import yaml
 
 from pretrain.method.objective import Objective
 from pretrain.method.registry import PARAMS
+from pretrain.method.synthetic import registry as synthetic
 from pretrain.run import config, rundir, sameness, yamlfile
 from pretrain.run.errors import UserError
 
@@ -49,6 +52,9 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 # Paper symbols and other short names -> config keys.
 AXES = {
     "N": "mochi.N", "s": "mochi.s", "s_prime": "mochi.s_prime", "mix_start": "mochi.mix_start",
+    "mix_stop": "mochi.mix_stop",
+    # the family's other kinds and their parameters (pretrain.method.synthetic.registry)
+    **{k: f"mochi.{k}" for k in synthetic.COUNTS}, **{p.name: f"mochi.{p.name}" for p in synthetic.PARAMS},
     "K": "moco.K", "tau": "moco.tau", "m": "moco.m",
     "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.base_lr",
     "arch": "model.arch", "image_size": "data.image_size",
@@ -56,7 +62,8 @@ AXES = {
     "method": "loss.method", **{p.name: f"loss.{p.name}" for p in PARAMS},
 }
 # How a cell name abbreviates an axis: N1024-s1024-sp128, lr0.03, hcl_b1.0_tp0.1, ring_ro0.1_ri0.1.
-SHORT = {"s_prime": "sp", "base_lr": "lr", "method": "", **{p.name: p.short for p in PARAMS}}
+SHORT = {"base_lr": "lr", "method": "", **{p.name: p.short for p in (*PARAMS, *synthetic.PARAMS)},
+         **{k.name: k.short for k in synthetic.KINDS.values()}}
 PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", "lincls", "profile", "table",
                "baseline", "transfer", "random_init", "reference"}
 # The preset keys that hold one scalar: its type, and that type in words (a quoted "false" is not
@@ -64,7 +71,7 @@ PRESET_KEYS = {"description", "paper", "base", "set", "axes", "cells", "seeds", 
 PRESET_SCALARS = {"description": (str, "a string"), "paper": (str, "a string"), "base": (str, "a string"),
                   "seeds": (int, "an integer >= 1"), "profile": (str, "a string"),
                   "random_init": (bool, "true or false"), "baseline": ((str, bool), "a cell name or true")}
-MIXING_AXES = ("N", "s", "s_prime")
+MIXING_AXES = ("N", *synthetic.COUNTS, *(p.name for p in synthetic.PARAMS))
 LOSS_AXES = ("method", *(p.name for p in PARAMS))
 PLAIN_LOSS = {"method": "infonce", **{p.name: p.neutral for p in PARAMS}}  # InfoNCE's values
 
@@ -574,8 +581,11 @@ def _is_plain_moco(grid: Grid, values: dict[str, object]) -> bool:
 
 def _plain_moco_like(grid: Grid, like: dict[str, object]) -> dict[str, object]:
     """The values of a plain MoCo v2 cell with ``like``'s other axes (K, epochs, ...): (N, s, s') =
-    (0, 0, 0), and InfoNCE where ``like`` names a loss or the base's is another."""
-    values = {k: v for k, v in like.items() if k not in (*MIXING_AXES, *LOSS_AXES)} | {"N": 0, "s": 0, "s_prime": 0}
+    (0, 0, 0) and every other count 0 that ``like`` or the base sets, and InfoNCE where ``like``
+    names a loss or the base's is another."""
+    base_mixing = grid.base_config().objective.mixing
+    values = ({k: v for k, v in like.items() if k not in (*MIXING_AXES, *LOSS_AXES)} | {"N": 0, "s": 0, "s_prime": 0}
+              | {k: 0 for k, n in base_mixing.counts.items() if k in like or n})
     base = grid.base_config().objective.loss
     if any(k in like for k in LOSS_AXES) or not base.is_infonce:
         # A parameter is named only where the cell or the base sets it: other cells keep their ids.

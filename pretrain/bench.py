@@ -1,5 +1,6 @@
-"""``mochi-bench``: training-step throughput, MoCo v2 vs MoCHi (and the debiased, HCL and Ring
-losses), side by side in one run, eager and compiled; prints each method's ratio to MoCo v2 with
+"""``mochi-bench``: training-step throughput, MoCo v2 vs MoCHi (and SynCo, the reweighted control, the
+debiased, HCL and Ring losses), side by side in one run, eager and compiled; prints each method's
+ratio to MoCo v2 and each closed form's to its explicit points with
 the device named and writes ``results/bench_step.json``. The measuring is ``pretrain.tools.bench``.
 """
 
@@ -57,14 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {r['device']}  torch {r['torch']}  {r['dtype']}  {r['date']}")
     print(f"{size.arch}, batch {size.batch}, {size.image_size} px, K {size.K}, MoCHi (N, s, s') = "
           f"({m.N}, {m.s}, {m.s_prime}); statistics every {r['stats_every']} steps, as training")
-    print(f"{'variant':<10} {'method':<50} {'img/s':>9} {'vs MoCo v2':>11}")
+    w = max(len(label) for row in r["results"] for label in row["ratios"])
+    print(f"{'variant':<10} {'method':<{w}} {'img/s':>9} {'vs MoCo v2':>11}")
     for row in r["results"]:
         for label, ratio in row["ratios"].items():
-            print(f"{row['variant']:<10} {label:<50} {ratio * row['mocov2_img_s']:>9.1f} {ratio:>11.3f}")
+            print(f"{row['variant']:<10} {label:<{w}} {ratio * row['mocov2_img_s']:>9.1f} {ratio:>11.3f}")
         if "mixing_share" in row:
             print(f"{row['variant']:<10} MoCHi/MoCo {row['ratio']:.3f}; mixing share of a MoCHi step "
                   f"{100 * row['mixing_share']:.2f}%")
     print(f"mixing alone: {r['mixing_ms']:.3f} ms per step")
+    print(f"closed forms (q . h and its backward, {max(1, m.s_prime)} points per query), beside the explicit points:")
+    for label, c in r["closed_forms"].items():
+        print(f"  {label:<16} explicit {c['explicit_ms']:.3f} ms  closed {c['closed_ms']:.3f} ms  "
+              f"ratio {c['ratio']:.3f}")
     if (out := write_json(args.json, r)) is not None:
         print(f"wrote {out}")
     return 0

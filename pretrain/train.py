@@ -337,7 +337,7 @@ def _epoch(run: _Run, epoch: int, gen: torch.Generator, progress: Progress) -> N
     lr = lr_at(cfg, epoch)
     for g in run.opt.param_groups:
         g["lr"] = lr
-    mix = run.objective.mixing if epoch >= cfg.mochi.mix_start else Mixing()
+    mix = run.objective.mixing if cfg.mochi.synthesises_in(epoch) else Mixing()
     step_in_epoch = run.start_step if epoch == run.start_epoch else 0
     run.sampler.set_epoch(epoch, step_in_epoch)
     run.model.train()

@@ -12,7 +12,8 @@ from tests.conftest import REPO
 # Every module with a ``>>>`` example, named here rather than collected with --doctest-modules, which
 # would import every module, those needing detectron2 or DALI too.
 MODULES = ["pretrain.method.infonce", "pretrain.method.mixing", "pretrain.method.mochi", "pretrain.method.objective", "pretrain.run.config",
-           "pretrain.run.sameness", "pretrain.method.registry", "pretrain.method.loss"]
+           "pretrain.run.sameness", "pretrain.method.registry", "pretrain.method.loss",
+           "pretrain.method.synthetic.registry"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from . import analysis, mochi
 from .encoders import encoder
 from .mixing import PLAIN, Mixing
+from .synthetic import registry as synthetic
 
 
 _LOCAL = [False]  # set by ``local_only``
@@ -150,14 +151,14 @@ class MoCo(nn.Module):
 
         Args:
             im_q, im_k: [B, 3, H, W] the two views.
-            mixing: MoCHi's (N, s, s'); plain MoCo v2 by default.
+            mixing: MoCHi's (N, s, s') and the family's other counts; plain MoCo v2 by default.
             labels: [B] class labels, used only by the analyses (enqueued beside the keys).
             oracle: the paper's class oracle: queue entries with the query's label are removed
                 from its logits (set to -inf) and from its hard-negative set. Needs labels.
             with_stats: compute the statistics (a few top-k's); training asks on logging steps.
 
         Returns:
-            logits: [B, 1 + K + s + s'] fp32, already divided by tau; the positive is column 0.
+            logits: [B, 1 + K + S] fp32 (S = mixing.synthetic), already divided by tau; the positive is column 0.
             stats: detached 0-dim tensors (proxy-task accuracies, hardness, mixing, oracle).
         """
         if oracle and labels is None:
@@ -179,20 +180,19 @@ class MoCo(nn.Module):
             cols = [l_pos, l_neg]
             l_syn = None
             if mixing.active:
-                h = mochi.synthesize(q, queue, mixing, generator, l_neg=l_neg_all.detach(), removed=removed)
-                l_syn = mochi.synthetic_logits(q, h)
+                l_syn = mochi.synthetic_logits(q, queue, mixing, generator, l_neg=l_neg_all, removed=removed)
                 cols.append(l_syn)
             logits = torch.cat(cols, dim=1) / self.tau
 
         stats = {}
         if with_stats:
             stats = self._stats(l_pos.detach(), l_neg.detach(), l_neg_all.detach(),
-                                None if l_syn is None else l_syn.detach(), mixing.s, labels)
+                                None if l_syn is None else l_syn.detach(), mixing, labels)
         self.enqueue(k, labels)
         return logits, stats
 
     @torch.no_grad()
-    def _stats(self, l_pos, l_neg, l_neg_all, l_syn, s, labels) -> dict[str, torch.Tensor]:
+    def _stats(self, l_pos, l_neg, l_neg_all, l_syn, mixing, labels) -> dict[str, torch.Tensor]:
         """All cosines (not divided by tau). l_neg is what the loss saw (oracle-masked), l_neg_all not."""
         moco_task = torch.cat([l_pos, l_neg], dim=1)
         st = {
@@ -211,11 +211,16 @@ class MoCo(nn.Module):
         else:
             # The same task with the synthetic negatives as extra columns.
             st["acc_all"] = (torch.cat([moco_task, l_syn], dim=1).argmax(dim=1) == 0).float().mean()
-            # Over the points made: under the oracle a query with too few kept entries has -inf ones.
-            if s:
-                st["syn_s_cos"] = l_syn[:, :s][torch.isfinite(l_syn[:, :s])].mean()
-            if l_syn.shape[1] > s:
-                st["syn_sprime_cos"] = l_syn[:, s:][torch.isfinite(l_syn[:, s:])].mean()
+            # Each kind's mean cosine over the points made (under the oracle a query with too few
+            # kept entries has -inf ones), beside the mean over the run's own hard sets: a kind
+            # whose points are easier than their sources shows below it.
+            start = 0
+            for name, n in mixing.counts.items():
+                if n:
+                    cols = l_syn[:, start:start + n]
+                    st[f"syn_{synthetic.KINDS[name].stat}_cos"] = cols[torch.isfinite(cols)].mean()
+                    start += n
+            st["hard_cos"] = l_neg.topk(mixing.N, dim=1).values.nan_to_num(neginf=float("nan")).nanmean()
             st["syn_top1_share"] = analysis.synthetic_share_topk(l_neg, l_syn, 1)
             st["syn_top10_share"] = analysis.synthetic_share_topk(l_neg, l_syn, 10)
         if labels is not None and bool((self.queue_labels >= 0).all()):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .loss import Loss
-from .mixing import PLAIN, Mixing
+from .mixing import Mixing
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Objective:
             >>> Objective(Loss("debiased", 0.0), Mixing(64, 0, 0)).reduced == Objective()
             True
         """
-        return Objective(self.loss.reduced, self.mixing if self.mixing.active else PLAIN)
+        return Objective(self.loss.reduced, self.mixing.reduced)
 
     @property
     def is_plain_moco(self) -> bool:
@@ -46,19 +46,21 @@ class Objective:
 
     @property
     def method(self) -> str:
-        """The ``method`` tag of a run: mocov2, mochi, debiased, hcl, ring, or one of
-        the last three + mochi."""
+        """The ``method`` tag of a run: mocov2, mochi, synthetic (a kind beyond MoCHi's), debiased,
+        hcl, ring, or one of the last three + mochi or + synthetic."""
         if self.loss.is_infonce:
-            return "mochi" if self.mixing.active else "mocov2"
-        return self.loss.method + ("+mochi" if self.mixing.active else "")
+            return self.mixing.method if self.mixing.active else "mocov2"
+        return self.loss.method + (f"+{self.mixing.method}" if self.mixing.active else "")
 
     @property
     def label(self) -> str:
         """How tables and figures name it: ``MoCo v2``, ``MoCHi (N, s, s')``, ``HCL (beta 1.0, tau+ 0.1)``,
-        or a loss + MoCHi."""
-        if self.loss.is_infonce:
-            return self.mixing.notation if self.mixing.active else "MoCo v2"
-        return self.loss.label + (f" + {self.mixing.notation}" if self.mixing.active else "")
+        a loss + MoCHi, and ``MoCo v2 + extrapolation 256 (N 1024)`` for the family's other kinds."""
+        if not self.mixing.active:
+            return "MoCo v2" if self.loss.is_infonce else self.loss.label
+        base = "" if self.loss.is_infonce and self.mixing.has_mochi else ("MoCo v2" if self.loss.is_infonce
+                                                                           else self.loss.label) + " + "
+        return base + self.mixing.notation
 
     @property
     def slug(self) -> str:

@@ -1,7 +1,8 @@
 """The pretraining config: one typed tree, loaded from a preset or YAML file plus dotted overrides.
 
 Names follow the papers: ``moco.K``, ``moco.m``, ``moco.tau``, ``mochi.N``, ``mochi.s``,
-``mochi.s_prime``, ``loss.tau_plus``, ``loss.beta``, ``loss.ring_outer``, ``loss.ring_inner``.
+``mochi.s_prime`` (and SynCo's ``mochi.sigma``, ``mochi.delta``, ``mochi.eta``), ``loss.tau_plus``,
+``loss.beta``, ``loss.ring_outer``, ``loss.ring_inner``.
 ``mochi-pretrain --show-config`` prints the resolved tree.
 
 Values enter typed: from YAML files, from ``section.key=value`` text typed on a command line
@@ -54,15 +55,32 @@ class MocoCfg:
 
 @dataclass
 class MochiCfg:
-    N: int = 0  # hardest queue negatives to mix from, per query
-    s: int = 0  # synthetic points from pairs of hard negatives
-    s_prime: int = 0  # synthetic points from the query and a hard negative
-    mix_start: int = 0  # first epoch (0-based) with mixing; ImageNet-100 recipe: 10
+    """Hard-negative synthesis: MoCHi's N, s, s' and the family's other kinds
+    (``pretrain.method.synthetic``: each kind's formula, defaults and choices), and its window."""
+
+    N: int = 0  # hardest queue negatives per query, the sources of every kind
+    s: int = 0  # MoCHi: synthetic points from pairs of hard negatives (SynCo type 3)
+    s_prime: int = 0  # MoCHi: synthetic points from the query and a hard negative (SynCo type 1)
+    s_noise: int = 0  # SynCo type 4: a hard negative plus N(0, sigma^2) noise
+    s_extrap: int = 0  # SynCo type 2: a hard negative pushed away from the query, q + beta (n - q)
+    s_grad: int = 0  # SynCo type 5: a hard negative moved toward the query, n + delta q
+    s_adv: int = 0  # SynCo type 6: a hard negative moved one signed step toward it, n + eta sign(q)
+    s_reweight: int = 0  # the control: copies of hard negatives' own logits (no new points)
+    sigma: float = Mixing.sigma  # s_noise's standard deviation
+    extrap_max: float = Mixing.extrap_max  # s_extrap's beta is drawn in [1, extrap_max)
+    delta: float = Mixing.delta  # s_grad's step
+    eta: float = Mixing.eta  # s_adv's step
+    mix_start: int = 0  # first epoch (0-based) with synthesis; ImageNet-100 recipe: 10
+    mix_stop: int = 0  # first epoch without synthesis again (0: to the end; SynCo-v2: 100)
 
     @property
     def mixing(self) -> Mixing:
-        """(N, s, s') as the checked value the method takes; ValueError for an impossible setting."""
-        return Mixing(self.N, self.s, self.s_prime)
+        """The checked value the method takes; ValueError for an impossible setting."""
+        return Mixing(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Mixing)})
+
+    def synthesises_in(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) lies in the synthesis window [mix_start, mix_stop)."""
+        return self.mix_start <= epoch and (self.mix_stop == 0 or epoch < self.mix_stop)
 
 
 def _loss_from_section(self) -> Loss:
@@ -171,9 +189,11 @@ class Config:
         flat = {k: v for k, v in sameness.without_how_it_runs(self.flat()).items()
                 if k not in ("run.seed", "eval.analysis_N")}
         flat.update({"loss.method": o.loss.method, **{f"loss.{p.name}": getattr(o.loss, p.name) for p in PARAMS},
-                     "mochi.N": o.mixing.N, "mochi.s": o.mixing.s, "mochi.s_prime": o.mixing.s_prime})
+                     **{f"mochi.{f.name}": getattr(o.mixing, f.name) for f in dataclasses.fields(o.mixing)}})
+        if self.mochi.mix_stop >= self.optim.epochs:
+            flat["mochi.mix_stop"] = 0  # a window that ends after the run is no window
         if not o.mixing.active:
-            flat["mochi.mix_start"] = 0
+            flat["mochi.mix_start"] = flat["mochi.mix_stop"] = 0
         return tuple(sorted(flat.items()))
 
 
@@ -367,6 +387,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise UserError(f"config key {key}: must be > 0, got {v}")
     non_negative = {
         "mochi.mix_start": cfg.mochi.mix_start,
+        "mochi.mix_stop": cfg.mochi.mix_stop,
         "data.subset": cfg.data.subset,
         "data.num_workers": cfg.data.num_workers,
         "data.prefetch": cfg.data.prefetch,
@@ -405,6 +426,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         cfg.mochi.mixing.check_queue(cfg.moco.K)
     except ValueError as e:
         raise UserError(f"config mochi: {e}") from None
+    if cfg.mochi.mix_stop and cfg.mochi.mix_stop <= cfg.mochi.mix_start:
+        raise UserError(f"config mochi: mix_stop={cfg.mochi.mix_stop} must come after mix_start="
+                        f"{cfg.mochi.mix_start} (0: synthesis to the end)")
     try:
         loss = cfg.loss.loss
     except ValueError as e:
@@ -415,7 +439,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     per_rank = max(1, cfg.optim.batch_size // world_size)
     synthetic_bytes = per_rank * cfg.mochi.mixing.synthetic * cfg.model.dim * 4
     if synthetic_bytes > MAX_SYNTHETIC_BYTES:
-        raise UserError(f"config mochi: s + s_prime = {cfg.mochi.mixing.synthetic} synthetic negatives per query "
+        raise UserError(f"config mochi: {cfg.mochi.mixing.synthetic} synthetic negatives per query "
                         f"need {synthetic_bytes / 2**30:.0f} GiB for a batch of {per_rank} (at most "
                         f"{MAX_SYNTHETIC_BYTES // 2**30} GiB); the paper uses at most a few thousand")
     if cfg.optim.batch_size % world_size:

@@ -1,9 +1,10 @@
-"""Training-step throughput: MoCo v2 vs MoCHi (and the debiased, HCL and Ring losses), side by side in
-one run, eager and compiled.
+"""Training-step throughput: MoCo v2 vs MoCHi (and SynCo's six kinds, the reweighted control, the
+debiased, HCL and Ring losses), side by side in one run, eager and compiled.
 
 ``measure`` times ``pretrain.train.step`` itself, the function training runs, on synthetic images
 resident on the device (so only the model is measured), with the statistics computed on the
-steps training computes them on; and times ``mochi.synthesize`` alone. Sizes default to the
+steps training computes them on; times ``mochi.synthesize`` alone; and times each synthetic kind's
+closed form for q . h beside its explicit points (``time_closed_forms``). Sizes default to the
 paper's ImageNet setting on a GPU (ResNet-50, batch 256, 224 px, K 65536, (N, s, s') = (1024,
 1024, 256)) and to small ones on a CPU.
 
@@ -29,10 +30,12 @@ from ..method.loss import Loss
 from ..method.mixing import Mixing
 from ..method.moco import MoCo
 from ..method.objective import Objective
+from ..method.synthetic import registry as synthetic
+from ..method.synthetic.hardset import HardSet
 from ..run import dist
 from ..run.config import RunCfg
 from ..train import memory_format, stats_due, step
-from .sizes import Size
+from .sizes import Size, reweighted, synco
 
 
 def device_name(dev: torch.device) -> str:
@@ -129,11 +132,51 @@ def time_mixing(B: int, K: int, mixing: Mixing, dev: torch.device, reps: int = 5
     return 1000 * (time.perf_counter() - t) / reps
 
 
+def time_closed_forms(B: int, K: int, mixing: Mixing, dev: torch.device, reps: int = 20) -> dict[str, dict]:
+    """For each kind with a closed form, milliseconds per step of its logits and their backward
+    into q, from its explicit points and from its closed form, side by side: {kind: {explicit_ms,
+    closed_ms, ratio}} at MoCHi's N and s' (the count of the query-mixed points)."""
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = F.normalize(torch.randn(B, 128, device=dev, generator=g), dim=1).requires_grad_(True)
+    queue = F.normalize(torch.randn(K, 128, device=dev, generator=g), dim=1)
+    n = max(1, mixing.s_prime)
+    hard = HardSet.of(q.detach(), queue, mixing.N, g)
+
+    def explicit(mod):
+        l_neg = q @ queue.T
+        with torch.no_grad():
+            h = mod.points(q.detach(), queue, hard, n)
+        return (l_neg.sum() + mochi.logits_of(q, h).sum())
+
+    def closed(mod):
+        l_neg = q @ queue.T
+        return l_neg.sum() + mod.logits(q, queue, l_neg, hard, n).sum()
+
+    def ms(fn, mod) -> float:
+        for _ in range(3):
+            fn(mod).backward()
+        sync(dev)
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn(mod).backward()
+        sync(dev)
+        return 1000 * (time.perf_counter() - t) / reps
+
+    out = {}
+    for name in synthetic.COUNTS:
+        mod = synthetic.module(name)
+        if hasattr(mod, "logits"):
+            e, c = ms(explicit, mod), ms(closed, mod)
+            out[synthetic.KINDS[name].label] = {"explicit_ms": e, "closed_ms": c, "ratio": c / e}
+    return out
+
+
 def objectives(names: list[str], mixing: Mixing) -> dict[str, Objective]:
     """{name: what it trains} for benchmark method names (MoCHi's setting is the size's)."""
     dcl, hard = Loss("debiased", tau_plus=0.1), Loss("hcl", tau_plus=0.1, beta=1.0)
     ring = Loss("ring", ring_outer=0.1, ring_inner=0.1)  # the authors' MoCo v2 config
-    known = {"mocov2": Objective(), "mochi": Objective(mixing=mixing), "debiased": Objective(dcl),
+    known = {"mocov2": Objective(), "mochi": Objective(mixing=mixing), "synco": Objective(mixing=synco(mixing)),
+             "reweighted": Objective(mixing=reweighted(mixing)), "debiased": Objective(dcl),
              "hcl": Objective(hard), "hcl+mochi": Objective(hard, mixing), "ring": Objective(ring)}
     return {n: known[n] for n in names}
 
@@ -176,6 +219,7 @@ def measure(size: Size, dev: torch.device, variants: list[str], steps: int, warm
         "stats_every": log_every,
         "results": rows,
         "mixing_ms": mix_ms,
+        "closed_forms": time_closed_forms(size.batch, size.K, size.mixing, dev),
     }
 
 

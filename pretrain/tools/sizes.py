@@ -33,8 +33,21 @@ PAPER = Size("resnet50", 256, 224, 65536, Mixing(1024, 1024, 256))
 SMALL = Size("resnet18", 32, 64, 4096, Mixing(256, 256, 64))
 
 
-# The methods the benchmark can time beside MoCo v2 (the losses with their authors' defaults).
-METHODS = ("mocov2", "mochi", "debiased", "hcl", "hcl+mochi", "ring")
+# The methods the benchmark can time beside MoCo v2 (the losses with their authors' defaults; SynCo's
+# six kinds and the reweighted control from MoCHi's N, ``synco`` and ``reweighted`` below).
+METHODS = ("mocov2", "mochi", "synco", "reweighted", "debiased", "hcl", "hcl+mochi", "ring")
+
+
+def synco(mixing: Mixing) -> Mixing:
+    """SynCo's six kinds from MoCHi's N at SynCo's proportions (its defaults: N 1024, 256 each of
+    types 1-3, 64 each of types 4-6)."""
+    N = mixing.N
+    return Mixing(N, s=N // 4, s_prime=N // 4, s_noise=N // 16, s_extrap=N // 4, s_grad=N // 16, s_adv=N // 16)
+
+
+def reweighted(mixing: Mixing) -> Mixing:
+    """The reweighted control with MoCHi's count: s + s' copies of hard negatives' logits."""
+    return Mixing(mixing.N, s_reweight=mixing.synthetic)
 
 
 

@@ -1,5 +1,7 @@
 """ablations/spec.py: what a grid is, built from presets and axes, with typed values throughout."""
 
+import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -7,6 +9,7 @@ import pytest
 import yaml
 
 from ablations import spec
+from pretrain.method.synthetic import registry as synthetic
 from pretrain.run.errors import UserError
 from tests.conftest import REPO
 
@@ -30,7 +33,7 @@ def test_sweep_crosses_axes_and_drops_invalid_cells_with_a_reason():
     assert [c.id for c in g.cells] == ["N0-s0-sp0", "N64-s32-sp0"]
     assert g.merged == [("N64-s0-sp0", "the same setting as N0-s0-sp0 (MoCo v2)")]  # N alone mixes nothing
     assert g.dropped == [("N0-s32-sp0", "config mochi: s=32 mixes pairs of distinct hard negatives and needs N >= 2, "
-                                        "got N=0 (plain MoCo v2 is N = s = s_prime = 0)")]
+                                        "got N=0 (plain MoCo v2 is N = 0 and every count 0)")]
     # axes left out keep the base preset's value (the demo's s' = 32 needs N >= 1)
     assert [c.id for c in build(["N"], {"N": [0, 64]}).cells] == ["N64"]
     # N > K (the demo's K is 512)
@@ -368,6 +371,7 @@ DOCUMENTED_SWEEPS = [  # docs/pretraining.md, "Hard-negative strategies"
     ("hardneg-in100", "method,tau_plus,beta", ["mochi.s=0", "mochi.s_prime=0"]),
     ("hardneg-in100", "method,ring_outer,ring_inner", ["mochi.s=0", "mochi.s_prime=0"]),
     ("demo", "N,s,s_prime", []),
+    ("synthetic-in100", "N,s,s_prime,s_extrap,mix_stop", ["data.path=/datasets/imagenet"]),  # "Synthetic negatives"
 ]
 
 
@@ -397,3 +401,67 @@ def test_the_dry_run_says_what_each_cell_trains_and_what_it_merged(tmp_path):
     assert "merged debiased_tp0.0_b0.0: debiased (Chuang et al., tau+ 0) + MoCHi (1024, 1024, 128) is MoCHi " \
            "(1024, 1024, 128) (infonce_tp0.0_b0.0)" in said
     assert "9 cells x 3 seeds" in said and not (tmp_path / "g").exists()
+
+
+def test_the_synthetic_kinds_the_control_and_the_window_are_axes_and_one_setting_is_one_cell():
+    """The family's counts, the reweighted control and the window's stop are axes named as the
+    settings are; a count of 0 is MoCo v2 whatever N or the window, a parameter of a kind the cell
+    does not make changes nothing, and a window that ends after the run is no window."""
+    g = build(["N", "s", "s_prime", "s_reweight", "s_noise", "sigma", "mix_stop"],
+              {"N": [64], "s": [0], "s_prime": [0], "s_reweight": [0, 32], "s_noise": [0], "sigma": [0.01, 0.5],
+               "mix_stop": [0, 1, 2]})
+    assert [c.id for c in g.cells] == ["N64-s0-sp0-sn0-sr0-sig0.01_mix_stop0", "N64-s0-sp0-sn0-sr32-sig0.01_mix_stop0"]
+    assert g.objective(g.cells[1]).label == "MoCo v2 + reweighted 32 (N 64)"
+    merged = dict(g.merged)
+    assert merged["N64-s0-sp0-sn0-sr0-sig0.5_mix_stop0"] == "the same setting as N64-s0-sp0-sn0-sr0-sig0.01_mix_stop0 (MoCo v2)"
+    assert merged["N64-s0-sp0-sn0-sr32-sig0.5_mix_stop0"].startswith("the same setting as N64-s0-sp0-sn0-sr32-sig0.01")
+    assert merged["N64-s0-sp0-sn0-sr32-sig0.01_mix_stop2"].startswith("the same setting as")  # demo: 2 epochs
+    dropped = dict(g.dropped)
+    assert dropped["N64-s0-sp0-sn0-sr32-sig0.01_mix_stop1"] == ("config mochi: mix_stop=1 must come after "
+                                                                 "mix_start=1 (0: synthesis to the end)")
+    cfg = g.cfg(g.cells[1], 0, Path("x"))
+    assert [cfg.mochi.synthesises_in(e) for e in range(3)] == [False, True, True]
+    assert [dataclasses.replace(cfg.mochi, mix_stop=2).synthesises_in(e) for e in range(3)] == [False, True, False]
+
+
+def test_the_synthetic_preset_holds_each_kind_alone_all_six_and_the_control():
+    g = build(preset="synthetic-in100", extra=["data.path=/datasets/imagenet"])
+    labels = [g.objective(c).label for c in g.cells]
+    assert labels[:2] == ["MoCo v2", "MoCHi (1024, 1024, 128)"] and not g.merged and not g.dropped
+    made = [g.objective(c).mixing.counts for c in g.cells]
+    for kind in ("s", "s_prime", "s_noise", "s_extrap", "s_grad", "s_adv"):  # each alone
+        assert any(m[kind] and sum(m.values()) == m[kind] for m in made), kind
+    assert any(all(m[k] for k in ("s", "s_prime", "s_noise", "s_extrap", "s_grad", "s_adv")) for m in made)
+    controls = {m["s_reweight"] for m in made if m["s_reweight"]}
+    assert controls == {1024 + 128, 3 * 256 + 3 * 64}  # MoCHi's count and SynCo's
+    assert g.seeds == 3 and g.cfg(g.cells[0], 0, Path("x")).mochi.mix_start == 10
+
+
+# The synthetic preset at demo size: real Fashion-MNIST, a ResNet-18 at 32 px, two steps a cell.
+DEMO_SIZE = ["model.arch=resnet18", "data.dataset=fashion-mnist", "data.class_list=null", "data.image_size=32",
+             "moco.K=1024", "optim.batch_size=32", "data.subset=64", "mochi.mix_start=0", "data.num_workers=0",
+             "run.max_steps=2", "run.log_every=1", "eval.every=0", "moco.shuffle_bn_groups=2", "run.amp=false"]
+
+
+@pytest.mark.slow
+def test_the_synthetic_preset_trains_every_cell_at_demo_size(tmp_path):
+    """Each cell of synthetic-in100, at demo size, trains two real steps on what it says: each of its
+    kinds' cosines logged and no other kind's, the run tagged for its method."""
+    from pretrain.method.moco import MoCo
+    from pretrain.run.tracking import read_metrics
+    from pretrain.train import train
+
+    g = spec.build(spec.load_preset("synthetic-in100"), None, {}, 1, DEMO_SIZE, None)
+    assert len(g.cells) == 11 and not g.dropped
+    seen = {}
+    for cell in g.cells:
+        cfg = g.cfg(cell, 0, tmp_path / cell.id, {"run.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+        model = train(cfg)
+        assert isinstance(model, MoCo)
+        rows = [r for r in read_metrics(tmp_path / cell.id) if "loss" in r]
+        assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows), cell.id
+        m = cfg.objective.mixing
+        logged = {k for r in rows for k in r if k.startswith("syn_") and k.endswith("_cos")}
+        assert logged == {f"syn_{synthetic.KINDS[k].stat}_cos" for k, n in m.counts.items() if n}, cell.id
+        seen[cell.id] = cfg.objective.method
+    assert sorted(set(seen.values())) == ["mochi", "mocov2", "synthetic"]

@@ -19,7 +19,7 @@ def run_cli(*args, cwd=None):
         (["mochi.N=5000"], "cannot be taken from a queue of K=512"),
         (["mochi.s=-1"], "non-negative"),
         (["mochi.N=0", "mochi.s=8", "mochi.s_prime=0"], "needs N >= 2"),
-        (["mochi.N=0"], "needs N >= 2, got N=0 (plain MoCo v2 is N = s = s_prime = 0)"),  # the demo's s and s' stay
+        (["mochi.N=0"], "needs N >= 2, got N=0 (plain MoCo v2 is N = 0 and every count 0)"),  # the demo's s and s' stay
         (["moco.K=1000"], "multiple of the global batch"),
         (["optim.lr=0.1"], "unknown config key 'optim.lr'"),
         (["model.arch=vgg16"], "unknown architecture 'vgg16'"),

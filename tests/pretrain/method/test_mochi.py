@@ -177,11 +177,11 @@ def test_a_cpu_generator_gives_a_gpu_the_cpus_points():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
 
 
-def test_synthetic_logits_are_dot_products_and_carry_grad_to_q_only():
+def test_logits_of_points_are_dot_products_and_carry_grad_to_q_only():
     g = torch.Generator().manual_seed(0)
     q = F.normalize(torch.randn(3, 8, generator=g), dim=1).requires_grad_(True)
     h = F.normalize(torch.randn(3, 5, 8, generator=g), dim=-1)
-    out = mochi.synthetic_logits(q, h)
+    out = mochi.logits_of(q, h)
     want = torch.stack([h[b] @ q[b] for b in range(3)])
     assert torch.allclose(out, want, atol=1e-6)
     out.sum().backward()
@@ -276,6 +276,6 @@ def test_points_a_query_cannot_make_are_zero_and_drop_out_of_its_logits():
     for p in h[1, s:]:
         coef = (p - (p @ outside) / (q[1] @ outside) * q[1]) @ queue.T
         assert coef.abs().argmax().item() == only
-    logits = mochi.synthetic_logits(q, h)
+    logits = mochi.logits_of(q, h)
     assert torch.isneginf(logits[1, :s]).all() and torch.isneginf(logits[2]).all()
     assert torch.isfinite(logits[0]).all() and torch.isfinite(logits[1, s:]).all() and torch.isfinite(logits[3]).all()

@@ -63,8 +63,16 @@ def test_bench_times_every_method_beside_moco_v2(tmp_path):
     assert bench.main(["--arch", "resnet18", "--batch", "8", "--image-size", "32", "--K", "64", "--N", "16", "--s", "8",
                        "--s_prime", "4", "--steps", "1", "--warmup", "0", "--variants", "eager", "--json", str(out)]) == 0
     row = json.loads(out.read_text())["results"][0]
-    assert list(row["ratios"]) == ["MoCo v2", "MoCHi (16, 8, 4)", "debiased (Chuang et al., tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1)",
-                                   "HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)", "Ring (outer 0.1, inner 0.1)"]
+    r = json.loads(out.read_text())
+    assert list(row["ratios"]) == ["MoCo v2", "MoCHi (16, 8, 4)",
+                                   "MoCHi (16, 4, 4) + noise 1 + extrapolation 4 + gradient 1 + adversarial 1",
+                                   "MoCo v2 + reweighted 12 (N 16)", "debiased (Chuang et al., tau+ 0.1)",
+                                   "HCL (beta 1.0, tau+ 0.1)", "HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)",
+                                   "Ring (outer 0.1, inner 0.1)"]
+    # each closed form timed beside its explicit points, in one run
+    assert list(r["closed_forms"]) == ["query mixing", "extrapolation", "gradient", "adversarial", "reweighted"]
+    for c in r["closed_forms"].values():
+        assert c["explicit_ms"] > 0 and c["closed_ms"] > 0 and c["ratio"] == pytest.approx(c["closed_ms"] / c["explicit_ms"])
     assert row["ratios"]["MoCo v2"] == 1.0 and all(v > 0 for v in row["ratios"].values())
     assert row["hcl+mochi_img_s"] == pytest.approx(row["ratios"]["HCL (beta 1.0, tau+ 0.1) + MoCHi (16, 8, 4)"]
                                                    * row["mocov2_img_s"])
