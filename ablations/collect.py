@@ -169,7 +169,7 @@ def fewer_gpus(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-ROW_COLUMNS = ["cell", "seed", "setting", "loss", "kind", "plain_moco", "mixes", "paired"]
+ROW_COLUMNS = ["cell", "seed", "setting", "loss", "kind", "plain_moco", "mixes", "other_kinds", "paired"]
 # pandas dtypes that keep an axis's type where a reference row has no value for it
 NULLABLE = {int: "Int64", float: "Float64", bool: "boolean", str: "object"}
 
@@ -193,11 +193,12 @@ def row_columns(grid: spec.Grid, axes: list[str]) -> dict[str, dict[str, object]
         flat, objective = cfg.flat(), cfg.objective
         out[cell.id] = {**{a: flat[spec.axis(a).key] for a in axes}, "setting": objective.label,
                         "loss": objective.loss.label, "kind": "cell",
-                        "plain_moco": objective.is_plain_moco, "mixes": objective.mixing.active, "paired": True}
+                        "plain_moco": objective.is_plain_moco, "mixes": objective.mixing.active,
+                        "other_kinds": bool(objective.mixing.others), "paired": True}
     for ref in grid.references:
         out[ref.id] = {**{a: None for a in axes}, "setting": ref.label, "loss": None, "kind": ref.kind,
                        "plain_moco": False,
-                       "mixes": False, "paired": ref.path is None}
+                       "mixes": False, "other_kinds": False, "paired": ref.path is None}
     return out
 
 

@@ -195,10 +195,13 @@ def alignment_uniformity(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
 def heatmap_panels(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, linear top-1 means over N x s) per loss and s': each loss's MoCHi cells with that s',
     and the loss without mixing at N = s = 0 (MoCo v2 in InfoNCE's panels), so that no two
-    settings share a cell. A panel needs >= 2 values of N and of s."""
+    settings share a cell: a cell that makes a kind beyond MoCHi's (SynCo's, the control) is in no
+    panel. A panel needs >= 2 values of N and of s."""
     if not {"N", "s", "s_prime", "loss", "mixes"} <= set(summary) or "linear_top1_mean" not in summary:
         return []
     d = summary[(summary["kind"] == "cell") & summary["linear_top1_mean"].notna()]
+    if "other_kinds" in d:
+        d = d[~d["other_kinds"].astype(bool)]
     panels = []
     for loss, g in d.groupby("loss", sort=False):
         mixes = g["mixes"].astype(bool)

@@ -548,3 +548,17 @@ def test_a_seed_whose_probe_is_not_a_number_is_named_in_the_table(tmp_path):
     assert "70.50 ± 0.71 (n=2 of 3)" in row
     assert "Missing: N0-s0-sp0: linear top-1 from 2 of 3 seeds; seed 1 has no finite value" in md
     assert "(n=3)" in next(ln for ln in md.splitlines() if ln.startswith("| 128 "))
+
+
+def test_a_cell_with_a_kind_beyond_mochi_s_is_in_no_heatmap_panel():
+    """MoCHi (128, 128, 0) and the same N, s, s' with 64 extrapolated points are two settings at one
+    (N, s) of the N x s heatmap: the panel shows MoCHi's, not the mean of the two."""
+    from ablations import figures
+
+    rows = [("MoCo v2", 0, 0, 0, False, False, 70.0), ("MoCHi", 128, 128, 0, True, False, 72.0),
+            ("MoCHi", 64, 128, 0, True, False, 71.0), ("MoCHi", 128, 64, 0, True, False, 73.0),
+            ("MoCHi + extrapolation", 128, 128, 0, True, True, 90.0)]
+    summary = pd.DataFrame([{"kind": "cell", "loss": "InfoNCE", "setting": r[0], "N": r[1], "s": r[2], "s_prime": r[3],
+                             "mixes": r[4], "other_kinds": r[5], "linear_top1_mean": r[6]} for r in rows])
+    (title, panel), = figures.heatmap_panels(summary)
+    assert panel.loc[128, 128] == 72.0 and panel.loc[0, 0] == 70.0
