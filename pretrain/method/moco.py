@@ -158,7 +158,8 @@ class MoCo(nn.Module):
             with_stats: compute the statistics (a few top-k's); training asks on logging steps.
 
         Returns:
-            logits: [B, 1 + K + S] fp32 (S = mixing.synthetic), already divided by tau; the positive is column 0.
+            logits: [B, 1 + K + S] fp32 (S = mixing.synthetic), already divided by tau; the positive
+                is column 0.
             stats: detached 0-dim tensors (proxy-task accuracies, hardness, mixing, oracle).
         """
         if oracle and labels is None:

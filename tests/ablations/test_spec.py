@@ -413,7 +413,8 @@ def test_the_synthetic_kinds_the_control_and_the_window_are_axes_and_one_setting
     assert [c.id for c in g.cells] == ["N64-s0-sp0-sn0-sr0-sig0.01_mix_stop0", "N64-s0-sp0-sn0-sr32-sig0.01_mix_stop0"]
     assert g.objective(g.cells[1]).label == "MoCo v2 + reweighted 32 (N 64)"
     merged = dict(g.merged)
-    assert merged["N64-s0-sp0-sn0-sr0-sig0.5_mix_stop0"] == "the same setting as N64-s0-sp0-sn0-sr0-sig0.01_mix_stop0 (MoCo v2)"
+    assert merged["N64-s0-sp0-sn0-sr0-sig0.5_mix_stop0"] == ("the same setting as "
+                                                             "N64-s0-sp0-sn0-sr0-sig0.01_mix_stop0 (MoCo v2)")
     assert merged["N64-s0-sp0-sn0-sr32-sig0.5_mix_stop0"].startswith("the same setting as N64-s0-sp0-sn0-sr32-sig0.01")
     assert merged["N64-s0-sp0-sn0-sr32-sig0.01_mix_stop2"].startswith("the same setting as")  # demo: 2 epochs
     dropped = dict(g.dropped)
