@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ablations.collect import METRICS
-from ablations.summary import DETECT, best_rows, fmt_interval, has_comparison, mechanism_rows, reference_for, shown
+from ablations.summary import (CONTROL_NOTE, DETECT, best_rows, fmt_interval, has_comparison, has_control,
+                               mechanism_rows, reference_for, shown)
 
 SHORT_VERDICT = {"no detectable difference": "no difference", "n too small to test": "n too small"}
 SHORT_TEST = {"paired t": "t", "Welch t": "W"}
@@ -90,6 +91,11 @@ def score_block(summary: pd.DataFrame, m: str, axes: list[str], seeds: int | Non
             legend.append(f"seeds@{detect:g}: seeds per row for 80% power to detect a {detect:g}-point difference")
         if best:
             legend.append("*: the best row, significantly better than the baseline")
+    if has_control(summary, m):
+        t["Δ control [95% CI]"] = [fmt_interval(d, lo, hi, signed=True) for d, lo, hi in
+                                   zip(summary[f"{m}_ctrl_diff"], summary[f"{m}_ctrl_low"], summary[f"{m}_ctrl_high"])]
+        t["p ctl"] = [_p(p, test) for p, test in zip(summary[f"{m}_ctrl_p_adj"], summary[f"{m}_ctrl_test"])]
+        legend.append(f"Δ control: {CONTROL_NOTE}; p ctl: Bonferroni-adjusted")
     if any(reference):
         t["paper"] = ["" if r is None else f"{r['value']:.2f}" for r in reference]
         t["Δ paper"] = ["" if r is None or pd.isna(mu) else f"{mu - r['value']:+.2f}"

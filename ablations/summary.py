@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablations import spec, stats
+from ablations import controls, spec, stats
 from ablations.collect import METRICS, ROW_COLUMNS, typed_axes
 from pretrain.run.errors import UserError
 
@@ -53,9 +53,13 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
     ``M_diff_level`` = 1 - 0.05 / ``M_family_m``), ``M_diff_low_unadj, M_diff_high_unadj`` (the
     row's own 95% interval), ``M_p`` and ``M_p_adj`` (Bonferroni within the family), ``M_test``,
     ``M_verdict`` and ``M_seeds_needed`` (seeds to detect ``detect`` points at the observed spread
-    and the family's level)."""
+    and the family's level). A row with a reweighted control in the grid (``controls``) names it in
+    ``control`` and carries the row minus it: ``M_ctrl_diff``, ``M_ctrl_low``, ``M_ctrl_high``,
+    ``M_ctrl_p_adj``, ``M_ctrl_test``, ``M_ctrl_family_m``, ``M_ctrl_verdict`` (paired on seeds;
+    Bonferroni over the rows that have a control)."""
     base = baseline_id(grid, seeds)
     order = [r for r in grid.row_ids() if r in set(seeds["cell"])]
+    control = {r: c for r, c in controls.controls(grid).items() if r in order and c in order}
     first = seeds.drop_duplicates("cell").set_index("cell")
     out = pd.DataFrame({"cell": order})
     for col in [*axes, *[c for c in ROW_COLUMNS if c not in ("cell", "seed")]]:
@@ -64,6 +68,7 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
     out["baseline"] = [r == base for r in order]
     out["family"] = ["baseline" if r == base else family_of(first.at[r, "kind"]) for r in order]
     out["n"] = [int(seeds.loc[seeds["cell"] == r, "seed"].nunique()) for r in order]
+    out["control"] = [control.get(r, "") for r in order]
     family = dict(zip(order, out["family"]))
     by = {r: seeds[seeds["cell"] == r] for r in order}
     cols: dict[str, list] = {}  # every metric column, joined at once (one insert each would fragment the frame)
@@ -78,6 +83,17 @@ def summarize(seeds: pd.DataFrame, grid: spec.Grid, axes: list[str], detect: flo
         cols[f"{name}_n"] = [iv.n for iv in ivs]
         if f"{name}_trial_std" in seeds:
             cols[f"{name}_trial_std"] = [by[r][f"{name}_trial_std"].mean() for r in order]
+        if control:  # each row with a reweighted control against it, paired on seeds, a family of their own
+            with_control = list(control)
+            comps = dict(zip(with_control, stats.family([
+                stats.compare(dict(zip(by[r]["seed"], by[r][name])),
+                              dict(zip(by[control[r]]["seed"], by[control[r]][name]))) for r in with_control])))
+            for key, get in (("diff", lambda c: c.diff), ("low", lambda c: c.low), ("high", lambda c: c.high),
+                             ("p_adj", lambda c: c.p_adj), ("test", lambda c: c.test), ("family_m", lambda c: c.m)):
+                cols[f"{name}_ctrl_{key}"] = [get(comps[r]) if r in comps else ("" if key == "test" else math.nan)
+                                              for r in order]
+            cols[f"{name}_ctrl_verdict"] = [stats.verdict(comps[r], m.higher_is_better) if r in comps else ""
+                                            for r in order]
         if base is None or base not in by or by[base][name].isna().all():
             continue
         base_values = dict(zip(by[base]["seed"], by[base][name]))
@@ -117,6 +133,17 @@ def shown(summary: pd.DataFrame, names: list[str]) -> list[str]:
 def has_comparison(summary: pd.DataFrame, m: str) -> bool:
     """Whether the summary compares metric ``m`` with a baseline row."""
     return f"{m}_verdict" in summary
+
+
+def has_control(summary: pd.DataFrame, m: str) -> bool:
+    """Whether some row of the summary is compared with its reweighted control on metric ``m``."""
+    return f"{m}_ctrl_diff" in summary and summary[f"{m}_ctrl_diff"].notna().any()
+
+
+CONTROL_NOTE = ("the row minus its reweighted control (the same setting with the same N and as many copies of "
+                "hard negatives' own logits as the row has synthetic points), paired on seeds, simultaneous 95% "
+                "interval over the rows that have one: a row that gains no more than its control gains nothing "
+                "from its new points")
 
 
 def fmt(mean: float, sd: float, n: int, best: bool = False, of: int | None = None) -> str:
@@ -222,11 +249,12 @@ def family_note(summary: pd.DataFrame, metrics: list[str]) -> str:
         parts.append(f"the methods ({names}; {levels})" if fam == METHODS else
                      f"the reference rows ({names}; {levels}), which are not hypotheses about methods and form "
                      f"a family of their own")
+    control = f" Δ vs its reweighted control: {CONTROL_NOTE}." if any(has_control(summary, m) for m in metrics) else ""
     if not parts:
-        return ""
+        return control.strip()
     return ("Δ: the row minus the baseline, with a simultaneous 95% interval over the row's family (Bonferroni "
             "over its m tested rows: each interval at level 1 - 0.05/m, each p multiplied by m), so an interval "
-            "excludes 0 exactly where the verdict is a difference. Families: " + "; ".join(parts) + ".")
+            "excludes 0 exactly where the verdict is a difference. Families: " + "; ".join(parts) + "." + control)
 
 
 def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None = None, preset: str = "",
@@ -263,6 +291,14 @@ def table(summary: pd.DataFrame, axes: list[str], reference: list[dict] | None =
                                                  for k in summary[f"{m}_seeds_needed"]]
             if len(metrics) > 1:  # several metrics: each comparison column names its metric
                 t = t.rename(columns={c: f"{label}: {c}" for c in (delta, p_col, "verdict", f"seeds for {detect:g} pt")})
+        if has_control(summary, m):
+            named = (lambda c: f"{label}: {c}") if len(metrics) > 1 else (lambda c: c)
+            t[named("Δ vs its reweighted control [simultaneous 95% CI]")] = [
+                fmt_interval(d, lo, hi, signed=True) for d, lo, hi in
+                zip(summary[f"{m}_ctrl_diff"], summary[f"{m}_ctrl_low"], summary[f"{m}_ctrl_high"])]
+            t[named("p vs control (Bonferroni)")] = [fmt_p(p, test) for p, test in
+                                                   zip(summary[f"{m}_ctrl_p_adj"], summary[f"{m}_ctrl_test"])]
+            t[named("verdict vs control")] = list(summary[f"{m}_ctrl_verdict"])
         refs = [reference_for(reference or [], preset, {a: row[a] for a in axes}, m) for _, row in summary.iterrows()]
         if any(refs):
             t[f"{label} (reference, mean ± sd)"] = [
@@ -351,4 +387,30 @@ def conclusions(summary: pd.DataFrame, detect: float = DETECT) -> list[str]:
             if (tested[f"{m}_verdict"] == "no detectable difference").all():
                 sentence += " No setting can be called better or worse from these runs."
         out.append(sentence)
+        if has_control(summary, m):
+            out.append(control_sentence(summary, m))
     return out
+
+
+def control_sentence(summary: pd.DataFrame, m: str) -> str:
+    """Metric ``m`` of each row against its reweighted control, in words: whether its new points add
+    anything beyond more weight on the hardest negatives."""
+    rows = summary[summary[f"{m}_ctrl_diff"].notna()]
+    k = int(rows[f"{m}_ctrl_family_m"].iloc[0])
+    words = []
+    for _, r in rows.iterrows():
+        v = r[f"{m}_ctrl_verdict"]
+        diff = fmt_interval(r[f"{m}_ctrl_diff"], r[f"{m}_ctrl_low"], r[f"{m}_ctrl_high"], signed=True)
+        control = summary.loc[summary["cell"] == r["control"], "setting"].iloc[0]
+        p = fmt_p(r[f"{m}_ctrl_p_adj"], r[f"{m}_ctrl_test"])
+        if v in ("better", "higher"):
+            words.append(f"{r['setting']} gains more than {control} ({diff}, p {p}): its new points add something")
+        elif v in ("worse", "lower"):
+            words.append(f"{r['setting']} is {v} than {control} ({diff}, p {p}): its new points cost")
+        elif v == "n too small to test":
+            words.append(f"{r['setting']} against {control}: {diff}, too few seeds to test")
+        else:
+            words.append(f"{r['setting']} does not differ detectably from {control} ({diff}): no gain from its new "
+                         f"points can be told from more weight on the hardest negatives")
+    return (f"{METRICS[m].label} against the reweighted controls (Bonferroni over {k} row(s), intervals at "
+            f"{_percent(1 - stats.ALPHA / k)}): " + "; ".join(words) + ".")

@@ -562,3 +562,38 @@ def test_a_cell_with_a_kind_beyond_mochi_s_is_in_no_heatmap_panel():
                              "mixes": r[4], "other_kinds": r[5], "linear_top1_mean": r[6]} for r in rows])
     (title, panel), = figures.heatmap_panels(summary)
     assert panel.loc[128, 128] == 72.0 and panel.loc[0, 0] == 70.0
+
+
+def test_a_method_is_compared_with_its_reweighted_control_where_the_grid_has_one(tmp_path, capsys):
+    """MoCHi (128, 128, 32) and the same N with 160 copies of hard negatives' logits: the tables give
+    the row minus its control, paired on seeds, Bonferroni over the rows that have one, in every form,
+    and say in words whether the points add anything. A row with no control in the grid gets none."""
+    from ablations import blocks, controls, stats
+
+    grid = spec.build(spec.load_preset("demo"), None, {}, None, [], None, name=f"c{tmp_path.name[-6:]}")
+    grid.cells = [spec.Cell(spec.typed_values(v)) for v in (
+        {"N": 0, "s": 0, "s_prime": 0}, {"N": 128, "s": 128, "s_prime": 32}, {"N": 128, "s": 128, "s_prime": 0},
+        {"N": 128, "s": 0, "s_prime": 0, "s_reweight": 160})]
+    grid.references = []
+    assert controls.controls(grid) == {"N128-s128-sp32": "N128-s0-sp0-sr160"}  # (128, 128, 0) has none here
+    values = {"N0-s0-sp0": [70.0, 72.0, 71.0, 73.0], "N128-s128-sp32": [71.0, 73.1, 71.9, 74.2],
+              "N128-s128-sp0": [71.0, 72.4, 72.6, 73.6], "N128-s0-sp0-sr160": [71.1, 72.9, 72.0, 74.0]}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fill_linear(uri, grid, values)
+    out = tmp_path / "results"
+    assert report.report(grid, tmp_path / "grid", uri, out) == 0
+    csv = pd.read_csv(out / "table.csv").set_index("cell")
+    c = stats.compare(dict(enumerate(values["N128-s128-sp32"])), dict(enumerate(values["N128-s0-sp0-sr160"])))
+    row = csv.loc["N128-s128-sp32"]
+    assert row["control"] == "N128-s0-sp0-sr160" and row["linear_top1_ctrl_family_m"] == 1
+    assert row["linear_top1_ctrl_diff"] == pytest.approx(c.diff) and row["linear_top1_ctrl_test"] == "paired t"
+    assert (row["linear_top1_ctrl_low"], row["linear_top1_ctrl_high"]) == pytest.approx(c.interval(0.95))
+    assert row["linear_top1_ctrl_verdict"] == "no detectable difference"
+    assert pd.isna(csv.loc["N128-s128-sp0", "linear_top1_ctrl_diff"]) and pd.isna(csv.loc["N0-s0-sp0", "control"])
+    shown = f"{c.diff:+.2f} [{c.interval(0.95)[0]:+.2f}, {c.interval(0.95)[1]:+.2f}]"
+    md, tex = (out / "table.md").read_text(), (out / "table.tex").read_text()
+    assert "Δ vs its reweighted control [simultaneous 95% CI]" in md and shown in md
+    assert shown.replace("[", "{[}").replace("]", "{]}") in tex or shown in tex
+    assert "MoCHi (128, 128, 32) does not differ detectably from MoCo v2 + reweighted 160 (N 128)" in md
+    block = next(b for b in blocks.blocks(pd.read_csv(out / "table.csv"), [], ["linear_top1"], [], [], "demo", 4))
+    assert "Δ control [95% CI]" in block.table and any(line.startswith("Δ control:") for line in block.legend)
