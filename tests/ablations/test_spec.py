@@ -433,8 +433,14 @@ def test_the_synthetic_preset_holds_each_kind_alone_all_six_and_the_control():
     for kind in ("s", "s_prime", "s_noise", "s_extrap", "s_grad", "s_adv"):  # each alone
         assert any(m[kind] and sum(m.values()) == m[kind] for m in made), kind
     assert any(all(m[k] for k in ("s", "s_prime", "s_noise", "s_extrap", "s_grad", "s_adv")) for m in made)
-    controls = {m["s_reweight"] for m in made if m["s_reweight"]}
-    assert controls == {1024 + 128, 3 * 256 + 3 * 64}  # MoCHi's count and SynCo's
+    counts = {m["s_reweight"] for m in made if m["s_reweight"]}
+    assert counts == {1024 + 128, 3 * 256 + 3 * 64, 256, 64}  # MoCHi's count, SynCo's, each kind alone's
+    # every row that makes new points has its control in the grid, so the tables compare them
+    from ablations import controls
+
+    found = controls.controls(g)
+    assert set(found) == {c.id for c, m in zip(g.cells, made) if any(n for k, n in m.items() if k != "s_reweight")}
+    assert found["N1024-s1024-sp128"] == "N1024-s0-sp0-sr1152"
     assert g.seeds == 3 and g.cfg(g.cells[0], 0, Path("x")).mochi.mix_start == 10
 
 
@@ -453,7 +459,7 @@ def test_the_synthetic_preset_trains_every_cell_at_demo_size(tmp_path):
     from pretrain.train import train
 
     g = spec.build(spec.load_preset("synthetic-in100"), None, {}, 1, DEMO_SIZE, None)
-    assert len(g.cells) == 11 and not g.dropped
+    assert len(g.cells) == 13 and not g.dropped
     seen = {}
     for cell in g.cells:
         cfg = g.cfg(cell, 0, tmp_path / cell.id, {"run.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
