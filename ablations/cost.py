@@ -89,15 +89,20 @@ class Cost:
     source: str
 
 
+def job_hours(cfg, rates: Rates) -> tuple[float, str]:
+    """Hours of one pretraining job of ``cfg`` at ``rates``, and what bounds its rate."""
+    rate, bound = rates.for_cell(cfg)
+    return cfg.optim.epochs * images_per_epoch(cfg) / rate / 3600, bound
+
+
 def of(gd: GridDir, profile: launcher.Profile, rates: Rates) -> Cost:
     """The grid's cost at ``rates``."""
     grid = gd.grid
     devices = max(profile.gpus_per_job, 1)
     jobs, bounds = [], []
     for cell in grid.cells:
-        cfg = grid.cfg(cell, 0, gd.run_dir(cell, 0))
-        rate, bound = rates.for_cell(cfg)
-        jobs += [cfg.optim.epochs * images_per_epoch(cfg) / rate / 3600] * grid.seeds
+        hours, bound = job_hours(grid.cfg(cell, 0, gd.run_dir(cell, 0)), rates)
+        jobs += [hours] * grid.seeds
         bounds += [bound] if bound not in bounds else []
     slots = [0.0] * min(profile.array_parallelism, max(len(jobs), 1))
     for h in sorted(jobs, reverse=True):  # longest first onto the slot that frees first

@@ -24,14 +24,15 @@ QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
 def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
     """Print the cells, the dropped cells with their reasons, and the estimated GPU-hours."""
     grid = gd.grid
+    report = preflight.passed_before(gd, profile)
+    measured = preflight.measured_rates(gd, report) if report is not None else None
+    rates = measured if measured is not None else cost.Rates.of_profile(profile)
     rows = []
     for cell in grid.cells:
         cfg = grid.cfg(cell, 0, gd.run_dir(cell, 0))
-        per_epoch = cost.images_per_epoch(cfg)
-        rate, _ = cost.Rates.of_profile(profile).for_cell(cfg)
-        hours = cfg.optim.epochs * per_epoch / rate / 3600
-        rows.append((cell.id, cfg.objective.label, str(cfg.moco.K), str(cfg.optim.epochs), str(per_epoch),
-                     f"{hours:6.2f}"))
+        hours, _ = cost.job_hours(cfg, rates)
+        rows.append((cell.id, cfg.objective.label, str(cfg.moco.K), str(cfg.optim.epochs),
+                     str(cost.images_per_epoch(cfg)), f"{hours:6.2f}"))
     terminal.say(f"grid {grid.name} ({grid.grid_id}): {len(grid.cells)} cells x {grid.seeds} seeds, base preset "
                  f"{grid.base}, profile {profile.name} ({profile.gpus_per_job or 'no'} GPUs and "
                  f"{profile.ranks_per_job} DDP rank{'s' * (profile.ranks_per_job > 1)} per pretraining job), "
@@ -51,12 +52,10 @@ def dry_run(gd: GridDir, profile: launcher.Profile) -> None:
         terminal.say(f"merged {cell_id}: {why}")
     for ref in grid.references:
         terminal.say(f"reference row {ref.id}: {ref.label} ({grid.seeds} seeds; probe and transfer only)")
-    report = preflight.passed_before(gd, profile)
-    measured = preflight.measured_rates(gd, report) if report is not None else None
     if measured is not None:
         terminal.say(cost.describe(cost.of(gd, profile, measured), profile, "projected", "nothing submitted"))
         return
-    terminal.say(cost.describe(cost.of(gd, profile, cost.Rates.of_profile(profile)), profile, "estimated",
+    terminal.say(cost.describe(cost.of(gd, profile, rates), profile, "estimated",
                                "nothing submitted; --preflight measures the rates on the cluster"))
 
 
