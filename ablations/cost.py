@@ -89,7 +89,7 @@ class Cost:
     source: str
 
 
-def job_hours(cfg, rates: Rates) -> tuple[float, str]:
+def job_hours(cfg: config.Config, rates: Rates) -> tuple[float, str]:
     """Hours of one pretraining job of ``cfg`` at ``rates``, and what bounds its rate."""
     rate, bound = rates.for_cell(cfg)
     return cfg.optim.epochs * images_per_epoch(cfg) / rate / 3600, bound

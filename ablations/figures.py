@@ -192,6 +192,13 @@ def alignment_uniformity(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir / "alignment_uniformity")
 
 
+def _heatmap_cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows an N x s heatmap can show: the grid's cells with a linear top-1, but those that make a
+    kind beyond MoCHi's (another setting at the same N, s, s')."""
+    d = summary[(summary["kind"] == "cell") & summary["linear_top1_mean"].notna()]
+    return d[~d["other_kinds"].astype(bool)] if "other_kinds" in d else d
+
+
 def heatmap_panels(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, linear top-1 means over N x s) per loss and s': each loss's MoCHi cells with that s',
     and the loss without mixing at N = s = 0 (MoCo v2 in InfoNCE's panels), so that no two
@@ -199,9 +206,7 @@ def heatmap_panels(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     panel. A panel needs >= 2 values of N and of s."""
     if not {"N", "s", "s_prime", "loss", "mixes"} <= set(summary) or "linear_top1_mean" not in summary:
         return []
-    d = summary[(summary["kind"] == "cell") & summary["linear_top1_mean"].notna()]
-    if "other_kinds" in d:
-        d = d[~d["other_kinds"].astype(bool)]
+    d = _heatmap_cells(summary)
     panels = []
     for loss, g in d.groupby("loss", sort=False):
         mixes = g["mixes"].astype(bool)
@@ -224,7 +229,7 @@ def heatmap_N_s(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     panels = heatmap_panels(summary)
     if not panels:
         return []
-    d = summary[(summary["kind"] == "cell") & summary["linear_top1_mean"].notna()]
+    d = _heatmap_cells(summary)
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 1.2, 3.8), squeeze=False,
                              layout="constrained")

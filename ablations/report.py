@@ -22,7 +22,7 @@ from ablations.summary import (MECHANISM_METRICS, TABLE_METRICS, conclusions, fa
 from pretrain.run.checkpoint import atomic_write
 from pretrain.run.errors import UserError
 from pretrain.run import rundir
-from pretrain.run.tracking import StoreError, mlflow_client, retry_locked
+from pretrain.run.tracking import StoreError, log_files, mlflow_client
 
 log = logging.getLogger(__name__)
 SOURCE_FILE = "source.json"  # which grid a results folder holds
@@ -272,16 +272,15 @@ def attach(grid_dir: Path, uri: str, results_dir: Path) -> None:
     parent = Path(grid_dir) / rundir.PARENT_FILE
     if not parent.is_file():
         return
-    run_id = parent.read_text().strip()
+    files = [f for f in sorted(results_dir.iterdir()) if f.is_file() and f.suffix in ARTIFACT_SUFFIXES]
     try:
-        files = [f for f in sorted(results_dir.iterdir()) if f.is_file() and f.suffix in ARTIFACT_SUFFIXES]
         client = mlflow_client(uri)
-        for f in files:
-            retry_locked(client.log_artifact, run_id, str(f), "results")
     except StoreError:
         raise
     except Exception as e:  # noqa: BLE001 - the files are in results_dir whatever the store does
         log.warning("could not attach the tables to the grid's MLflow run (%s)", e)
+        return
+    log_files(client, parent.read_text().strip(), files, "results")
 
 
 def finish(gd: GridDir, uri: str) -> int:

@@ -583,10 +583,10 @@ def _plain_moco_like(grid: Grid, like: dict[str, object]) -> dict[str, object]:
     """The values of a plain MoCo v2 cell with ``like``'s other axes (K, epochs, ...): (N, s, s') =
     (0, 0, 0) and every other count 0 that ``like`` or the base sets, and InfoNCE where ``like``
     names a loss or the base's is another."""
-    base_mixing = grid.base_config().objective.mixing
+    base_objective = grid.base_config().objective
     values = ({k: v for k, v in like.items() if k not in (*MIXING_AXES, *LOSS_AXES)} | {"N": 0, "s": 0, "s_prime": 0}
-              | {k: 0 for k, n in base_mixing.counts.items() if k in like or n})
-    base = grid.base_config().objective.loss
+              | {k: 0 for k, n in base_objective.mixing.counts.items() if k in like or n})
+    base = base_objective.loss
     if any(k in like for k in LOSS_AXES) or not base.is_infonce:
         # A parameter is named only where the cell or the base sets it: other cells keep their ids.
         values |= {k: v for k, v in PLAIN_LOSS.items() if k == "method" or k in like or getattr(base, k) != v}

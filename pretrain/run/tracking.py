@@ -167,6 +167,16 @@ def artifact_location(uri: str) -> str | None:
     return None if path is None else (Path(path).resolve().parent / ARTIFACTS_DIR).as_uri()
 
 
+def log_files(client, run_id: str, paths, folder: str | None = None) -> None:
+    """Attach files to run ``run_id`` (a run's config, a grid's tables and figures), each under
+    ``folder``; a file the store refuses costs a warning, never the stage."""
+    for path in paths:
+        try:
+            retry_locked(client.log_artifact, run_id, str(path), folder)
+        except Exception as e:  # noqa: BLE001 - the file stays on disk whatever the store does
+            log.warning("could not attach %s to MLflow run %s (%s)", path, run_id, e)
+
+
 def experiment_id(client, name: str) -> str:
     """The id of MLflow experiment ``name``, created if missing (or read back if a concurrent job
     created it first), of the kind whose UI opens on its runs, its artifacts beside a sqlite store."""
@@ -325,15 +335,9 @@ class Tracker:
         log.info("MLflow run %s at %s", self.run_id, uri)
 
     def log_artifacts(self, *paths: Path, folder: str | None = None) -> None:
-        """Attach files to the run (its config, a grid's tables and figures); a store that refuses
-        them costs a warning, never the stage."""
-        if self.client is None:
-            return
-        for path in paths:
-            try:
-                retry_locked(self.client.log_artifact, self.run_id, str(path), folder)
-            except Exception as e:  # noqa: BLE001
-                log.warning("could not attach %s to MLflow run %s (%s)", path, self.run_id, e)
+        """Attach files to the run (``log_files``)."""
+        if self.client is not None:
+            log_files(self.client, self.run_id, paths, folder)
 
     def log(self, metrics: dict[str, float], step: int, **fields) -> None:
         rec = {"step": step, "time": time.time(), **fields, **metrics}
